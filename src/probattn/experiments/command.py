@@ -1,0 +1,30 @@
+"""``probattn experiment NAME``: the papers' experiments at CPU scale, one module each.
+
+* ``gmm``: explaining away on a Gaussian-mixture toy; doubly-normalized attention equals an EM step.
+* ``self-attentive``: Lin et al. (2017) sentence classifier on Rotten Tomatoes, with and without repulsion.
+* ``alignment``: MiniLM fine-tuned on Rotten Tomatoes, baseline vs alignment (CT, GAN), tested on Amazon.
+
+Each experiment module has ``add_arguments(parser)`` and ``run(args) -> int`` like a top-level command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+# experiment name -> (module, one-line help)
+EXPERIMENTS: dict[str, tuple[str, str]] = {
+    "gmm": ("probattn.experiments.gmm", "explaining-away toy: softmax vs doubly-normalized vs EM"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="experiment", metavar="NAME", required=True)
+    for name, (module_name, help_text) in EXPERIMENTS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_experiment_module=module_name)
+        importlib.import_module(module_name).add_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    return int(importlib.import_module(args._experiment_module).run(args) or 0)
