@@ -1,0 +1,35 @@
+"""Attention diagnostics as pure torch functions: explaining away, head diversity, key/query alignment,
+entropy, calibration, and streaming accumulators for running them over a data set."""
+
+from probattn.metrics.alignment import mean_distance, mmd_rbf, qk_alignment
+from probattn.metrics.calibration import CalibrationAccumulator, CalibrationResult, calibration
+from probattn.metrics.diversity import (
+    head_cka_from_covariance,
+    head_js_divergence,
+    lin_redundancy,
+    linear_cka,
+    parameter_cosine_similarity,
+)
+from probattn.metrics.entropy import attention_entropy
+from probattn.metrics.explaining_away import explained_away_fraction, incoming_mass, min_incoming_mass
+from probattn.metrics.streaming import AttentionStatistics, MomentAccumulator
+
+__all__ = [
+    "AttentionStatistics",
+    "CalibrationAccumulator",
+    "CalibrationResult",
+    "MomentAccumulator",
+    "attention_entropy",
+    "calibration",
+    "explained_away_fraction",
+    "head_cka_from_covariance",
+    "head_js_divergence",
+    "incoming_mass",
+    "lin_redundancy",
+    "linear_cka",
+    "mean_distance",
+    "min_incoming_mass",
+    "mmd_rbf",
+    "parameter_cosine_similarity",
+    "qk_alignment",
+]

@@ -1,0 +1,95 @@
+"""Key/query alignment: how far apart are a head's key cloud and query cloud (alignment-attention notes §3.1)?
+
+For one sequence and one head the empirical measures ``P_Q = (1/N_q) Σ_i δ(q_i)`` and ``P_K = (1/N_k) Σ_j δ(k_j)``
+(projected, unscaled per-head vectors of the real tokens) are compared with two model-free distances:
+
+* :func:`mmd_rbf` — squared maximum mean discrepancy with a Gaussian kernel
+  ``k(a, b) = exp(−‖a − b‖² / (2σ²))``, ``σ`` = median distance between distinct points of the pooled
+  sample (the median heuristic), biased (V-statistic) estimator:
+  ``MMD² = mean k(q, q') + mean k(k, k') − 2 mean k(q, k)`` (all pairs, diagonals included). In ``[0, 2]``.
+* :func:`mean_distance` — ``‖mean_i q_i − mean_j k_j‖₂``.
+
+These are the diagnostics' measures; a trained regularizer may use its own estimator.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from probattn.metrics._validity import token_validity
+
+__all__ = ["mean_distance", "mmd_rbf", "qk_alignment"]
+
+
+def _weights(x: Tensor, valid: Tensor | None) -> Tensor:
+    """Per-point weights ``(B, 1, N)`` summing to 1 over real points."""
+    w = torch.ones(x.shape[0], 1, x.shape[2], dtype=x.dtype, device=x.device)
+    if valid is not None:
+        w = w * valid[:, None, :].to(x.dtype)
+    count = w.sum(-1, keepdim=True)
+    if bool((count == 0).any()):
+        raise ValueError("a padding mask leaves an example with no real token; drop empty examples first")
+    return w / count
+
+
+def mean_distance(x: Tensor, y: Tensor, *, x_valid: Tensor | None = None, y_valid: Tensor | None = None) -> Tensor:
+    """``‖mean x − mean y‖₂`` over real tokens, shape ``(B, H)``, for ``x (B, H, N, d)``, ``y (B, H, M, d)``."""
+    wx = _weights(x, token_validity(x, x_valid, "x_valid"))
+    wy = _weights(y, token_validity(y, y_valid, "y_valid"))
+    mx = (wx[..., None] * x).sum(2)
+    my = (wy[..., None] * y).sum(2)
+    return (mx - my).norm(dim=-1)
+
+
+def mmd_rbf(
+    x: Tensor, y: Tensor, *, x_valid: Tensor | None = None, y_valid: Tensor | None = None,
+    bandwidth: float | None = None,
+) -> Tensor:
+    """Squared MMD with a Gaussian kernel between ``x (B, H, N, d)`` and ``y (B, H, M, d)``, shape ``(B, H)``.
+
+    ``x_valid (B, N)`` / ``y_valid (B, M)``: True = real token (None = all real). ``bandwidth``: fixed ``σ``;
+    None = the median distance between distinct real points of the pooled sample, per example and head
+    (a zero median, e.g. all points equal, falls back to ``σ = 1``; MMD is then 0 anyway).
+    """
+    if x.shape[:2] != y.shape[:2] or x.shape[-1] != y.shape[-1]:
+        raise ValueError(f"x and y must share (batch, heads, ..., dim), got {tuple(x.shape)} and {tuple(y.shape)}")
+    if bandwidth is not None and not bandwidth > 0:
+        raise ValueError(f"bandwidth must be positive or None, got {bandwidth}")
+    wx = _weights(x, token_validity(x, x_valid, "x_valid"))
+    wy = _weights(y, token_validity(y, y_valid, "y_valid"))
+    z = torch.cat([x, y], dim=2)  # (B, H, N+M, d)
+    w = torch.cat([wx, -wy], dim=-1)  # signed weights: MMD² = wᵀ K w
+    sq = torch.cdist(z, z).pow(2)
+    if bandwidth is None:
+        real = torch.cat([wx, wy], dim=-1) > 0  # (B, 1, N+M)
+        pair = real[..., :, None] & real[..., None, :]
+        pair = pair & ~torch.eye(z.shape[2], dtype=torch.bool, device=z.device)
+        dist = sq.sqrt().masked_fill(~pair, float("nan"))
+        sigma = dist.flatten(-2).nanquantile(0.5, dim=-1)  # (B, H)
+        sigma = torch.where(torch.isnan(sigma) | (sigma <= 0), torch.ones_like(sigma), sigma)
+    else:
+        sigma = torch.full(z.shape[:2], float(bandwidth), dtype=z.dtype, device=z.device)
+    kernel = torch.exp(-sq / (2 * sigma[..., None, None] ** 2))
+    mmd2 = (w[..., :, None] * kernel * w[..., None, :]).sum((-1, -2))
+    return mmd2.clamp_min(0.0)
+
+
+def qk_alignment(
+    q: Tensor, k: Tensor, *, query_valid: Tensor | None = None, key_valid: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """``(MMD², mean distance)`` between each head's queries ``q (B, H, Lq, d)`` and keys ``k (B, H_kv, Lk, d)``.
+
+    With grouped keys (``H_kv < H``) query head ``h`` is compared with key head ``h // (H / H_kv)``.
+    Returns two ``(B, H)`` tensors.
+    """
+    if q.dim() != 4 or k.dim() != 4:
+        raise ValueError(f"q and k must be (batch, heads, length, dim), got {tuple(q.shape)} and {tuple(k.shape)}")
+    heads, kv_heads = q.shape[1], k.shape[1]
+    if heads % kv_heads:
+        raise ValueError(f"query heads ({heads}) must be a multiple of key heads ({kv_heads})")
+    k = k.repeat_interleave(heads // kv_heads, dim=1)
+    return (
+        mmd_rbf(q, k, x_valid=query_valid, y_valid=key_valid),
+        mean_distance(q, k, x_valid=query_valid, y_valid=key_valid),
+    )

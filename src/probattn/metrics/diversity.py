@@ -1,0 +1,119 @@
+"""Head diversity and collapse: do a layer's heads attend to, and output, different things?
+
+* :func:`head_js_divergence` — Jensen–Shannon divergence between two heads' attention rows (base 2, so in
+  ``[0, 1]``: 0 = identical distributions, 1 = disjoint supports), averaged over real queries.
+  The attention-map similarity reported by ``probattn diagnose`` is ``1 − JS``.
+  (The cosine of flattened attention maps is deliberately not offered: maps are non-negative and close to
+  uniform, so it is ≈1 whatever the diversity.)
+* :func:`linear_cka` / :func:`head_cka_from_covariance` — linear CKA (Kornblith et al. 2019) between heads'
+  output features ``O_h = A_h V_h`` across tokens: ``‖C_hg‖_F² / (‖C_hh‖_F ‖C_gg‖_F)`` with ``C`` the
+  centred cross-covariance; 1 = same features up to rotation and scale.
+* :func:`lin_redundancy` — Lin et al. (2017)'s penalty ``‖A Aᵀ − I‖_F``, the diversity measure in the
+  repulsive-attention authors' code (``train_svgd.py``, self-attentive hops). Here ``A (H, Lk)`` stacks the
+  heads' rows for one query; averaging over queries is our extension to multi-head attention.
+* :func:`parameter_cosine_similarity` — mean pairwise cosine of per-head weight vectors, the measure in the
+  repulsive authors' GraphWriter code (``train_r.py``). Whether the paper reports either of these two is
+  unverified; treat them as the code's measures, not the paper's.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from probattn.metrics._validity import validity
+
+__all__ = [
+    "head_cka_from_covariance",
+    "head_js_divergence",
+    "lin_redundancy",
+    "linear_cka",
+    "parameter_cosine_similarity",
+]
+
+
+def _mean_over_queries(per_query: Tensor, query_valid: Tensor | None) -> Tensor:
+    """Mean of ``(B, ..., Lq)`` over real queries -> ``(B, ...)``."""
+    if query_valid is None:
+        return per_query.mean(-1)
+    shape = (query_valid.shape[0],) + (1,) * (per_query.dim() - 2) + (query_valid.shape[1],)
+    w = query_valid.reshape(shape).to(per_query.dtype)
+    return (per_query * w).sum(-1) / w.sum(-1).clamp_min(1)
+
+
+def head_js_divergence(weights: Tensor, *, query_valid: Tensor | None = None) -> Tensor:
+    """Pairwise Jensen–Shannon divergence between heads, ``(B, H, H)``, in bits (``[0, 1]``).
+
+    ``JS(p, r) = ½ KL(p ‖ μ) + ½ KL(r ‖ μ)`` with ``μ = (p + r) / 2``, for the rows ``p = A_g[i, :]``,
+    ``r = A_h[i, :]`` of heads ``g, h`` at query ``i``, averaged over real queries (``query_valid (B, Lq)``).
+    ``weights (B, H, Lq, Lk)``: padded keys already hold zero weight, so they need no mask.
+    """
+    qv, _ = validity(weights, query_valid, None)
+    w = weights.clamp_min(0)
+    rows = []
+    for g in range(w.shape[1]):
+        p = w[:, g : g + 1]  # (B, 1, Lq, Lk) against all heads (B, H, Lq, Lk)
+        mid = 0.5 * (p + w)
+        kl_p = (torch.xlogy(p, p) - torch.xlogy(p, mid)).sum(-1)
+        kl_r = (torch.xlogy(w, w) - torch.xlogy(w, mid)).sum(-1)
+        rows.append(0.5 * (kl_p + kl_r) / math.log(2))  # (B, H, Lq)
+    js = torch.stack(rows, dim=1)  # (B, H, H, Lq)
+    return _mean_over_queries(js, qv).clamp(0.0, 1.0)
+
+
+def linear_cka(x: Tensor, y: Tensor) -> Tensor:
+    """Linear CKA between features ``x (N, D1)`` and ``y (N, D2)`` of the same ``N`` samples (scalar in [0, 1]).
+
+    ``CKA = ‖Ycᵀ Xc‖_F² / (‖Xcᵀ Xc‖_F · ‖Ycᵀ Yc‖_F)`` with column-centred ``Xc, Yc``.
+    """
+    if x.dim() != 2 or y.dim() != 2 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"x and y must be (N, D) with the same N, got {tuple(x.shape)} and {tuple(y.shape)}")
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    cross = (yc.T @ xc).pow(2).sum()
+    return cross / ((xc.T @ xc).norm() * (yc.T @ yc).norm()).clamp_min(torch.finfo(x.dtype).tiny)
+
+
+def head_cka_from_covariance(covariance: Tensor, heads: int) -> Tensor:
+    """Pairwise linear CKA between heads, ``(H, H)``, from the covariance of concatenated head outputs.
+
+    ``covariance (H·Dv, H·Dv)`` is the centred covariance of ``z = [O_1, …, O_H]`` over tokens (see
+    :class:`probattn.metrics.streaming.MomentAccumulator`); block ``C_gh`` is ``(Dv, Dv)``. Then
+    ``CKA_gh = ‖C_gh‖_F² / (‖C_gg‖_F ‖C_hh‖_F)``, equal to :func:`linear_cka` of the two heads' outputs.
+    """
+    n = covariance.shape[0]
+    if covariance.dim() != 2 or covariance.shape[1] != n or n % heads:
+        raise ValueError(f"covariance must be square with side divisible by heads={heads}, got {tuple(covariance.shape)}")
+    d = n // heads
+    blocks = covariance.reshape(heads, d, heads, d).permute(0, 2, 1, 3)  # (H, H, Dv, Dv)
+    sq = blocks.pow(2).sum((-1, -2))  # ‖C_gh‖_F²
+    norms = sq.diagonal().sqrt()
+    return sq / (norms[:, None] * norms[None, :]).clamp_min(torch.finfo(covariance.dtype).tiny)
+
+
+def lin_redundancy(weights: Tensor, *, query_valid: Tensor | None = None) -> Tensor:
+    """Lin et al.'s ``‖A Aᵀ − I‖_F`` per example, ``(B,)``, averaged over real queries.
+
+    For each query ``i``, ``A (H, Lk)`` stacks the heads' attention rows. 0 means one-hot rows on distinct keys
+    (maximally diverse heads); identical one-hot rows give ``sqrt(H² − H)``.
+    """
+    qv, _ = validity(weights, query_valid, None)
+    rows = weights.transpose(1, 2)  # (B, Lq, H, Lk)
+    gram = rows @ rows.transpose(-1, -2)  # (B, Lq, H, H)
+    eye = torch.eye(weights.shape[1], dtype=weights.dtype, device=weights.device)
+    per_query = (gram - eye).flatten(-2).norm(dim=-1)  # (B, Lq)
+    return _mean_over_queries(per_query, qv)
+
+
+def parameter_cosine_similarity(head_params: Tensor) -> Tensor:
+    """Mean pairwise cosine ``mean_{g≠h} cos(θ_g, θ_h)`` of per-head parameter vectors ``head_params (H, P)``.
+
+    Lower is more diverse; the minimum for ``H`` vectors is ``−1/(H−1)``. Needs ``H ≥ 2``.
+    """
+    if head_params.dim() != 2 or head_params.shape[0] < 2:
+        raise ValueError(f"head_params must be (heads >= 2, params), got {tuple(head_params.shape)}")
+    unit = torch.nn.functional.normalize(head_params, dim=-1)
+    cos = unit @ unit.T
+    h = cos.shape[0]
+    return (cos.sum() - cos.diagonal().sum()) / (h * (h - 1))
