@@ -1,0 +1,157 @@
+"""Find attention modules and describe their Q/K/V projections per head: a small adapter registry.
+
+An adapter is a function ``module -> list[Projection] | None`` (None: not a layout it knows). Built-in
+adapters recognise, by attribute names only (transformers is never imported here):
+
+* ``torch_mha``: ``torch.nn.MultiheadAttention`` and ``probattn.nn.MultiheadAttention`` (fused
+  ``in_proj_weight (3E, E)``, or ``q/k/v_proj_weight`` when kdim/vdim differ; bias ``in_proj_bias``);
+* ``bert``: ``query``/``key``/``value`` ``nn.Linear`` + ``num_attention_heads`` (BERT, RoBERTa, MiniLM, ELECTRA);
+* ``gpt2``: ``c_attn`` Conv1D ``(E, 3E)`` with fused q|k|v columns + ``num_heads``
+  (cross-attention: ``q_attn (E, E)`` and ``c_attn (E, 2E)`` holding k|v);
+* ``qkv_proj``: ``q_proj``/``k_proj``/``v_proj`` ``nn.Linear`` + ``head_dim`` (Llama, Mistral, Qwen, BART);
+  K/V may have fewer heads (grouped-query attention);
+* ``hops``: structured self-attention pooling with ``w_s2: nn.Linear`` and ``hops`` (Lin et al. 2017,
+  :class:`probattn.models.SelfAttentiveClassifier`): each row of ``W_s2`` is a particle.
+
+Register your own with :func:`register_adapter`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from torch import nn
+
+from probattn.repulsive.particles import HeadSlice, Projection
+
+Adapter = Callable[[nn.Module], "list[Projection] | None"]
+FoundModule = tuple[str, nn.Module, list[Projection]]
+
+__all__ = ["ADAPTERS", "Adapter", "find_attention_modules", "projections_of", "register_adapter"]
+
+
+def torch_mha(module: nn.Module) -> list[Projection] | None:
+    if not isinstance(module, nn.MultiheadAttention):
+        return None
+    e, h, bias = module.embed_dim, module.num_heads, module.in_proj_bias
+    if module.in_proj_weight is not None:
+        weights = [HeadSlice.linear(module.in_proj_weight, h, i * e, (i + 1) * e) for i in range(3)]
+    else:
+        weights = [
+            HeadSlice.linear(w, h) for w in (module.q_proj_weight, module.k_proj_weight, module.v_proj_weight)
+        ]
+    biases = [None] * 3 if bias is None else [HeadSlice.linear(bias, h, i * e, (i + 1) * e) for i in range(3)]
+    return [Projection(role, h, w, b) for role, w, b in zip("qkv", weights, biases)]
+
+
+def _linear_projection(role: str, linear: nn.Linear, heads: int) -> Projection:
+    if linear.out_features % heads:
+        raise ValueError(f"{role} projection: {linear.out_features} outputs do not split into {heads} heads")
+    bias = None if linear.bias is None else HeadSlice.linear(linear.bias, heads)
+    return Projection(role, heads, HeadSlice.linear(linear.weight, heads), bias)
+
+
+def bert(module: nn.Module) -> list[Projection] | None:
+    linears = [getattr(module, name, None) for name in ("query", "key", "value")]
+    heads = getattr(module, "num_attention_heads", None)
+    if not isinstance(heads, int) or not all(isinstance(m, nn.Linear) for m in linears):
+        return None
+    return [_linear_projection(role, m, heads) for role, m in zip("qkv", linears)]
+
+
+def qkv_proj(module: nn.Module) -> list[Projection] | None:
+    linears = [getattr(module, name, None) for name in ("q_proj", "k_proj", "v_proj")]
+    head_dim = getattr(module, "head_dim", None)
+    if not isinstance(head_dim, int) or head_dim < 1 or not all(isinstance(m, nn.Linear) for m in linears):
+        return None
+    if any(m.out_features % head_dim for m in linears):
+        raise ValueError(
+            f"{type(module).__name__}: q/k/v_proj widths are not multiples of head_dim {head_dim}"
+        )
+    return [_linear_projection(role, m, m.out_features // head_dim) for role, m in zip("qkv", linears)]
+
+
+def gpt2(module: nn.Module) -> list[Projection] | None:
+    c_attn, heads = getattr(module, "c_attn", None), getattr(module, "num_heads", None)
+    weight = getattr(c_attn, "weight", None)
+    if not isinstance(heads, int) or not isinstance(weight, nn.Parameter) or weight.dim() != 2:
+        return None
+    e, bias = weight.shape[0], getattr(c_attn, "bias", None)
+    if getattr(module, "is_cross_attention", False):  # q from q_attn (E, E); k|v fused in c_attn (E, 2E)
+        q_attn = module.q_attn
+        sources = [(q_attn.weight, q_attn.bias, 0), (weight, bias, 0), (weight, bias, e)]
+    else:
+        sources = [(weight, bias, i * e) for i in range(3)]
+    if weight.shape[1] != sources[-1][2] + e:
+        return None
+    return [
+        Projection(
+            role,
+            heads,
+            HeadSlice.conv1d(w, heads, start, start + e),
+            None if b is None else HeadSlice.conv1d(b, heads, start, start + e),
+        )
+        for role, (w, b, start) in zip("qkv", sources)
+    ]
+
+
+def hops(module: nn.Module) -> list[Projection] | None:
+    w_s2, count = getattr(module, "w_s2", None), getattr(module, "hops", None)
+    if not isinstance(w_s2, nn.Linear) or not isinstance(count, int):
+        return None
+    return [_linear_projection("hops", w_s2, count)]
+
+
+ADAPTERS: dict[str, Adapter] = {
+    "torch_mha": torch_mha,
+    "bert": bert,
+    "gpt2": gpt2,
+    "qkv_proj": qkv_proj,
+    "hops": hops,
+}
+
+
+def register_adapter(name: str, adapter: Adapter) -> None:
+    """Add (or replace) an adapter; adapters are tried in registration order, built-ins first."""
+    if not callable(adapter):
+        raise TypeError(
+            f"adapter must be callable module -> list[Projection] | None, got {type(adapter).__name__}"
+        )
+    ADAPTERS[name] = adapter
+
+
+def projections_of(module: nn.Module) -> list[Projection] | None:
+    """The projections of ``module`` from the first adapter that recognises it, or None."""
+    for adapter in ADAPTERS.values():
+        found = adapter(module)
+        if found is not None:
+            return found
+    return None
+
+
+def find_attention_modules(model_or_modules: nn.Module | Iterable[nn.Module]) -> list[FoundModule]:
+    """``(name, module, projections)`` for every attention module, in module order.
+
+    Searching a model does not descend into a module once it is recognised. An iterable of modules is taken as
+    the list of attention modules itself (each must be recognised; names are their positions).
+    """
+    found: list[FoundModule] = []
+    if isinstance(model_or_modules, nn.Module):
+        for name, module in model_or_modules.named_modules():
+            if any(outer == "" or name.startswith(f"{outer}.") for outer, _, _ in found):
+                continue
+            projections = projections_of(module)
+            if projections is not None:
+                found.append((name, module, projections))
+        return found
+    for i, module in enumerate(model_or_modules):
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"model_or_modules[{i}] must be an nn.Module, got {type(module).__name__}")
+        projections = projections_of(module)
+        if projections is None:
+            raise ValueError(
+                f"model_or_modules[{i}] ({type(module).__name__}) is not an attention module any adapter knows "
+                f"({list(ADAPTERS)}); add one with probattn.repulsive.register_adapter"
+            )
+        found.append((str(i), module, projections))
+    return found

@@ -1,0 +1,279 @@
+"""``RepulsiveHeads``: rewrite the gradients of attention heads with SVGD / SPOS once per optimizer step.
+
+Usage::
+
+    repulsive = RepulsiveHeads(model, alpha=0.01).attach(optimizer)
+    loss.backward(); optimizer.step()          # the rewrite runs inside optimizer.step(), before the update
+    repulsive.last_stats                       # bandwidth, kernel, repulsion/gradient ratio, head norms
+
+The rewrite is an ``optimizer.register_step_pre_hook``: it runs exactly once per optimizer step, on the
+fully accumulated gradients (correct under gradient accumulation), after DDP's all-reduce and after
+``GradScaler.step`` has unscaled them (a step that the scaler skips for inf/NaN is skipped here too). SVGD is
+deterministic, so DDP ranks stay identical; SPOS noise comes from a generator seeded from ``(seed, step)``,
+identical on every rank and after a resume (keep ``state_dict()`` with your checkpoint).
+
+``clip`` says where gradient clipping sits relative to the rewrite:
+
+* ``"before"`` (default, the authors' order): the rewrite sees unclipped gradients. Do not clip in your loop;
+  pass ``max_grad_norm`` and the hook clips all the optimizer's gradients right after the rewrite.
+* ``"after"``: the rewrite sees gradients your loop has already clipped (HF Trainer with ``max_grad_norm``
+  > 0 and a callback calling :meth:`RepulsiveHeads.step` in ``on_pre_optimizer_step``). ``max_grad_norm``
+  must then be None.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from probattn.repulsive.adapters import ADAPTERS, find_attention_modules
+from probattn.repulsive.directions import KernelGradDiv, _spos_noise, _svgd_from_terms, svgd_terms
+from probattn.repulsive.kernels import MedianKind
+from probattn.repulsive.particles import GROUPINGS, Grouping, ParticleSet, build_particle_sets
+from probattn.repulsive.presets import PRESETS
+
+LayerFilter = Sequence[int] | Callable[[str, nn.Module], bool] | None
+
+__all__ = ["RepulsiveHeads"]
+
+
+def _select(found: list, layers: LayerFilter) -> list:
+    if layers is None:
+        return found
+    if callable(layers):
+        return [entry for entry in found if layers(entry[0], entry[1])]
+    if isinstance(layers, (str, bytes)) or not all(isinstance(i, int) for i in layers):
+        raise TypeError(
+            f"layers must be None, a sequence of ints or a callable(name, module), got {layers!r}"
+        )
+    n = len(found)
+    bad = [i for i in layers if not -n <= i < n]
+    if bad:
+        raise ValueError(f"layers {bad} out of range: found {n} attention modules ({[e[0] for e in found]})")
+    return [found[i % n] for i in sorted({i % n for i in layers})]
+
+
+class RepulsiveHeads:
+    """SVGD / SPOS over the heads of the attention modules in ``model_or_modules`` (see module doc).
+
+    Args:
+        model_or_modules: a model (searched for attention modules, see :mod:`probattn.repulsive.adapters`)
+            or a list of attention modules.
+        method: ``"svgd"`` or ``"spos"``.
+        alpha: repulsion weight α (0 keeps only the kernel-weighted consensus term K·G).
+        stepsize: overall scale s of the rewritten gradient.
+        layers: None (all found modules), indices into the found modules in model order, or
+            ``callable(name, module) -> bool``.
+        grouping: ``"separate"`` (Q, K, V each a particle set), ``"joint"`` or ``"qk_only"``.
+        clip: ``"before"`` or ``"after"`` (module doc). max_grad_norm: clip norm used with ``clip="before"``.
+        beta: SPOS Langevin weight β. seed: seed of the SPOS noise.
+        median, kernel_grad_div, normalize_by_M, eps: see :func:`~probattn.repulsive.svgd_direction`.
+        include_bias: put each head's slice of the projection biases into its particle.
+    """
+
+    def __init__(
+        self,
+        model_or_modules: nn.Module | Iterable[nn.Module],
+        method: Literal["svgd", "spos"] = "svgd",
+        alpha: float = 0.01,
+        stepsize: float = 1.0,
+        layers: LayerFilter = None,
+        grouping: Grouping = "separate",
+        clip: Literal["before", "after"] = "before",
+        *,
+        max_grad_norm: float | None = None,
+        beta: float = 1.0,
+        seed: int = 0,
+        median: MedianKind = "true",
+        kernel_grad_div: KernelGradDiv = "h2",
+        normalize_by_M: bool = True,
+        include_bias: bool = False,
+        eps: float = 1e-8,
+    ) -> None:
+        if method not in ("svgd", "spos"):
+            raise ValueError(f"method must be 'svgd' or 'spos', got {method!r}")
+        if clip not in ("before", "after"):
+            raise ValueError(f"clip must be 'before' or 'after', got {clip!r}")
+        if max_grad_norm is not None and (clip == "after" or not max_grad_norm > 0):
+            raise ValueError("max_grad_norm must be None with clip='after', and > 0 with clip='before'")
+        if grouping not in GROUPINGS:
+            raise ValueError(f"grouping must be one of {GROUPINGS}, got {grouping!r}")
+        for name, value, low_ok in (
+            ("alpha", alpha, True),
+            ("stepsize", stepsize, False),
+            ("beta", beta, True),
+        ):
+            if not (
+                isinstance(value, (int, float))
+                and math.isfinite(value)
+                and (value > 0 or (low_ok and value == 0))
+            ):
+                raise ValueError(f"{name} must be a finite number {'>=' if low_ok else '>'} 0, got {value!r}")
+        if median not in ("true", "lower") or kernel_grad_div not in ("h2", "h"):
+            raise ValueError("median must be 'true'|'lower' and kernel_grad_div 'h2'|'h'")
+        self.method, self.alpha, self.stepsize, self.beta, self.seed = method, alpha, stepsize, beta, seed
+        self.clip, self.max_grad_norm = clip, max_grad_norm
+        self.median, self.kernel_grad_div, self.normalize_by_M, self.eps = (
+            median,
+            kernel_grad_div,
+            normalize_by_M,
+            eps,
+        )
+
+        found = _select(find_attention_modules(model_or_modules), layers)
+        if not found:
+            raise ValueError(
+                "model_or_modules: no attention module found (known layouts: "
+                f"{list(ADAPTERS)}); register one with probattn.repulsive.register_adapter"
+            )
+        self.module_names = [name for name, _, _ in found]
+        sets = [
+            s
+            for name, _, proj in found
+            for s in build_particle_sets(name or "model", proj, grouping=grouping, include_bias=include_bias)
+        ]
+        self.particle_sets: list[ParticleSet] = [
+            s for s in sets if s.num_particles >= 2
+        ]  # M = 1: nothing to do
+        self._model_params = (
+            list(model_or_modules.parameters()) if isinstance(model_or_modules, nn.Module) else []
+        )
+        self.num_steps = 0
+        self.last_stats: dict[str, Any] = {}
+        self._optimizer: Optimizer | None = None
+        self._handle: Any = None
+        self._generators: dict[torch.device, torch.Generator] = {}
+
+    @classmethod
+    def from_preset(
+        cls, model_or_modules: nn.Module | Iterable[nn.Module], name: str, **overrides: Any
+    ) -> RepulsiveHeads:
+        """``RepulsiveHeads`` with the hyper-parameters of ``PRESETS[name]``, updated by ``overrides``."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        return cls(model_or_modules, **{**PRESETS[name].kwargs(), **overrides})
+
+    # -- hooking into an optimizer -------------------------------------------------------------------------------
+    def attach(self, optimizer: Optimizer) -> RepulsiveHeads:
+        """Run :meth:`step` inside every ``optimizer.step()``, before the update. Returns ``self``."""
+        if self._handle is not None:
+            raise RuntimeError("RepulsiveHeads is already attached; call detach() first")
+        in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        missing = sorted({s.name for s in self.particle_sets for p in s.params if id(p) not in in_optimizer})
+        if missing:
+            raise ValueError(
+                f"optimizer does not update the attention parameters of {missing}: add them to it"
+            )
+        self._optimizer = optimizer
+        self._handle = optimizer.register_step_pre_hook(self._pre_step_hook)
+        return self
+
+    def _pre_step_hook(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+        self.step()
+
+    def detach(self) -> None:
+        """Stop rewriting gradients in ``optimizer.step()``."""
+        if self._handle is not None:
+            self._handle.remove()
+        self._handle, self._optimizer = None, None
+
+    def state_dict(self) -> dict[str, int]:
+        return {"num_steps": self.num_steps, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.num_steps, self.seed = int(state["num_steps"]), int(state["seed"])
+
+    # -- the rewrite ---------------------------------------------------------------------------------------------
+    def _generator(self, device: torch.device) -> torch.Generator:
+        if device not in self._generators:
+            self._generators[device] = torch.Generator(device=device)
+        generator = self._generators[device]
+        generator.manual_seed((self.seed * 1_000_003 + self.num_steps) % (2**63))
+        return generator
+
+    @torch.no_grad()
+    def step(self) -> dict[str, Any]:
+        """Rewrite the ``.grad`` of every particle set now (then clip if ``max_grad_norm``); returns the stats.
+
+        Sets whose parameters have no gradient are left alone. A set whose rewrite is not finite keeps its plain
+        gradient, with a warning.
+        """
+        batches: dict[tuple, list[tuple[ParticleSet, Tensor]]] = {}
+        for s in self.particle_sets:
+            grads = s.grads()
+            if grads is not None:
+                batches.setdefault((s.num_particles, s.size, grads.dtype, grads.device), []).append(
+                    (s, grads)
+                )
+        per_set: dict[str, dict[str, Any]] = {}
+        for (_, _, _, device), members in batches.items():
+            theta = torch.stack([s.weights() for s, _ in members])
+            grads = torch.stack([g for _, g in members])
+            terms = svgd_terms(
+                theta, grads, median=self.median, kernel_grad_div=self.kernel_grad_div, eps=self.eps
+            )
+            direction = _svgd_from_terms(
+                terms,
+                alpha=self.alpha,
+                stepsize=1.0 if self.method == "spos" else self.stepsize,
+                normalize_by_M=self.normalize_by_M,
+            )
+            if self.method == "spos":
+                noise = _spos_noise(
+                    grads,
+                    direction.dtype,
+                    beta=self.beta,
+                    stepsize=self.stepsize,
+                    generator=self._generator(device),
+                )
+                direction = self.stepsize * (direction + noise)
+            finite = torch.isfinite(direction).flatten(1).all(dim=1)
+            stats = self._stats(terms, theta, finite)
+            for i, (s, _) in enumerate(members):
+                per_set[s.name] = {key: value[i] for key, value in stats.items()}
+                if per_set[s.name]["finite"]:
+                    s.set_grads(direction[i])
+                else:
+                    warnings.warn(
+                        f"repulsive rewrite of {s.name} is not finite; kept its plain gradient", stacklevel=2
+                    )
+        if self.max_grad_norm is not None:
+            params = self._clip_parameters()
+            torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+        self.num_steps += 1
+        self.last_stats = self._summary(per_set)
+        return self.last_stats
+
+    def _stats(self, terms, theta: Tensor, finite: Tensor) -> dict[str, list]:
+        """Per set of a batch: bandwidth h, mean off-diagonal kernel, ‖αR‖/‖K·G‖, per-head weight norms."""
+        m = terms.kernel.shape[-1]
+        off_diagonal = (terms.kernel.sum(dim=(-1, -2)) - m) / (m * (m - 1))
+        driving = terms.driving.flatten(1).norm(dim=1).clamp_min(torch.finfo(terms.driving.dtype).tiny)
+        ratio = self.alpha * terms.repulsion.flatten(1).norm(dim=1) / driving
+        return {
+            "bandwidth": terms.bandwidth.tolist(),
+            "mean_offdiag_kernel": off_diagonal.tolist(),
+            "repulsion_ratio": ratio.tolist(),
+            "head_norms": theta.norm(dim=-1).tolist(),
+            "finite": finite.tolist(),
+        }
+
+    def _summary(self, per_set: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        summary: dict[str, Any] = {"step": self.num_steps, "sets": per_set}
+        for key in ("bandwidth", "mean_offdiag_kernel", "repulsion_ratio"):
+            values = [stats[key] for stats in per_set.values()]
+            summary[key] = sum(values) / len(values) if values else float("nan")
+        return summary
+
+    def _clip_parameters(self) -> list[nn.Parameter]:
+        if self._optimizer is not None:
+            return [p for group in self._optimizer.param_groups for p in group["params"]]
+        if self._model_params:
+            return self._model_params
+        return [p for s in self.particle_sets for p in s.params]

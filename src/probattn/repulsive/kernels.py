@@ -1,0 +1,61 @@
+"""The RBF kernel between particles and its median-heuristic bandwidth (repulsive.md §3.2).
+
+A particle set is a tensor ``(..., M, P)``: M particles (attention heads) of P numbers each, with any leading
+batch dimensions. Everything here is computed in the dtype it is given; callers promote to float32 or wider.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+MedianKind = Literal["true", "lower"]
+
+__all__ = ["MedianKind", "median_bandwidth", "pairwise_sq_dists", "rbf_kernel"]
+
+
+def pairwise_sq_dists(particles: Tensor) -> Tensor:
+    """Squared distances ``D2[..., i, j] = ‖θ_i − θ_j‖²`` of particles ``(..., M, P)`` -> ``(..., M, M)``.
+
+    The particles are centred first (distances do not change) so that nearly identical heads keep their small
+    distances in float32 despite the Gram trick ``‖a‖² + ‖b‖² − 2a·b``. The result is ≥ 0 with an exact zero
+    diagonal.
+    """
+    centred = particles - particles.mean(dim=-2, keepdim=True)
+    sq_norms = centred.square().sum(dim=-1)
+    gram = centred @ centred.transpose(-1, -2)
+    sq_dists = (sq_norms.unsqueeze(-1) + sq_norms.unsqueeze(-2) - 2.0 * gram).clamp_min(0.0)
+    m = particles.shape[-2]
+    diagonal = torch.eye(m, dtype=torch.bool, device=particles.device)
+    return sq_dists.masked_fill(diagonal, 0.0)
+
+
+def median_bandwidth(
+    sq_dists: Tensor, particles: Tensor, *, median: MedianKind = "true", eps: float = 1e-8
+) -> Tensor:
+    """Median-heuristic squared bandwidth ``h² = max(med, floor) / (2 log(M + 1))`` -> shape ``(...,)``.
+
+    ``med`` is the median of all M² entries of ``sq_dists (..., M, M)``, diagonal zeros included (as in the
+    authors' code). ``median="true"`` averages the two middle entries (TF / ELECTRA code); ``"lower"`` takes
+    the lower one, as ``torch.median`` does (PyTorch code: gives ``h² = 0`` for two distinct heads).
+    ``floor = eps · mean_i ‖θ_i‖² + tiny`` keeps identical heads (med = 0) finite. With this bandwidth
+    ``k(θ_i, θ_j) = (M + 1)^(−D2_ij / med)``: a pair at the median distance has kernel ``1 / (M + 1)``.
+    """
+    if median not in ("true", "lower"):
+        raise ValueError(f"median must be 'true' or 'lower', got {median!r}")
+    m = sq_dists.shape[-1]
+    ordered = sq_dists.flatten(-2).sort(dim=-1).values
+    n = m * m
+    med = ordered[..., (n - 1) // 2]
+    if median == "true":
+        med = 0.5 * (med + ordered[..., n // 2])
+    floor = eps * particles.square().sum(dim=-1).mean(dim=-1) + torch.finfo(sq_dists.dtype).tiny
+    return torch.maximum(med, floor) / (2.0 * math.log(m + 1))
+
+
+def rbf_kernel(sq_dists: Tensor, h2: Tensor) -> Tensor:
+    """``K = exp(−D2 / (2 h²))`` for ``sq_dists (..., M, M)`` and ``h2 (...,)`` -> ``(..., M, M)``."""
+    return torch.exp(-sq_dists / (2.0 * h2[..., None, None]))
