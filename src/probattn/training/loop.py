@@ -1,0 +1,299 @@
+"""The one training loop: ``train(TrainConfig) -> RunResult``.
+
+Per optimizer step: ``grad_accum`` micro-batches (forward, task loss + alignment term, backward; DDP syncs
+on the last), a finiteness check of the losses and of the all-reduced gradients, gradient clipping (inside
+the repulsive hook when ``repulsive`` is on, which rewrites the gradients first), ``optimizer.step()``,
+the LR schedule (linear warm-up, linear decay to 0 at ``max_steps``). Every ``checkpoint_every`` steps and at
+the end an atomic checkpoint; at the end validation / test / OOD metrics, a saved model and
+``metrics.json``. See docs/training.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from probattn.data import DataSplits, TextClassificationData
+from probattn.training import distributed as D
+from probattn.training.checkpoint import (
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from probattn.training.config import TrainConfig
+from probattn.training.data import load_ood, load_splits
+from probattn.training.evaluate import Predictions, predict
+from probattn.training.modeling import Encoder, build_model, forward_logits, inference_state_dict
+from probattn.training.outputs import CHECKPOINT, prepare_output, write_run
+
+__all__ = ["NonFiniteError", "RunResult", "train"]
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss or gradient became NaN/inf; the message names the step and the component."""
+
+
+@dataclass
+class RunResult:
+    """What :func:`train` returns. ``metrics`` is the content of ``metrics.json``; ``model`` is the trained
+    (unwrapped, eval-mode) model and ``encode(texts, pairs=None)`` its tokenizer; ``history`` has one record
+    per optimizer step run in this process."""
+
+    metrics: dict[str, Any]
+    output_dir: Path | None
+    model: nn.Module
+    encode: Encoder
+    label_names: tuple[str, ...]
+    history: list[dict[str, Any]]
+    config: TrainConfig
+    splits: DataSplits | None = None
+    ood: TextClassificationData | None = field(default=None, repr=False)
+
+    def predict(self, data: TextClassificationData, *, batch_size: int | None = None) -> Predictions:
+        """Per-example probabilities ``(N, C)`` and labels of the trained model on ``data``."""
+        return predict(self.model, self.encode, data, batch_size=batch_size or self.config.eval_batch_size)
+
+
+def _say(ctx: D.Distributed, message: str) -> None:
+    if ctx.is_main:
+        print(f"probattn train: {message}", file=sys.stderr, flush=True)
+
+
+def _lr_factor(config: TrainConfig) -> Callable[[int], float]:
+    warmup, total = config.warmup_steps, config.max_steps
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return factor
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB: process peak RSS
+
+
+def _check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    before = TrainConfig.from_dict(saved["config"], source=str(path))
+    diff = before.differences(config)
+    if diff:
+        listed = "; ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, (a, b) in diff.items())
+        raise ValueError(f"--resume: {path} was written by a different configuration ({listed}); resume with "
+                         f"the same options, or start a new run with another --output (or --overwrite)")
+    if saved["step"] > config.max_steps:
+        raise ValueError(f"--resume: {path} is at step {saved['step']}, beyond --max-steps {config.max_steps}")
+
+
+class _Guard:
+    """Raises :class:`NonFiniteError` naming the step and the component that went non-finite."""
+
+    def __init__(self, ctx: D.Distributed, out: Path | None):
+        self.ctx, self.out, self.step, self.last_checkpoint = ctx, out, 0, None
+
+    def fail(self, component: str, value: str) -> None:
+        kept = (f"the last good checkpoint ({self.out / CHECKPOINT}, step {self.last_checkpoint}) is kept"
+                if self.last_checkpoint is not None else "no checkpoint was written")
+        raise NonFiniteError(f"step {self.step}: the {component} is {value}; training stopped and {kept}. "
+                             f"Lower --lr, check the data, or raise --max-grad-norm clipping")
+
+    def scalar(self, component: str, value: Tensor) -> None:
+        if not torch.isfinite(value):
+            self.fail(component, f"non-finite ({float(value)})")
+
+    def gradients(self, component: str, params: list[nn.Parameter]) -> None:
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            self.fail(component, "non-finite (NaN or inf in some gradients)")
+
+
+def train(config: TrainConfig, *, progress: bool = True,
+          on_step: Callable[[dict[str, Any]], None] | None = None) -> RunResult:
+    """Train one model as ``config`` says and evaluate it (see the module docstring and docs/training.md).
+
+    Under ``torchrun`` every process calls this; rank 0 alone writes files. ``on_step(record)`` is called after
+    every optimizer step with that step's history record.
+    """
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    ctx = D.setup(config.device)
+    try:
+        return _train(config, ctx, progress, on_step)
+    finally:
+        ctx.close()
+
+
+def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
+           on_step: Callable[[dict[str, Any]], None] | None) -> RunResult:
+    out = prepare_output(config, ctx)
+    saved = None
+    if config.resume and out is not None and (out / CHECKPOINT).is_file():
+        saved = load_checkpoint(out / CHECKPOINT)
+        _check_resumable(saved, config, out / CHECKPOINT)
+        _say(ctx, f"resuming from {out / CHECKPOINT} at step {saved['step']}")
+    elif config.resume:
+        _say(ctx, "--resume: no checkpoint found, starting from step 0")
+
+    splits = load_splits(config)
+    ood = load_ood(config, splits.label_names)
+    steps_per_epoch = len(splits.train) // config.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"--batch-size {config.batch_size} is larger than the training set "
+                         f"({len(splits.train)} examples); lower it")
+
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed % 2**32)
+    model, encode = build_model(config, splits.train, tokenizer_state=saved["tokenizer"] if saved else None)
+    if config.alignment:
+        from probattn.alignment import attach_alignment
+
+        attach_alignment(model, config.alignment, weight=config.alignment_weight)
+    model.to(ctx.device).train()
+    encoded = encode(splits.train.texts, splits.train.text_pairs)
+    if encoded.truncated:
+        _say(ctx, f"truncated {encoded.truncated} of {len(splits.train)} training texts to --max-length "
+                  f"{config.max_length} tokens")
+    labels = torch.tensor(splits.train.labels)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config))
+    guard = _Guard(ctx, out)
+    repulsive = None
+    if config.repulsive:
+        from probattn.repulsive import RepulsiveHeads
+
+        repulsive = RepulsiveHeads(model, method=config.repulsive, alpha=config.repulsive_alpha, seed=config.seed,
+                                   max_grad_norm=config.max_grad_norm or None).attach(optimizer)
+        optimizer.register_step_pre_hook(lambda *_: guard.gradients("repulsive update (rewritten gradients)",
+                                                                     params))
+
+    history: list[dict[str, Any]] = []
+    start = 0
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        if repulsive is not None:
+            repulsive.load_state_dict(saved["repulsive"])
+        restore_rng_state(saved["rng"])
+        history, start = list(saved["history"]), int(saved["step"])
+        guard.last_checkpoint = start
+    wrapped = model
+    if ctx.enabled:
+        wrapped = nn.parallel.DistributedDataParallel(
+            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+
+    def checkpoint(step: int, epoch: int, order: np.ndarray) -> None:
+        if out is None:
+            return
+        D.assert_in_sync(ctx, model)
+        if ctx.is_main:
+            save_checkpoint(out / CHECKPOINT, {
+                "format": 1, "step": step, "config": config.to_dict(), "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "repulsive": repulsive.state_dict() if repulsive is not None else None,
+                "rng": capture_rng_state(), "history": history, "tokenizer": encode.state,
+                "label_names": splits.label_names,
+                "data": {"seed": config.seed, "epoch": epoch, "step_in_epoch": step - epoch * steps_per_epoch,
+                         "steps_per_epoch": steps_per_epoch, "order": torch.from_numpy(order)},
+            })
+        ctx.barrier()
+        guard.last_checkpoint = step
+
+    grad_accum, order, order_epoch, seconds = config.grad_accum, None, -1, 0.0
+    bar = tqdm(total=config.max_steps, initial=start, unit="step", disable=not (progress and ctx.is_main),
+               dynamic_ncols=True)
+    for step in range(start, config.max_steps):
+        began = time.perf_counter()
+        guard.step = step + 1
+        epoch, in_epoch = divmod(step, steps_per_epoch)
+        if epoch != order_epoch:
+            order, order_epoch = D.epoch_order(len(splits.train), seed=config.seed, epoch=epoch), epoch
+        sums = torch.zeros(2, dtype=torch.float64)
+        for j, index in enumerate(D.micro_batches(order, in_epoch, batch_size=config.batch_size,
+                                                  grad_accum=grad_accum, world_size=ctx.world_size,
+                                                  rank=ctx.rank)):
+            torch.manual_seed(D.seed_for(config.seed, step, ctx.rank * grad_accum + j))
+            mask = encoded.attention_mask[index]
+            width = int(mask.sum(1).max())
+            ids, mask = encoded.input_ids[index, :width].to(ctx.device), mask[:, :width].to(ctx.device)
+            sync = j == grad_accum - 1 or not ctx.enabled
+            with contextlib.nullcontext() if sync else wrapped.no_sync():
+                task = F.cross_entropy(forward_logits(wrapped, ids, mask).float(), labels[index].to(ctx.device))
+                align = torch.zeros((), device=ctx.device)
+                if config.alignment:
+                    from probattn.alignment import alignment_loss
+
+                    align = alignment_loss(model, distance_batch=0)[0]
+                ((task + align) / grad_accum).backward()
+            sums += torch.stack([task.detach(), align.detach()]).double().cpu() / grad_accum
+        ctx.all_reduce_mean(sums)
+        guard.scalar("task loss", sums[0])
+        guard.scalar("alignment term", sums[1])
+        guard.gradients("gradient of the task loss" + (" + alignment term" if config.alignment else ""), params)
+        if repulsive is None and config.max_grad_norm > 0:
+            nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        torch.manual_seed(D.seed_for(config.seed, step, -1))
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        seconds += time.perf_counter() - began
+        record = {"step": step + 1, "loss": float(sums.sum()), "task_loss": float(sums[0]),
+                  "alignment": float(sums[1]), "lr": lr}
+        if repulsive is not None:
+            record["repulsion_ratio"] = float(repulsive.last_stats.get("repulsion_ratio", float("nan")))
+        history.append(record)
+        bar.update(1)
+        bar.set_postfix(loss=f"{record['loss']:.4f}", ex_s=f"{config.batch_size / max(seconds / (step + 1 - start), 1e-9):.0f}")
+        if on_step is not None:
+            on_step(record)
+        if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < config.max_steps:
+            checkpoint(step + 1, epoch, order)
+    bar.close()
+    steps_run = config.max_steps - start
+    if order is None:  # resumed a run that had already reached max_steps
+        order, order_epoch = D.epoch_order(len(splits.train), seed=config.seed, epoch=0), 0
+    if steps_run:
+        checkpoint(config.max_steps, order_epoch, order)
+    elif out is not None:
+        D.assert_in_sync(ctx, model)
+
+    model.eval()
+    metrics: dict[str, Any] | None = None
+    if ctx.is_main:
+        evaluate = lambda data: predict(model, encode, data, batch_size=config.eval_batch_size).metrics()  # noqa: E731
+        metrics = {"validation": evaluate(splits.validation), "test": evaluate(splits.test)}
+        if ood is not None:
+            metrics["ood"] = evaluate(ood)
+        metrics["train"] = {
+            "steps": config.max_steps, "steps_this_process": steps_run,
+            "seconds_per_step": seconds / steps_run if steps_run else None,
+            "peak_memory_mb": _peak_memory_mb(ctx.device), "world_size": ctx.world_size,
+            "final_loss": history[-1]["loss"] if history else None,
+        }
+        metrics["data"] = {"train": len(splits.train), "validation": len(splits.validation),
+                           "test": len(splits.test), "ood": len(ood) if ood is not None else None,
+                           "label_names": list(splits.label_names), "truncated_train": encoded.truncated}
+        if out is not None:
+            write_run(out, config=config, metrics=metrics, history=history, label_names=splits.label_names,
+                      state_dict=inference_state_dict(model), tokenizer=encode.state)
+    metrics = ctx.broadcast_object(metrics)
+    return RunResult(metrics=metrics, output_dir=out, model=model, encode=encode, label_names=splits.label_names,
+                     history=history, config=config, splits=splits, ood=ood)

@@ -1,0 +1,120 @@
+"""Build the model and text encoder a :class:`TrainConfig` names; save and reload a trained one.
+
+Every model is called as ``model(input_ids=(B, L) long, attention_mask=(B, L)) -> logits (B, C)`` (or an
+output object with ``.logits``), and every encoder as ``encode(texts, pairs=None) -> Encoded``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from probattn.data import Encoded, TextClassificationData, WordTokenizer
+from probattn.training.config import TrainConfig
+
+__all__ = ["Encoder", "build_model", "forward_logits", "inference_state_dict", "load_trained"]
+
+MINILM_MAX_LENGTH = 512
+
+
+@dataclass
+class Encoder:
+    """``encode(texts, pairs=None) -> Encoded`` cut to ``max_length`` tokens; ``state`` rebuilds it."""
+
+    tokenize: Callable[..., Encoded]
+    max_length: int
+    state: dict[str, Any]
+
+    def __call__(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> Encoded:
+        return self.tokenize(list(texts), None if pairs is None else list(pairs), max_length=self.max_length)
+
+
+def _hf_tokenize(tokenizer) -> Callable[..., Encoded]:
+    def tokenize(texts: list[str], pairs: list[str] | None, *, max_length: int) -> Encoded:
+        lengths = [len(ids) for ids in tokenizer(texts, pairs, truncation=False)["input_ids"]]
+        batch = tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+        return Encoded(batch["input_ids"], batch["attention_mask"].bool(), sum(n > max_length for n in lengths))
+
+    return tokenize
+
+
+def _tiny(config: TrainConfig, num_labels: int, vocab_size: int) -> nn.Module:
+    from probattn.models.tiny import TinyEncoderClassifier, TinyEncoderConfig
+
+    return TinyEncoderClassifier(TinyEncoderConfig(
+        vocab_size=vocab_size, num_labels=num_labels, max_length=config.max_length, embed_dim=config.embed_dim,
+        num_heads=config.num_heads, num_layers=config.num_layers, ff_dim=2 * config.embed_dim,
+        dropout=config.dropout, normalization=config.normalization, hybrid_alpha=config.hybrid_alpha,
+        sinkhorn_iters=config.sinkhorn_iters,
+    ))
+
+
+def _minilm(config: TrainConfig, num_labels: int) -> tuple[nn.Module, Any]:
+    if config.max_length > MINILM_MAX_LENGTH:
+        raise ValueError(f"--max-length {config.max_length}: minilm takes at most {MINILM_MAX_LENGTH} tokens")
+    from probattn.hf import load_pretrained
+
+    model, tokenizer = load_pretrained("minilm", task="classification", num_labels=num_labels,
+                                       normalization=config.normalization, hybrid_alpha=config.hybrid_alpha,
+                                       sinkhorn_iters=config.sinkhorn_iters)
+    return model.train(), tokenizer
+
+
+def build_model(config: TrainConfig, train: TextClassificationData,
+                tokenizer_state: dict[str, Any] | None = None) -> tuple[nn.Module, Encoder]:
+    """A fresh model for ``config.model`` with ``train.num_labels`` outputs, and its encoder.
+
+    The ``tiny`` model's word vocabulary is built from ``train`` (or restored from ``tokenizer_state``).
+    """
+    if config.model == "tiny":
+        words = (WordTokenizer.from_state_dict(tokenizer_state) if tokenizer_state
+                 else WordTokenizer.build(train.texts + (train.text_pairs or [])))
+        return _tiny(config, train.num_labels, len(words)), Encoder(words, config.max_length, words.state_dict())
+    if config.model == "self-attentive":
+        from probattn.models.self_attentive import SelfAttentiveClassifier
+
+        if config.normalization != "softmax":
+            raise ValueError(f"--normalization {config.normalization}: the self-attentive model has no "
+                             f"query/key attention to renormalize; use --normalization softmax")
+        words = (WordTokenizer.from_state_dict(tokenizer_state) if tokenizer_state
+                 else WordTokenizer.build(train.texts + (train.text_pairs or [])))
+        model = SelfAttentiveClassifier(len(words), train.num_labels, embed_dim=config.embed_dim,
+                                        hidden=config.embed_dim, attention_hops=config.num_heads,
+                                        attention_unit=config.embed_dim, mlp_hidden=2 * config.embed_dim,
+                                        dropout=config.dropout)
+        return model, Encoder(words, config.max_length, words.state_dict())
+    model, tokenizer = _minilm(config, train.num_labels)
+    return model, Encoder(_hf_tokenize(tokenizer), config.max_length, {"kind": "minilm"})
+
+
+def forward_logits(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """``(B, C)`` logits of any supported model."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask)
+    return out if isinstance(out, Tensor) else out.logits
+
+
+def inference_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """The model's state (on CPU) without alignment auxiliary networks (they are unused at inference)."""
+    from probattn.alignment import strip_alignment_state
+
+    return {k: v.detach().cpu() for k, v in strip_alignment_state(model.state_dict()).items()}
+
+
+def load_trained(path: str | Path) -> tuple[nn.Module, Encoder, tuple[str, ...]]:
+    """``(model in eval mode, encoder, label_names)`` from a run directory (or its ``model.pt``)."""
+    path = Path(path)
+    file = path / "model.pt" if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: no saved model (a finished `probattn train --output DIR` writes one)")
+    saved = torch.load(file, map_location="cpu", weights_only=False)
+    config = TrainConfig.from_dict(saved["config"], source=str(file))
+    labels = tuple(saved["label_names"])
+    placeholder = TextClassificationData(texts=[], labels=[], label_names=labels)
+    model, encoder = build_model(config, placeholder, tokenizer_state=saved["tokenizer"])
+    model.load_state_dict(saved["state_dict"])
+    return model.eval(), encoder, labels
