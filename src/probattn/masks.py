@@ -217,24 +217,27 @@ def build_mask_spec(
 
 
 def looks_causal(spec: MaskSpec) -> bool:
-    """Whether the allowed pattern is causal: ``is_causal``, or no pair ``j > i`` between real tokens allowed.
+    """Whether the allowed pattern is causal: ``is_causal``, or a lower-triangular ``attn_mask``.
 
-    A pure padding mask is not causal; a lower-triangular ``attn_mask`` (with or without padding) is.
-    Only square problems (``Lq == Lk > 1``) can be causal in this sense.
+    A pattern counts as causal when every query that attends to anything attends to its own position, and no
+    pair ``j > i`` is allowed between positions that take part (padding, local windows and causal + padding
+    masks as Hugging Face builds them all fit). A pure padding mask is not causal. Only square problems
+    (``Lq == Lk > 1``) can be causal in this sense.
     """
     if spec.causal:
         return True
     if spec.allowed is None or spec.q_len != spec.k_len or spec.q_len < 2:
         return False
     n = spec.q_len
-    upper = torch.ones(n, n, dtype=torch.bool, device=spec.allowed.device).triu(1)
-    # pairs (i < j) between a query and a key that each take part somewhere
-    q_used = spec.allowed.any(dim=-1)  # (B|1, H|1, Lq)
-    k_used = spec.allowed.any(dim=-2)  # (B|1, H|1, Lk)
-    candidate = q_used.unsqueeze(-1) & k_used.unsqueeze(-2) & upper
-    if not bool(candidate.any()):
+    allowed = spec.allowed
+    q_used = allowed.any(dim=-1)  # (B|1, H|1, Lq)
+    k_used = allowed.any(dim=-2)  # (B|1, H|1, Lk)
+    upper = torch.ones(n, n, dtype=torch.bool, device=allowed.device).triu(1)
+    candidate = q_used.unsqueeze(-1) & k_used.unsqueeze(-2) & upper  # pairs i < j between used positions
+    if not bool(candidate.any()) or bool((allowed & candidate).any()):
         return False
-    return not bool((spec.allowed & candidate).any())
+    diagonal = torch.diagonal(allowed, dim1=-2, dim2=-1)
+    return bool((diagonal | ~q_used).all())
 
 
 def from_torch_mha(
