@@ -159,7 +159,7 @@ def test_gradcheck_with_masks(normalization):
         return attention(q, k, v, normalization=normalization, key_padding_mask=kpm, query_padding_mask=qpm,
                          hybrid_alpha=alpha if normalization == "hybrid" else 0.5, return_weights=True)
 
-    inputs = tuple(t.requires_grad_(True) for t in (q, k, v)) + (alpha,)
+    inputs = (*(t.requires_grad_(True) for t in (q, k, v)), alpha)
     assert torch.autograd.gradcheck(fn, inputs)
 
 

@@ -88,7 +88,7 @@ def test_doubly_is_invariant_to_a_per_key_bias(problem, magnitude):
 @SETTINGS
 @given(problems())
 def test_softmax_equals_sdpa(problem):
-    q, k, v, scale, key_valid, query_valid, allowed = problem
+    q, k, v, scale, key_valid, _, allowed = problem
     mask = key_valid[:, None, None, :].expand(q.shape[0], 1, q.shape[2], k.shape[2])
     if allowed is not None:
         mask = mask & allowed
