@@ -96,7 +96,7 @@ def test_torch_mha_convention_is_inverted():
 def test_hf_masks_give_query_validity_from_the_diagonal():
     valid = torch.tensor([[True, True, False], [True, True, True]])
     bool_mask = valid[:, None, None, :].expand(2, 1, 3, 3)
-    mask, query_valid, causal = from_hf_attention_mask(bool_mask, is_causal=False, batch=2, q_len=3, k_len=3)
+    _, query_valid, causal = from_hf_attention_mask(bool_mask, is_causal=False, batch=2, q_len=3, k_len=3)
     assert torch.equal(query_valid, valid) and not causal
     float_mask = torch.zeros(2, 1, 3, 3).masked_fill(~bool_mask, torch.finfo(torch.float32).min)
     _, query_valid, _ = from_hf_attention_mask(float_mask, is_causal=False, batch=2, q_len=3, k_len=3)
