@@ -1,0 +1,26 @@
+"""Hugging Face integration: convert pretrained transformers to probattn attention, save / load, train.
+
+The only part of probattn that imports ``transformers`` (install ``probattn[hf]``).
+"""
+
+from probattn.hf.attention import ATTENTION_NAME, HybridWeight, LayerSettings, probattn_attention, register
+from probattn.hf.convert import attention_modules, convert, repulsive_heads
+from probattn.hf.pretrained import PRETRAINED, load, load_model, load_pretrained
+from probattn.hf.trainer import RepulsiveCallback, Trainer
+
+__all__ = [
+    "ATTENTION_NAME",
+    "PRETRAINED",
+    "HybridWeight",
+    "LayerSettings",
+    "RepulsiveCallback",
+    "Trainer",
+    "attention_modules",
+    "convert",
+    "load",
+    "load_model",
+    "load_pretrained",
+    "probattn_attention",
+    "register",
+    "repulsive_heads",
+]

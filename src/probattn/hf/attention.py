@@ -1,0 +1,181 @@
+"""The attention function probattn registers with Hugging Face transformers.
+
+transformers (>= 5) calls ``fn(module, query, key, value, attention_mask, scaling=, dropout=, **kwargs)`` from
+every attention layer of a model whose ``config._attn_implementation`` names ``fn``:
+
+* ``query (B, H, Lq, d)``, ``key (B, H_kv, Lk, d)``, ``value (B, H_kv, Lk, d_v)``: projected per-head states
+  (after rotary embeddings), unscaled; ``H_kv < H`` for grouped-query models.
+* ``attention_mask``: what the mask function registered under the same name returns. probattn registers
+  ``transformers.masking_utils.sdpa_mask`` (without it transformers silently passes ``None`` and padding and
+  causality are lost): bool ``(B, 1, Lq, Lk)``, True = may attend, or ``None`` when nothing needs masking
+  (causality then comes from ``module.is_causal``).
+* returns ``(out (B, Lq, H, d_v), weights (B, H, Lq, Lk) or None)``.
+
+The function reads the per-layer settings that :func:`probattn.hf.convert` stores on each attention module
+(``module.probattn_settings``; a module without settings runs plain softmax) and hands the work to
+:func:`probattn.functional.attention` and the mask reading to :mod:`probattn.masks`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from transformers import AttentionInterface, AttentionMaskInterface
+from transformers.masking_utils import sdpa_mask
+
+from probattn.functional import attention
+from probattn.masks import build_mask_spec, from_hf_attention_mask
+from probattn.nn.hooks import observe_qk
+
+ATTENTION_NAME = "probattn"
+SETTINGS_ATTR = "probattn_settings"
+HYBRID_ATTR = "probattn_hybrid"
+
+__all__ = ["ATTENTION_NAME", "HybridWeight", "LayerSettings", "probattn_attention", "register"]
+
+
+@dataclass(frozen=True)
+class LayerSettings:
+    """How one attention module normalizes its scores.
+
+    ``hybrid_alpha`` is the softmax weight of ``"hybrid"`` (a float in [0, 1]), or ``"learned"``: then the
+    module holds a :class:`HybridWeight` submodule ``probattn_hybrid`` with one logit per head.
+    """
+
+    normalization: str = "softmax"
+    hybrid_alpha: float | str = 0.5
+    sinkhorn_iters: int = 3
+
+
+SOFTMAX = LayerSettings()
+
+
+class HybridWeight(nn.Module):
+    """Learned per-head softmax weight of the hybrid scheme: ``alpha = sigmoid(logit)``, ``logit (H,)`` starts at 0."""
+
+    def __init__(self, num_heads: int) -> None:
+        super().__init__()
+        self.logit = nn.Parameter(torch.zeros(num_heads))
+
+    def forward(self) -> Tensor:
+        """``alpha (H,)`` in (0, 1)."""
+        return torch.sigmoid(self.logit)
+
+
+# keyword -> why probattn refuses it (each changes the scores in a way the core does not model)
+_UNSUPPORTED = {
+    "softcap": "tanh soft-capping of the scores (Gemma-2 style)",
+    "s_aux": "attention sinks",
+    "sinks": "attention sinks",
+    "position_bias": "an additive relative-position bias (T5 style)",
+    "cu_seq_lens_q": "packed variable-length sequences",
+    "cu_seq_lens_k": "packed variable-length sequences",
+    "cache": "a paged KV cache",
+}
+
+
+def _check_kwargs(kwargs: dict, attention_mask: object, k_len: int) -> None:
+    for name, what in _UNSUPPORTED.items():
+        if kwargs.get(name) is not None:
+            raise ValueError(
+                f"this model passes {name}= ({what}) to its attention function; probattn's Hugging Face "
+                f"attention does not support it. Use a model family without {what}, or keep this model's "
+                "attention implementation ('sdpa' / 'eager')."
+            )
+    window = kwargs.get("sliding_window")
+    if window is not None and attention_mask is None and k_len > int(window):
+        raise ValueError(
+            f"sliding_window={window} without a mask for {k_len} keys: the window would be ignored. Build the "
+            "model through probattn.hf.convert, which registers the mask function that encodes the window."
+        )
+    if attention_mask is not None and not isinstance(attention_mask, Tensor):
+        raise TypeError(
+            f"attention_mask must be a tensor or None, got {type(attention_mask).__name__}; probattn registers "
+            "the 'sdpa' mask function, so a block mask or other object means the model bypassed it"
+        )
+
+
+def _weights_requested(kwargs: dict) -> bool:
+    """Whether the caller collects attention weights (``output_attentions=True``).
+
+    Some models (GPT-2) do not forward ``output_attentions`` to the attention function; their weights are
+    collected by transformers' output-capturing hooks, whose active collector says what is being recorded.
+    """
+    if kwargs.get("output_attentions"):
+        return True
+    try:
+        from transformers.utils.output_capturing import _active_collector
+    except ImportError:  # pragma: no cover - other transformers versions
+        return False
+    collected = _active_collector.get()
+    return bool(collected) and ("attentions" in collected or "cross_attentions" in collected)
+
+
+def probattn_attention(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[Tensor, Tensor | None]:
+    """Attention for a Hugging Face layer with the normalization stored on ``module`` (see module docstring).
+
+    Also passes the per-head ``query`` and ``key`` with their validity to
+    :func:`probattn.nn.hooks.observe_qk` (alignment regularizers, diagnostics probes).
+    """
+    _check_kwargs(kwargs, attention_mask, key.shape[2])
+    settings: LayerSettings = getattr(module, SETTINGS_ATTR, SOFTMAX)
+    batch, _, q_len, _ = query.shape
+    is_causal = kwargs.get("is_causal")
+    if is_causal is None:
+        is_causal = getattr(module, "is_causal", False)
+    # as transformers' sdpa integration: causality comes from the module only when no mask was built
+    is_causal = bool(is_causal) and attention_mask is None and q_len > 1
+    if is_causal and key.shape[2] > q_len:  # prefill into an empty static cache: the tail keys are unused
+        key, value = key[:, :, :q_len], value[:, :, :q_len]
+    k_len = key.shape[2]
+    attn_mask, query_valid, is_causal = from_hf_attention_mask(
+        attention_mask, is_causal=is_causal, batch=batch, q_len=q_len, k_len=k_len
+    )
+    key_valid = None
+    if attn_mask is not None:
+        spec = build_mask_spec(batch=batch, heads=1, q_len=q_len, k_len=k_len, device=query.device,
+                               attn_mask=attn_mask, query_padding_mask=query_valid)
+        seen = spec.column_has_query()  # (B|1, 1, 1, Lk): keys some real query may attend to
+        key_valid = None if seen is None else seen.reshape(seen.shape[0], k_len).expand(batch, k_len)
+    observe_qk(module, query, key, query_valid=query_valid, key_valid=key_valid)
+
+    hybrid_alpha = settings.hybrid_alpha
+    if hybrid_alpha == "learned":
+        hybrid_alpha = getattr(module, HYBRID_ATTR)()
+    want_weights = _weights_requested(kwargs)
+    result = attention(
+        query, key, value,
+        normalization=settings.normalization,
+        attn_mask=attn_mask,
+        query_padding_mask=query_valid,
+        is_causal=is_causal,
+        scale=scaling,
+        dropout_p=float(dropout) if module.training else 0.0,
+        hybrid_alpha=hybrid_alpha,
+        sinkhorn_iters=settings.sinkhorn_iters,
+        return_weights=want_weights,
+    )
+    out, weights = result if want_weights else (result, None)
+    return out.transpose(1, 2).contiguous(), weights
+
+
+def register() -> str:
+    """Register :func:`probattn_attention` and the ``sdpa`` mask function under ``"probattn"`` (idempotent).
+
+    Both registrations are process-global in transformers; the mask function must carry the same name, or
+    transformers passes ``attention_mask=None`` and padding and causal masks are silently lost.
+    """
+    AttentionInterface.register(ATTENTION_NAME, probattn_attention)
+    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+    return ATTENTION_NAME

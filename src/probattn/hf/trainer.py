@@ -1,0 +1,126 @@
+"""Training glue for transformers' ``Trainer``: the alignment term in the loss, repulsive heads per step.
+
+``probattn.hf.Trainer`` is a drop-in ``transformers.Trainer`` that, for a model converted with
+``alignment=`` and / or ``repulsive=``:
+
+* adds ``alignment_loss(model)`` (``weight`` times the mean term over layers) to each micro-batch's loss,
+  scaled so that under gradient accumulation its weight is the same as without: when the Trainer treats
+  the loss as already normalized over the accumulated batch (``num_items_in_batch``, see
+  ``Trainer.training_step``) the term is divided by the number of accumulation steps, otherwise the
+  Trainer divides it together with the task loss;
+* rewrites the attention heads' gradients with SVGD / SPOS through :class:`RepulsiveCallback` in
+  ``on_pre_optimizer_step``: after the Trainer's gradient clipping, once per optimizer step;
+* logs the means since the last log as ``probattn/alignment``, ``probattn/alignment_term``,
+  ``probattn/alignment_distance`` and ``probattn/repulsion_ratio``, ``probattn/repulsive_bandwidth``
+  (``trainer.state.log_history``).
+
+With the stock ``Trainer``, add :class:`RepulsiveCallback` yourself and add the alignment term in your own
+``compute_loss`` (or use this class).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import torch
+import transformers
+from transformers import TrainerCallback
+
+from probattn.alignment import alignment_loss, attached_regularizers
+from probattn.hf.convert import repulsive_heads
+from probattn.repulsive import RepulsiveHeads
+
+__all__ = ["RepulsiveCallback", "Trainer"]
+
+
+class _Means:
+    """Running means of named scalars between two log calls."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def add(self, name: str, value: float) -> None:
+        self.sums[name] += float(value)
+        self.counts[name] += 1
+
+    def pop(self) -> dict[str, float]:
+        out = {name: self.sums[name] / self.counts[name] for name in self.sums}
+        self.sums.clear()
+        self.counts.clear()
+        return out
+
+
+class RepulsiveCallback(TrainerCallback):
+    """Run ``repulsive.step()`` in ``on_pre_optimizer_step`` (after clipping, once per optimizer step).
+
+    ``repulsive`` must be built with ``clip="after"`` (as :func:`probattn.hf.repulsive_heads` does). The
+    values of each step are kept in :attr:`means` for :class:`Trainer` to log.
+    """
+
+    def __init__(self, repulsive: RepulsiveHeads) -> None:
+        if not isinstance(repulsive, RepulsiveHeads):
+            raise TypeError(f"repulsive must be a probattn.repulsive.RepulsiveHeads, got {type(repulsive).__name__}")
+        if repulsive.clip != "after" or repulsive.max_grad_norm is not None:
+            raise ValueError("the Trainer clips gradients before on_pre_optimizer_step: build RepulsiveHeads with "
+                             "clip='after' and max_grad_norm=None (probattn.hf.repulsive_heads does)")
+        self.repulsive = repulsive
+        self.means = _Means()
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        stats = self.repulsive.step()
+        for key in ("repulsion_ratio", "bandwidth"):
+            value = stats.get(key)
+            if value is not None and value == value:  # skip NaN (no particle set had a gradient)
+                self.means.add(f"probattn/repulsive_{key}" if key == "bandwidth" else f"probattn/{key}", value)
+        return control
+
+
+class Trainer(transformers.Trainer):
+    """``transformers.Trainer`` plus probattn's alignment term and repulsive head updates (module doc).
+
+    Args:
+        *args, **kwargs: as for ``transformers.Trainer``.
+        repulsive: a :class:`~probattn.repulsive.RepulsiveHeads` (``clip="after"``) to use instead of the one
+            described by the model's ``config.probattn["repulsive"]``; ``False`` turns repulsion off.
+    """
+
+    def __init__(self, *args: Any, repulsive: RepulsiveHeads | bool | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        model = self.accelerator.unwrap_model(self.model)
+        if repulsive is None:
+            repulsive = repulsive_heads(model)
+        self.repulsive_callback = RepulsiveCallback(repulsive) if repulsive else None
+        if self.repulsive_callback is not None:
+            self.add_callback(self.repulsive_callback)
+        self.has_alignment = bool(attached_regularizers(model))
+        self._probattn_means = _Means()
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if self.has_alignment and model.training and torch.is_grad_enabled():
+            term, stats = alignment_loss(self.accelerator.unwrap_model(model))
+            self._probattn_means.add("probattn/alignment", term.detach().item())
+            for key, value in stats.as_dict("probattn/alignment").items():
+                if key in ("probattn/alignment/term", "probattn/alignment/distance"):
+                    self._probattn_means.add(key.replace("alignment/", "alignment_"), value)
+            if self._loss_is_scaled_for_ga(num_items_in_batch):
+                term = term / self.current_gradient_accumulation_steps
+            loss = loss + term.to(loss.dtype)
+        return (loss, outputs) if return_outputs else loss
+
+    def _loss_is_scaled_for_ga(self, num_items_in_batch: Any) -> bool:
+        """The rule of ``transformers.Trainer.training_step`` for whether it divides the loss by the GA steps."""
+        if self.loss_is_scaled_for_ga is not None:
+            return bool(self.loss_is_scaled_for_ga)
+        return bool(self.model_accepts_loss_kwargs and num_items_in_batch is not None) or (
+            self.compute_loss_func is not None
+        )
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # training logs: add the regularizer means since the last one
+            logs.update(self._probattn_means.pop())
+            if self.repulsive_callback is not None:
+                logs.update(self.repulsive_callback.means.pop())
+        super().log(logs, start_time)
