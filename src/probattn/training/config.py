@@ -81,6 +81,9 @@ class TrainConfig:
         need(self.normalization in NORMALIZATIONS, "normalization", f"choose one of {', '.join(NORMALIZATIONS)}")
         need(0.0 <= self.hybrid_alpha <= 1.0, "hybrid_alpha", "must lie in [0, 1]")
         need(self.sinkhorn_iters >= 1, "sinkhorn_iters", "must be at least 1")
+        from probattn.alignment import VARIANTS
+
+        need(self.alignment is None or self.alignment in VARIANTS, "alignment", f"choose one of {', '.join(VARIANTS)}")
         need(self.repulsive is None or self.repulsive in REPULSIVE_METHODS, "repulsive",
              f"choose one of {', '.join(REPULSIVE_METHODS)}")
         for name in ("alignment_weight", "repulsive_alpha", "lr", "weight_decay", "max_grad_norm", "dropout"):

@@ -1,0 +1,101 @@
+"""``probattn train``: one run from flags and/or ``--config FILE`` (flags override the file)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import fields
+
+from probattn.training.config import MODELS, NORMALIZATIONS, REPULSIVE_METHODS, TrainConfig, load_config_file
+from probattn.training.loop import NonFiniteError, train
+
+__all__ = ["add_arguments", "config_from_args", "run"]
+
+# (field, type, help); every TrainConfig field has a flag named after it (tests check this)
+_OPTIONS: list[tuple[str, type, str]] = [
+    ("model", str, f"model: {', '.join(MODELS)} (default tiny)"),
+    ("normalization", str, f"attention normalization: {', '.join(NORMALIZATIONS)}"),
+    ("hybrid_alpha", float, "softmax weight of --normalization hybrid, in [0, 1]"),
+    ("sinkhorn_iters", int, "iterations of --normalization sinkhorn"),
+    ("alignment", str, "key/query alignment regularizer: ct, gan, mmd or sinkhorn (default off)"),
+    ("alignment_weight", float, "lambda of the alignment term (default 0.01)"),
+    ("repulsive", str, f"repulsive heads: {', '.join(REPULSIVE_METHODS)} (default off)"),
+    ("repulsive_alpha", float, "repulsion weight alpha (default 0.01)"),
+    ("embed_dim", int, "tiny / self-attentive: width"),
+    ("num_heads", int, "tiny: attention heads; self-attentive: hops"),
+    ("num_layers", int, "tiny: encoder layers"),
+    ("dropout", float, "dropout of tiny / self-attentive"),
+    ("data", str, "rotten_tomatoes (default) or your CSV / JSONL / Parquet file"),
+    ("text_column", str, "--data FILE: the text column"),
+    ("label_column", str, "--data FILE: the label column (integers or strings)"),
+    ("text_pair_column", str, "--data FILE: a second text column for sentence pairs"),
+    ("ood", str, "out-of-domain test set: amazon or a file with the same columns and labels"),
+    ("data_seed", int, "seed of the train/validation/test split (default 0)"),
+    ("max_train_examples", int, "use a random subset of this many training examples"),
+    ("max_length", int, "truncate inputs to this many tokens (default 64)"),
+    ("seed", int, "seed of initialisation, data order and dropout"),
+    ("max_steps", int, "optimizer steps"),
+    ("batch_size", int, "global batch per optimizer step (all processes and --grad-accum micro-batches)"),
+    ("grad_accum", int, "micro-batches per optimizer step"),
+    ("lr", float, "AdamW learning rate"),
+    ("weight_decay", float, "AdamW weight decay"),
+    ("warmup_steps", int, "linear warm-up steps (then linear decay to 0)"),
+    ("max_grad_norm", float, "clip the gradient norm (0 = off)"),
+    ("eval_batch_size", int, "batch size for evaluation"),
+    ("output", str, "run directory: checkpoints, model.pt, metrics.json"),
+    ("checkpoint_every", int, "write a checkpoint every N steps (and always at the end)"),
+    ("device", str, "auto (default), cpu or cuda[:N]"),
+]
+_SWITCHES = [("resume", "continue the run in --output from its checkpoint"),
+             ("overwrite", "replace a finished run in --output")]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``probattn train`` (defaults come from TrainConfig, then --config, then the flags)."""
+    parser.add_argument("--config", metavar="FILE", help="YAML / TOML / JSON file of options (flags override it)")
+    for name, kind, text in _OPTIONS:
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=argparse.SUPPRESS,
+                            help=text)
+    for name, text in _SWITCHES:
+        parser.add_argument("--" + name, dest=name, action="store_true", default=argparse.SUPPRESS, help=text)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """defaults < ``--config`` file < flags."""
+    values = dict(load_config_file(args.config)) if getattr(args, "config", None) else {}
+    names = {f.name for f in fields(TrainConfig)}
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    return TrainConfig.from_dict(values, source=args.config or "probattn train")
+
+
+def _summary(result) -> str:
+    lines = []
+    for split in ("validation", "test", "ood"):
+        if split in result.metrics:
+            m = result.metrics[split]
+            lines.append(f"{split:>10}: accuracy {m['accuracy']:.4f}  ece {m['ece']:.4f}  nll {m['nll']:.4f}  "
+                         f"brier {m['brier']:.4f}  (n={m['count']})")
+    t = result.metrics["train"]
+    if t["seconds_per_step"] is not None:
+        lines.append(f"     train: {t['steps']} steps, {t['seconds_per_step']:.3f} s/step, "
+                     f"peak memory {t['peak_memory_mb']:.0f} MB")
+    if result.output_dir is not None:
+        lines.append(f"    output: {result.output_dir}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    try:
+        result = train(config, progress=not args.no_progress)
+    except (NonFiniteError, ModuleNotFoundError) as exc:
+        if args.debug:
+            raise
+        print(f"probattn train: error: {exc}", file=sys.stderr)
+        return 2
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+        print(_summary(result))
+    return 0

@@ -1,0 +1,103 @@
+"""User files: CSV / JSONL / Parquet, label mapping, and one specific error per malformed case."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from probattn.data import load_file, read_table
+
+
+def write_csv(tmp_path, text: str, name: str = "d.csv"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_string_labels_map_to_sorted_ids(tmp_path):
+    path = write_csv(tmp_path, "t,y\ngood film,pos\nbad film,neg\nfine,pos\n")
+    data = load_file(path, text_column="t", label_column="y")
+    assert data.label_names == ("neg", "pos")
+    assert data.labels == [1, 0, 1]
+    assert data.texts == ["good film", "bad film", "fine"]
+
+
+def test_integer_labels_and_pairs_jsonl_and_parquet(tmp_path):
+    frame = pd.DataFrame({"a": ["x y", "z", "w"], "b": ["p", "q", "r"], "label": [2, 1, 2]})
+    jsonl = tmp_path / "d.jsonl"
+    frame.to_json(jsonl, orient="records", lines=True)
+    parquet = tmp_path / "d.parquet"
+    frame.to_parquet(parquet)
+    for path in (jsonl, parquet):
+        data = load_file(path, text_column="a", label_column="label", text_pair_column="b")
+        assert data.label_names == ("1", "2") and data.labels == [1, 0, 1]
+        assert data.text_pairs == ["p", "q", "r"]
+
+
+def test_evaluation_file_uses_given_label_names(tmp_path):
+    path = write_csv(tmp_path, "t,y\na,pos\nb,neg\n")
+    assert load_file(path, text_column="t", label_column="y", label_names=("neg", "pos")).labels == [1, 0]
+    with pytest.raises(ValueError, match=r"labels \['neg'\] are not among the training labels \['pos', 'x'\]"):
+        load_file(path, text_column="t", label_column="y", label_names=("pos", "x"))
+
+
+def test_missing_column_names_the_existing_ones(tmp_path):
+    path = write_csv(tmp_path, "text,label\na,1\nb,0\n")
+    with pytest.raises(ValueError, match=r"--label-column 'y' is not a column.*its columns are: text, label"):
+        load_file(path, text_column="text", label_column="y")
+
+
+def test_empty_file(tmp_path):
+    with pytest.raises(ValueError, match="the file is empty"):
+        load_file(write_csv(tmp_path, ""), text_column="t", label_column="y")
+    with pytest.raises(ValueError, match="the file is empty"):
+        load_file(write_csv(tmp_path, "\n\n", "blank.csv"), text_column="t", label_column="y")
+
+
+def test_header_without_rows(tmp_path):
+    with pytest.raises(ValueError, match=r"no rows \(columns: t, y\)"):
+        load_file(write_csv(tmp_path, "t,y\n"), text_column="t", label_column="y")
+
+
+def test_single_class(tmp_path):
+    with pytest.raises(ValueError, match=r"single class \('pos'\)"):
+        load_file(write_csv(tmp_path, "t,y\na,pos\nb,pos\n"), text_column="t", label_column="y")
+
+
+def test_wrong_label_type(tmp_path):
+    with pytest.raises(ValueError, match=r"must hold class labels.*float values such as 0\.5 in row 2"):
+        load_file(write_csv(tmp_path, "t,y\na,1\nb,0.5\n"), text_column="t", label_column="y")
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text('{"t": "a", "y": 1}\n{"t": "b", "y": "pos"}\n')
+    with pytest.raises(ValueError, match="mixes numbers and strings"):
+        load_file(mixed, text_column="t", label_column="y")
+
+
+def test_missing_values_name_the_rows(tmp_path):
+    with pytest.raises(ValueError, match=r"--label-column 'y' is missing in row 2"):
+        load_file(write_csv(tmp_path, "t,y\na,1\nb,\nc,0\n"), text_column="t", label_column="y")
+    with pytest.raises(ValueError, match=r"--text-column 't' is empty or missing in rows 1, 3"):
+        load_file(write_csv(tmp_path, 't,y\n"",1\nb,0\n,1\n', "e.csv"), text_column="t", label_column="y")
+
+
+def test_non_text_column(tmp_path):
+    path = tmp_path / "n.jsonl"
+    path.write_text('{"t": 3, "y": 1}\n{"t": "b", "y": 0}\n')
+    with pytest.raises(ValueError, match=r"holds non-text values \(e\.g\. 3\) in row 1"):
+        load_file(path, text_column="t", label_column="y")
+
+
+def test_unreadable_rows(tmp_path):
+    with pytest.raises(ValueError, match="could not read it as CSV"):
+        load_file(write_csv(tmp_path, "t,y\na,1\nb,0,extra,fields\n"), text_column="t", label_column="y")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"t": "a", "y": 1}\nnot json\n')
+    with pytest.raises(ValueError, match="could not read it as JSONL"):
+        load_file(bad, text_column="t", label_column="y")
+
+
+def test_unknown_suffix_and_missing_file(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown file type '\.xlsx'"):
+        read_table(tmp_path / "d.xlsx")
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        read_table(tmp_path / "nope.csv")
