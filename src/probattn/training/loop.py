@@ -11,6 +11,7 @@ the end an atomic checkpoint; at the end validation / test / OOD metrics, a save
 from __future__ import annotations
 
 import contextlib
+import re
 import resource
 import sys
 import time
@@ -116,10 +117,13 @@ class _Guard:
         if not torch.isfinite(value):
             self.fail(component, f"non-finite ({float(value)})")
 
+    def tensors(self, component: str, tensors: list[Tensor | None]) -> None:
+        present = [t for t in tensors if t is not None]
+        if present and not bool(torch.stack([torch.isfinite(t).all() for t in present]).all()):
+            self.fail(component, "non-finite (NaN or inf)")
+
     def gradients(self, component: str, params: list[nn.Parameter]) -> None:
-        grads = [p.grad for p in params if p.grad is not None]
-        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
-            self.fail(component, "non-finite (NaN or inf in some gradients)")
+        self.tensors(component, [p.grad for p in params])
 
 
 def train(config: TrainConfig, *, progress: bool = True,
@@ -235,7 +239,13 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
             ids, mask = encoded.input_ids[index, :width].to(ctx.device), mask[:, :width].to(ctx.device)
             sync = j == grad_accum - 1 or not ctx.enabled
             with contextlib.nullcontext() if sync else wrapped.no_sync():
-                task = F.cross_entropy(forward_logits(wrapped, ids, mask).float(), labels[index].to(ctx.device))
+                try:
+                    logits = forward_logits(wrapped, ids, mask)
+                except ValueError as exc:  # probattn's attention refuses NaN/inf inputs
+                    if re.search(r"NaN|inf", str(exc)):
+                        guard.fail("forward pass", f"non-finite ({exc})")
+                    raise
+                task = F.cross_entropy(logits.float(), labels[index].to(ctx.device))
                 align = torch.zeros((), device=ctx.device)
                 if config.alignment:
                     from probattn.alignment import alignment_loss
@@ -252,6 +262,7 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
         torch.manual_seed(D.seed_for(config.seed, step, -1))
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
+        guard.tensors("parameters after the optimizer update", params)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         seconds += time.perf_counter() - began

@@ -1,0 +1,161 @@
+"""train(): metrics and files, grad accumulation, in-process resume, non-finite guards, output protection."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from probattn.training import NonFiniteError, load_trained, train
+from probattn.training.checkpoint import load_checkpoint
+
+
+def params(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_equal_params(a, b, atol=0.0):
+    assert a.keys() == b.keys()
+    for k in a:
+        if atol == 0.0:
+            assert torch.equal(a[k], b[k]), k
+        else:
+            torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=k)
+
+
+def test_run_writes_metrics_model_and_reloads(small_config, tmp_path):
+    out = tmp_path / "run"
+    result = train(small_config.replace(output=str(out), alignment="ct", repulsive="svgd"), progress=False)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics == json.loads(json.dumps(result.metrics))
+    for split in ("validation", "test"):
+        assert set(metrics[split]) >= {"accuracy", "ece", "nll", "brier"}
+        assert 0 <= metrics[split]["ece"] <= 1 and metrics[split]["count"] > 0
+    assert metrics["train"]["steps"] == 6 and metrics["train"]["seconds_per_step"] > 0
+    assert metrics["train"]["peak_memory_mb"] > 0
+    assert len(result.history) == 6 and all(r["alignment"] != 0 for r in result.history)
+    model, encode, labels = load_trained(out)
+    assert labels == ("0", "1")
+    again = result.predict(result.splits.test)
+    from probattn.training import predict
+
+    reloaded = predict(model, encode, result.splits.test)
+    torch.testing.assert_close(reloaded.probs, again.probs)
+    assert again.labels.tolist() == result.splits.test.labels
+    assert (out / "checkpoint.pt").is_file() and json.loads((out / "config.json").read_text())["alignment"] == "ct"
+
+
+def test_grad_accumulation_matches_one_big_batch(small_config):
+    base = small_config.replace(dropout=0.0, max_steps=3, max_grad_norm=0.0)
+    one = train(base, progress=False)
+    two = train(base.replace(grad_accum=2), progress=False)
+    torch.testing.assert_close([r["loss"] for r in one.history], [r["loss"] for r in two.history], atol=1e-6, rtol=0)
+    a, b = params(one.model), params(two.model)
+    # The key bias has zero true gradient (a per-query constant in the scores, which every normalization ending in
+    # a row normalization ignores), so Adam turns its rounding-level gradient into +-lr steps: compare the rest.
+    e = base.embed_dim
+    for state in (a, b):
+        state["encoder.layers.0.self_attn.in_proj_bias"] = torch.cat([state["encoder.layers.0.self_attn.in_proj_bias"][:e],
+                                                                      state["encoder.layers.0.self_attn.in_proj_bias"][2 * e:]])
+    assert_equal_params(a, b, atol=1e-5)
+
+
+class Stop(Exception):
+    pass
+
+
+def test_interrupted_then_resumed_is_bit_identical(small_config, tmp_path):
+    config = small_config.replace(alignment="gan", repulsive="spos", checkpoint_every=2, max_steps=7)
+    full = train(config.replace(output=str(tmp_path / "a")), progress=False)
+
+    def interrupt(record):
+        if record["step"] == 5:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(config.replace(output=str(tmp_path / "b")), progress=False, on_step=interrupt)
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["step"] == 4
+    resumed = train(config.replace(output=str(tmp_path / "b"), resume=True), progress=False)
+    assert_equal_params(params(full.model), params(resumed.model))
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in full.history]
+
+
+def test_resume_refuses_a_different_configuration(small_config, tmp_path):
+    config = small_config.replace(output=str(tmp_path / "r"), checkpoint_every=2, max_steps=4)
+
+    def interrupt(record):
+        if record["step"] == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(config, progress=False, on_step=interrupt)
+    with pytest.raises(ValueError, match=r"different configuration \(lr: 0\.003 in the checkpoint, 0\.1 now\)"):
+        train(config.replace(resume=True, lr=0.1), progress=False)
+    with pytest.raises(ValueError, match="holds a checkpoint of an unfinished run; pass --resume"):
+        train(config, progress=False)
+
+
+def test_finished_run_is_not_overwritten(small_config, tmp_path):
+    config = small_config.replace(output=str(tmp_path / "done"), max_steps=1)
+    train(config, progress=False)
+    before = (tmp_path / "done" / "metrics.json").read_text()
+    with pytest.raises(ValueError, match="holds a finished run"):
+        train(config.replace(seed=1), progress=False)
+    assert (tmp_path / "done" / "metrics.json").read_text() == before
+    train(config.replace(seed=1, overwrite=True), progress=False)
+
+
+def test_unwritable_output_is_refused_before_training(small_config, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match="exists and is not a directory"):
+        train(small_config.replace(output=str(blocker)), progress=False)
+    with pytest.raises(ValueError, match="cannot write there"):
+        train(small_config.replace(output=str(blocker / "sub")), progress=False)
+
+
+def test_exploding_lr_names_step_and_task_loss(small_config, tmp_path):
+    out = tmp_path / "boom"
+    config = small_config.replace(lr=1e30, max_grad_norm=0.0, checkpoint_every=1, output=str(out))
+    with pytest.raises(NonFiniteError, match=r"step 2: the forward pass is non-finite.*last good checkpoint.*step 1\)"):
+        train(config, progress=False)
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 1
+    assert not (out / "metrics.json").exists()
+
+
+def test_non_finite_alignment_term(small_config, monkeypatch):
+    import probattn.alignment as alignment
+
+    real = alignment.alignment_loss
+
+    def poisoned(model, **kw):
+        loss, stats = real(model, **kw)
+        return loss * float("nan"), stats
+
+    monkeypatch.setattr(alignment, "alignment_loss", poisoned)
+    with pytest.raises(NonFiniteError, match="step 1: the alignment term is non-finite"):
+        train(small_config.replace(alignment="mmd"), progress=False)
+
+
+def test_non_finite_repulsive_update(small_config, monkeypatch):
+    from probattn.repulsive import RepulsiveHeads
+
+    real = RepulsiveHeads.step
+
+    def poisoned(self):
+        stats = real(self)
+        for s in self.particle_sets:
+            for p in s.params:
+                p.grad.fill_(float("inf"))
+        return stats
+
+    monkeypatch.setattr(RepulsiveHeads, "step", poisoned)
+    with pytest.raises(NonFiniteError, match=r"step 1: the repulsive update \(rewritten gradients\) is non-finite"):
+        train(small_config.replace(repulsive="svgd"), progress=False)
+
+
+def test_truncation_is_reported(small_config, capsys):
+    result = train(small_config.replace(max_steps=1, max_length=8), progress=False)
+    assert result.metrics["data"]["truncated_train"] > 0
+    assert "training texts to --max-length 8 tokens" in capsys.readouterr().err
