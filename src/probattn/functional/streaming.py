@@ -69,20 +69,32 @@ def _blocks(k_len: int, block: int) -> range:
     return range(0, k_len, block)
 
 
+def _columns(x: Tensor, j0: int, j1: int) -> Tensor:
+    """Key columns ``j0:j1`` of a mask or bias that broadcasts over keys when its last dimension is 1."""
+    return x if x.shape[-1] == 1 else x[..., j0:j1]
+
+
 def _slab(q_scaled: Tensor, k: Tensor, allowed: Tensor | None, bias: Tensor | None, j0: int, j1: int) -> Tensor:
     """Scores ``scale * q k[J]ᵀ + bias[..., J]`` of shape (B, H, Lq, j1 - j0); not-allowed pairs are -inf."""
     s = torch.matmul(q_scaled, k[:, :, j0:j1].transpose(-1, -2))
     if bias is not None:
-        s += bias[..., j0:j1]
+        s += _columns(bias, j0, j1)
     if allowed is not None:
-        s.masked_fill_(~allowed[..., j0:j1], _NEG_INF)
+        s.masked_fill_(~_columns(allowed, j0, j1), _NEG_INF)
     return s
 
 
 def _column_lse(s: Tensor, rho: Tensor | None) -> Tensor:
-    """``c_j = logsumexp_i (S_ij - rho_i)`` as (B, H, 1, Bk); an empty column (all -inf) gets 0."""
-    c = torch.logsumexp(s if rho is None else s - rho, dim=-2, keepdim=True)
-    return c.masked_fill_(c == _NEG_INF, 0.0)
+    """``c_j = logsumexp_i (S_ij - rho_i)`` as (B, H, 1, Bk); an empty column (all -inf) gets 0.
+
+    Written out (max, one exp pass, sum) because ``torch.logsumexp`` over the query axis is several times
+    slower on CPU.
+    """
+    x = s - rho if rho is not None else s
+    top = x.amax(dim=-2, keepdim=True)
+    top = top.masked_fill_(top == _NEG_INF, 0.0)
+    total = (x.sub_(top) if rho is not None else x - top).exp_().sum(dim=-2, keepdim=True)
+    return torch.where(total > 0, top + total.log(), 0.0)
 
 
 class _OnlineSoftmax:
@@ -163,59 +175,47 @@ class _SlabAttention(torch.autograd.Function):
     def backward(ctx, d_out):  # type: ignore[override]
         q, k, v, alpha, allowed, bias, out_dbl, out_soft, rho_soft, *pots = ctx.saved_tensors
         scale, iters, hybrid, block = ctx.scale, ctx.iters, ctx.hybrid, ctx.block
-        cs, rhos = pots[:iters], pots[iters:]
+        cs, rhos = pots[:iters], [None, *pots[iters:]]  # c^1..c^k; rho^0 = None (zero), rho^1..rho^k
         q_scaled = q * scale
         k_len = k.shape[-2]
         blocks = [(j0, min(j0 + block, k_len)) for j0 in _blocks(k_len, block)]
-
-        # weight of the doubly/sinkhorn branch, and D_i = <dO_i, O_i> per branch
-        w_dbl = (1 - alpha) if hybrid else None
-        d_dbl = (d_out * out_dbl).sum(-1, keepdim=True)
+        w_dbl = 1 - alpha  # weight of the doubly/Sinkhorn branch in the hybrid
+        d_dbl = (d_out * out_dbl).sum(-1, keepdim=True)  # D_i = <dO_i, O_i>
         d_soft = (d_out * out_soft).sum(-1, keepdim=True) if hybrid else None
 
-        def rho_of(t: int) -> Tensor | None:  # rho^t for t = 0..k (rho^0 = 0)
-            return None if t == 0 else rhos[t - 1]
+        def p_of(s: Tensor, t: int, j0: int, j1: int) -> Tensor:  # P^t = exp(S - rho^(t-1) - c^t), new tensor
+            x = s - cs[t - 1][..., j0:j1]
+            return (x if t == 1 else x.sub_(rhos[t - 1])).exp_()
 
-        def exp_p(s: Tensor, t: int, j0: int, j1: int) -> Tensor:  # P^t = exp(S - rho^(t-1) - c^t), col-stochastic
-            z = s - cs[t - 1][..., j0:j1]
-            return z.exp_() if t == 1 else z.sub_(rho_of(t - 1)).exp_()
+        def a_of(s: Tensor, t: int, j0: int, j1: int) -> Tensor:  # A^t = exp(S - c^t - rho^t), new tensor
+            return (s - cs[t - 1][..., j0:j1]).sub_(rhos[t]).exp_()
 
-        def exp_a(s: Tensor, t: int, j0: int, j1: int) -> Tensor:  # A^t = exp(S - c^t - rho^t), row-stochastic
-            return (s - cs[t - 1][..., j0:j1]).sub_(rhos[t - 1]).exp_()
+        def d_probs(j0: int, j1: int) -> Tensor:  # dP = dO v[J]ᵀ, (B, H, Lq, Bk)
+            return torch.matmul(d_out, v[:, :, j0:j1].transpose(-1, -2))
 
-        def final_dz(s: Tensor, j0: int, j1: int) -> tuple[Tensor, Tensor, Tensor | None]:
-            """dZ of the output softmax (doubly branch), A^k, and the softmax branch's (A_s, dZ_s) folded in."""
-            dp = torch.matmul(d_out, v[:, :, j0:j1].transpose(-1, -2))
-            a = exp_a(s, iters, j0, j1)
-            dz = (dp - d_dbl).mul_(a)
-            if w_dbl is not None:
-                dz.mul_(w_dbl)
-            dz_soft = None
-            if hybrid:
-                a_soft = (s - rho_soft).exp_()
-                dz_soft = dp.sub_(d_soft).mul_(a_soft).mul_(alpha)
-                a.mul_(w_dbl).add_(a_soft.mul_(alpha))  # a now holds the mixed weights for dv
-            return dz, a, dz_soft
+        def output_dz(s: Tensor, dp: Tensor, j0: int, j1: int) -> tuple[Tensor, Tensor]:
+            """Consumes ``s`` and ``dp``: (dZ = A^k * (dP - D), A^k) of the output row softmax."""
+            a = s.sub_(cs[-1][..., j0:j1]).sub_(rhos[-1]).exp_()
+            return dp.sub_(d_dbl).mul_(a), a
 
-        # Adjoint sweep: dc^t (complete per slab) and drho^(t-1) (summed over slabs), from t = k down to 2.
+        # Sinkhorn adjoint sweep, t = k down to 2: dc^t (complete per slab), drho^(t-1) (summed over slabs).
         dcs: list[Tensor | None] = [None] * (iters + 1)
         drhos: list[Tensor | None] = [None] * (iters + 1)
         for t in range(iters, 1, -1):
-            drho_prev = torch.zeros_like(rhos[0])
+            drho_prev = torch.zeros_like(rhos[1])
             dc_blocks = []
             for j0, j1 in blocks:
                 s = _slab(q_scaled, k, allowed, bias, j0, j1)
                 if t == iters:
-                    dz, _, _ = final_dz(s, j0, j1)
-                    dc = -dz.sum(-2, keepdim=True)
+                    dc = -output_dz(s.clone(), d_probs(j0, j1), j0, j1)[0].sum(-2, keepdim=True)
                 else:
-                    dc = -(exp_a(s, t, j0, j1) * drhos[t]).sum(-2, keepdim=True)
+                    dc = -(a_of(s, t, j0, j1) * drhos[t]).sum(-2, keepdim=True)
                 dc_blocks.append(dc)
-                drho_prev -= torch.matmul(exp_p(s, t, j0, j1), dc.transpose(-1, -2))
+                drho_prev -= torch.matmul(p_of(s, t, j0, j1), dc.transpose(-1, -2))
             dcs[t] = torch.cat(dc_blocks, dim=-1)
             drhos[t - 1] = drho_prev
 
-        # Final sweep: dS = dZ + sum_t P^t * dc^t + sum_(t<k) A^t * drho^t, then the three gradient GEMMs.
+        # Final sweep: dS = dZ + sum_t P^t * dc^t + sum_(t<k) A^t * drho^t (+ the softmax branch's dZ).
         need_bias = bias is not None and ctx.needs_input_grad[5]
         dq = torch.zeros_like(q)
         dk = torch.empty_like(k)
@@ -223,23 +223,39 @@ class _SlabAttention(torch.autograd.Function):
         d_bias = torch.zeros_like(bias) if need_bias else None
         for j0, j1 in blocks:
             s = _slab(q_scaled, k, allowed, bias, j0, j1)
-            dz, a_mix, dz_soft = final_dz(s, j0, j1)
-            dv[:, :, j0:j1] = torch.matmul(a_mix.transpose(-1, -2), d_out)
-            del a_mix
-            dc1 = -dz.sum(-2, keepdim=True) if iters == 1 else -(exp_a(s, 1, j0, j1) * drhos[1]).sum(-2, keepdim=True)
-            ds = dz
-            for t in range(1, iters + 1):
-                dc = dc1 if t == 1 else dcs[t][..., j0:j1]
-                ds += exp_p(s, t, j0, j1).mul_(dc)
-                if t < iters:
-                    ds += exp_a(s, t, j0, j1).mul_(drhos[t])
+            stage_terms = None
+            if iters > 1:  # every dc^t and drho^t is known except dc^1, which is complete in this slab
+                stage_terms = a_of(s, 1, j0, j1).mul_(drhos[1])
+                dc1 = -stage_terms.sum(-2, keepdim=True)
+                for t in range(1, iters + 1):
+                    stage_terms += p_of(s, t, j0, j1).mul_(dc1 if t == 1 else dcs[t][..., j0:j1])
+                    if 1 < t < iters:
+                        stage_terms += a_of(s, t, j0, j1).mul_(drhos[t])
+            dp = d_probs(j0, j1)
+            if hybrid:  # softmax branch: A_s = exp(S - rho_s), dZ_s = alpha * A_s * (dP - D_s)
+                a_soft = (s - rho_soft).exp_()
+                dz_soft = (dp - d_soft).mul_(a_soft).mul_(alpha)
+            dz, a = output_dz(s, dp, j0, j1)  # consumes s and dp
+            if hybrid:
+                dz.mul_(w_dbl)
+                mixed = a_soft.mul_(alpha).addcmul_(a, w_dbl)
+                dv[:, :, j0:j1] = torch.matmul(mixed.transpose(-1, -2), d_out)
+                del mixed, a_soft
+            else:
+                dz_soft = None
+                dv[:, :, j0:j1] = torch.matmul(a.transpose(-1, -2), d_out)
+            if stage_terms is None:  # doubly / hybrid: dS = dZ - P * colsum(dZ), P = A * exp(rho)
+                ds = dz.addcmul_(a.mul_(rhos[-1].exp()), dz.sum(-2, keepdim=True), value=-1)
+            else:
+                ds = dz.add_(stage_terms)
+            del a, stage_terms
             if dz_soft is not None:
                 ds += dz_soft
-            del s, dz_soft
             dk[:, :, j0:j1] = torch.matmul(ds.transpose(-1, -2), q_scaled)
             dq += torch.matmul(ds, k[:, :, j0:j1])
             if d_bias is not None:
-                d_bias[..., j0:j1] += ds.sum_to_size(d_bias[..., j0:j1].shape)
+                target = _columns(d_bias, j0, j1)
+                target += ds.sum_to_size(target.shape)
         dq.mul_(scale)
 
         d_alpha = None
