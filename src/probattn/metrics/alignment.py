@@ -5,7 +5,7 @@ For one sequence and one head the empirical measures ``P_Q = (1/N_q) Σ_i δ(q_i
 
 * :func:`mmd_rbf` — squared maximum mean discrepancy with a Gaussian kernel
   ``k(a, b) = exp(−‖a − b‖² / (2σ²))``, ``σ`` = median distance between distinct points of the pooled
-  sample (the median heuristic), biased (V-statistic) estimator:
+  sample (the median heuristic; the lower median when the number of pairs is even), biased (V-statistic) estimator:
   ``MMD² = mean k(q, q') + mean k(k, k') − 2 mean k(q, k)`` (all pairs, diagonals included). In ``[0, 2]``.
 * :func:`mean_distance` — ``‖mean_i q_i − mean_j k_j‖₂``.
 
@@ -49,7 +49,7 @@ def mmd_rbf(
     """Squared MMD with a Gaussian kernel between ``x (B, H, N, d)`` and ``y (B, H, M, d)``, shape ``(B, H)``.
 
     ``x_valid (B, N)`` / ``y_valid (B, M)``: True = real token (None = all real). ``bandwidth``: fixed ``σ``;
-    None = the median distance between distinct real points of the pooled sample, per example and head
+    None = the (lower) median distance between distinct real points of the pooled sample, per example and head
     (a zero median, e.g. all points equal, falls back to ``σ = 1``; MMD is then 0 anyway).
     """
     if x.shape[:2] != y.shape[:2] or x.shape[-1] != y.shape[-1]:
@@ -63,10 +63,10 @@ def mmd_rbf(
     sq = torch.cdist(z, z).pow(2)
     if bandwidth is None:
         real = torch.cat([wx, wy], dim=-1) > 0  # (B, 1, N+M)
-        pair = real[..., :, None] & real[..., None, :]
-        pair = pair & ~torch.eye(z.shape[2], dtype=torch.bool, device=z.device)
-        dist = sq.sqrt().masked_fill(~pair, float("nan"))
-        sigma = dist.flatten(-2).nanquantile(0.5, dim=-1)  # (B, H)
+        upper = torch.triu_indices(z.shape[2], z.shape[2], offset=1, device=z.device)
+        pair = real[..., upper[0]] & real[..., upper[1]]  # (B, 1, P): distinct pairs of real points
+        dist = sq[..., upper[0], upper[1]].sqrt().masked_fill(~pair, float("nan"))
+        sigma = dist.nanmedian(dim=-1).values  # (B, H)
         sigma = torch.where(torch.isnan(sigma) | (sigma <= 0), torch.ones_like(sigma), sigma)
     else:
         sigma = torch.full(z.shape[:2], float(bandwidth), dtype=z.dtype, device=z.device)

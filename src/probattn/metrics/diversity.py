@@ -52,14 +52,15 @@ def head_js_divergence(weights: Tensor, *, query_valid: Tensor | None = None) ->
     """
     qv, _ = validity(weights, query_valid, None)
     w = weights.clamp_min(0)
-    rows = []
-    for g in range(w.shape[1]):
-        p = w[:, g : g + 1]  # (B, 1, Lq, Lk) against all heads (B, H, Lq, Lk)
-        mid = 0.5 * (p + w)
-        kl_p = (torch.xlogy(p, p) - torch.xlogy(p, mid)).sum(-1)
-        kl_r = (torch.xlogy(w, w) - torch.xlogy(w, mid)).sum(-1)
-        rows.append(0.5 * (kl_p + kl_r) / math.log(2))  # (B, H, Lq)
-    js = torch.stack(rows, dim=1)  # (B, H, H, Lq)
+    b, h, lq, _ = w.shape
+    # JS(p, r) = H((p + r) / 2) − (H(p) + H(r)) / 2 with entropies H in nats; only pairs g < h are computed
+    own = -torch.xlogy(w, w).sum(-1)  # (B, H, Lq)
+    js = torch.zeros(b, h, h, lq, dtype=w.dtype, device=w.device)
+    for g in range(h - 1):
+        mid = 0.5 * (w[:, g : g + 1] + w[:, g + 1 :])  # (B, H-g-1, Lq, Lk)
+        pair = -torch.xlogy(mid, mid).sum(-1) - 0.5 * (own[:, g : g + 1] + own[:, g + 1 :])
+        js[:, g, g + 1 :] = pair / math.log(2)
+        js[:, g + 1 :, g] = pair / math.log(2)
     return _mean_over_queries(js, qv).clamp(0.0, 1.0)
 
 

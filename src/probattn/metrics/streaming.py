@@ -19,6 +19,12 @@ from probattn.metrics.explaining_away import explained_away_fraction, incoming_m
 __all__ = ["AttentionStatistics", "MomentAccumulator"]
 
 
+def _at_least_float32(x: Tensor) -> Tensor:
+    """Compute in the input's precision (float32 or float64), half precision upcast; sums are kept in float64."""
+    x = x.detach()
+    return x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float32)
+
+
 class MomentAccumulator:
     """Running ``Σ z`` and ``Σ z zᵀ`` of feature rows ``z (N, D)``, in float64; :meth:`covariance` centres them."""
 
@@ -56,7 +62,7 @@ class AttentionStatistics:
 
     def __init__(
         self, heads: int, *, thresholds: tuple[float, ...] = (0.1, 0.01),
-        histogram_range: tuple[float, float] = (-4.0, 1.0), histogram_bins: int = 50,
+        histogram_range: tuple[float, float] = (-4.0, 2.5), histogram_bins: int = 50,
     ) -> None:
         if heads < 1:
             raise ValueError(f"heads must be >= 1, got {heads}")
@@ -91,7 +97,7 @@ class AttentionStatistics:
         self._check_heads("weights", weights.shape[1] if weights.dim() == 4 else -1)
         if not bool(torch.isfinite(weights).all()):
             raise ValueError("attention weights contain NaN or inf; the model's forward pass is not finite")
-        w = weights.detach().to(torch.float64)
+        w = _at_least_float32(weights)
         qv, kv = validity(w, query_valid, key_valid)
         b, _, lq, lk = w.shape
         kv_full = torch.ones(b, lk, dtype=torch.bool, device=w.device) if kv is None else kv
@@ -100,17 +106,17 @@ class AttentionStatistics:
         n_k = kv_full.sum(-1).to(torch.float64)  # (B,)
         for t in self.thresholds:
             frac = explained_away_fraction(mass, threshold=t, key_valid=kv)
-            self.below[t] += (frac * n_k[:, None]).sum(0).cpu()
+            self.below[t] += (frac.to(torch.float64) * n_k[:, None]).sum(0).cpu()
         self.keys += float(n_k.sum())
-        self.min_mass = torch.minimum(self.min_mass, min_incoming_mass(mass, key_valid=kv).amin(0).cpu())
+        self.min_mass = torch.minimum(self.min_mass, min_incoming_mass(mass, key_valid=kv).amin(0).to(torch.float64).cpu())
         logm = mass.clamp_min(1e-30).log10().clamp(*self.histogram_range)
         selected = logm.masked_select(kv_full[:, None, :].expand_as(logm))
         lo, hi = self.histogram_range
-        self.histogram += torch.histc(selected, bins=self.histogram_bins, min=lo, max=hi).cpu()
+        self.histogram += torch.histc(selected, bins=self.histogram_bins, min=lo, max=hi).to(torch.float64).cpu()
         ent = attention_entropy(w, key_valid=kv, normalized=True)  # (B, H, Lq)
-        self.entropy_sum += (ent * qv_full[:, None, :]).sum((0, 2)).cpu()
+        self.entropy_sum += (ent * qv_full[:, None, :]).to(torch.float64).sum((0, 2)).cpu()
         self.queries += float(qv_full.sum())
-        self.js_sum += head_js_divergence(w, query_valid=qv).sum(0).cpu()
+        self.js_sum += head_js_divergence(w, query_valid=qv).to(torch.float64).sum(0).cpu()
         self.redundancy_sum += float(lin_redundancy(w, query_valid=qv).sum())
         if self.example_map is None:
             self.example_map = w[0][:, qv_full[0]][:, :, kv_full[0]].to(torch.float32).cpu()
@@ -121,10 +127,10 @@ class AttentionStatistics:
     ) -> None:
         """Add per-head queries ``q (B, H, Lq, d)`` and keys ``k (B, H_kv, Lk, d)`` (projected, unscaled)."""
         self._check_heads("q", q.shape[1] if q.dim() == 4 else -1)
-        mmd, dist = qk_alignment(q.detach().to(torch.float64), k.detach().to(torch.float64),
+        mmd, dist = qk_alignment(_at_least_float32(q), _at_least_float32(k),
                                  query_valid=query_valid, key_valid=key_valid)
-        self.mmd_sum += mmd.sum(0).cpu()
-        self.mean_distance_sum += dist.sum(0).cpu()
+        self.mmd_sum += mmd.to(torch.float64).sum(0).cpu()
+        self.mean_distance_sum += dist.to(torch.float64).sum(0).cpu()
         self.qk_examples += q.shape[0]
 
     def update_head_outputs(self, outputs: Tensor, *, valid: Tensor | None = None) -> None:
