@@ -1,0 +1,117 @@
+"""Closed-form distances between the query and key clouds (no auxiliary network).
+
+These are extensions for ablations (the authors' release never ran them):
+
+* :func:`mmd`: squared maximum mean discrepancy with a sum of RBF kernels,
+  ``MMD^2 = E k(q, q') + E k(k, k') - 2 E k(q, k)`` (biased V-statistic of the empirical measures, >= 0) with
+  ``k(x, y) = mean_c exp(-||x - y||^2 / (c * s))``, ``c`` in ``bandwidths`` and ``s`` the mean squared
+  query-key distance of the set (not differentiated).
+* :func:`sinkhorn_divergence`: debiased entropic optimal transport with squared Euclidean cost,
+  ``S = OT_eps(q, k) - OT_eps(q, q) / 2 - OT_eps(k, k) / 2``, ``eps = epsilon * s``. Potentials come from
+  log-domain Sinkhorn iterations without autograd; the value is the dual objective at those potentials, so
+  its gradient is the transport plan (envelope theorem) and memory does not grow with the iterations.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from probattn.alignment.sets import as_sets, mean_over_sets
+
+__all__ = ["BANDWIDTHS", "MaximumMeanDiscrepancy", "SinkhornDivergence", "mmd", "sinkhorn_divergence"]
+
+BANDWIDTHS = (0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def _sq_dist(x: Tensor, y: Tensor) -> Tensor:
+    """Squared Euclidean distances ``(*, n, m)`` between ``x (*, n, d)`` and ``y (*, m, d)``."""
+    return (x.pow(2).sum(-1)[..., :, None] + y.pow(2).sum(-1)[..., None, :] - 2 * x @ y.transpose(-1, -2)).clamp_min(0)
+
+
+def _weights(valid: Tensor, shape: torch.Size, dtype: torch.dtype) -> Tensor:
+    """Uniform probability weights over valid points ``(*, n)``; a set with none valid gets uniform weights."""
+    valid = valid.expand(shape)
+    valid = valid | ~valid.any(-1, keepdim=True)
+    w = valid.to(dtype)
+    return w / w.sum(-1, keepdim=True)
+
+
+def _scale(cross: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """Mean squared query-key distance ``(*, 1, 1)`` under weights ``a``, ``b`` (no gradient)."""
+    s = (a[..., :, None] * cross.detach() * b[..., None, :]).sum((-1, -2))
+    return s.clamp_min(torch.finfo(cross.dtype).tiny)[..., None, None]
+
+
+def mmd(x: Tensor, y: Tensor, x_valid: Tensor, y_valid: Tensor, *, bandwidths: tuple[float, ...] = BANDWIDTHS) -> Tensor:
+    """Squared MMD ``(*,)`` between the valid points of ``x (*, n, d)`` and ``y (*, m, d)`` (validity bool ``(*, n|m)``)."""
+    a = _weights(x_valid, x.shape[:-1], x.dtype)
+    b = _weights(y_valid, y.shape[:-1], y.dtype)
+    dxy = _sq_dist(x, y)
+    scale = _scale(dxy, a, b)
+
+    def mean_kernel(d: Tensor, u: Tensor, v: Tensor) -> Tensor:
+        kernel = sum(torch.exp(-d / (c * scale)) for c in bandwidths) / len(bandwidths)
+        return (u[..., :, None] * kernel * v[..., None, :]).sum((-1, -2))
+
+    return mean_kernel(_sq_dist(x, x), a, a) + mean_kernel(_sq_dist(y, y), b, b) - 2 * mean_kernel(dxy, a, b)
+
+
+def _entropic_ot(cost: Tensor, a: Tensor, b: Tensor, eps: Tensor, iters: int) -> Tensor:
+    """Entropic OT value ``(*,)`` for ``cost (*, n, m)``, weights ``a (*, n)``, ``b (*, m)``, ``eps (*, 1, 1)``."""
+    log_a = a.log()[..., :, None]
+    log_b = b.log()[..., None, :]
+    with torch.no_grad():
+        c = cost.detach()
+        f = torch.zeros_like(a)
+        g = torch.zeros_like(b)
+        for _ in range(iters):
+            f = -eps[..., 0] * torch.logsumexp(log_b + (g[..., None, :] - c) / eps, dim=-1)
+            g = -eps[..., 0] * torch.logsumexp(log_a + (f[..., :, None] - c) / eps, dim=-2)
+    # Dual objective at fixed potentials: differentiating it in `cost` gives the transport plan.
+    plan = torch.exp(log_a + log_b + (f[..., :, None] + g[..., None, :] - cost) / eps)
+    return (a * f).sum(-1) + (b * g).sum(-1) - eps[..., 0, 0] * (plan.sum((-1, -2)) - 1)
+
+
+def sinkhorn_divergence(
+    x: Tensor, y: Tensor, x_valid: Tensor, y_valid: Tensor, *, epsilon: float = 0.1, iters: int = 50
+) -> Tensor:
+    """Debiased Sinkhorn divergence ``(*,)`` between the valid points of ``x (*, n, d)`` and ``y (*, m, d)``."""
+    a = _weights(x_valid, x.shape[:-1], x.dtype)
+    b = _weights(y_valid, y.shape[:-1], y.dtype)
+    cxy = _sq_dist(x, y)
+    eps = epsilon * _scale(cxy, a, b)
+    return (
+        _entropic_ot(cxy, a, b, eps, iters)
+        - 0.5 * _entropic_ot(_sq_dist(x, x), a, a, eps, iters)
+        - 0.5 * _entropic_ot(_sq_dist(y, y), b, b, eps, iters)
+    )
+
+
+class MaximumMeanDiscrepancy(nn.Module):
+    """MMD estimator (no parameters); ``forward`` returns the squared MMD averaged over comparison sets."""
+
+    def __init__(self, bandwidths: tuple[float, ...] = BANDWIDTHS) -> None:
+        super().__init__()
+        self.bandwidths = tuple(bandwidths)
+
+    def forward(self, q: Tensor, k: Tensor, query_valid: Tensor, key_valid: Tensor, axis: str) -> Tensor:
+        """``q (B, H, Lq, d)``, ``k (B, H, Lk, d)``, validity ``(B, Lq)`` / ``(B, Lk)`` -> scalar."""
+        qs, qv = as_sets(q, query_valid, axis)
+        ks, kv = as_sets(k, key_valid, axis)
+        return mean_over_sets(mmd(qs, ks, qv, kv, bandwidths=self.bandwidths), qv, kv)
+
+
+class SinkhornDivergence(nn.Module):
+    """Debiased Sinkhorn estimator (no parameters); ``forward`` averages it over comparison sets."""
+
+    def __init__(self, epsilon: float = 0.1, iters: int = 50) -> None:
+        super().__init__()
+        self.epsilon, self.iters = epsilon, iters
+
+    def forward(self, q: Tensor, k: Tensor, query_valid: Tensor, key_valid: Tensor, axis: str) -> Tensor:
+        """``q (B, H, Lq, d)``, ``k (B, H, Lk, d)``, validity ``(B, Lq)`` / ``(B, Lk)`` -> scalar."""
+        qs, qv = as_sets(q, query_valid, axis)
+        ks, kv = as_sets(k, key_valid, axis)
+        per_set = sinkhorn_divergence(qs, ks, qv, kv, epsilon=self.epsilon, iters=self.iters)
+        return mean_over_sets(per_set, qv, kv)
