@@ -1,0 +1,70 @@
+"""`probattn train` end to end on a user's file, and one clear error (exit status 2) per bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from probattn.cli import main
+
+FAST = ["--embed-dim", "8", "--num-heads", "2", "--num-layers", "1", "--max-length", "16", "--batch-size", "8",
+        "--max-steps", "2", "--no-progress"]
+
+
+def run(argv, capsys):
+    code = main(["train", *argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_train_on_own_csv_with_string_labels(tmp_path, sample_csv, capsys):
+    lines = sample_csv.read_text().splitlines()
+    own = tmp_path / "reviews.csv"
+    own.write_text("\n".join(["review,sentiment"] + [line.rsplit(",", 1)[0] + ("," + ("good" if line.endswith("1")
+                                                                                         else "bad"))
+                                                     for line in lines[1:]]) + "\n")
+    config = tmp_path / "run.yaml"
+    config.write_text(f"data: {own}\ntext_column: review\nlabel_column: sentiment\nlr: 0.002\n")
+    code, out, err = run(["--config", str(config), "--output", str(tmp_path / "out"), *FAST], capsys)
+    assert code == 0, err
+    assert "validation: accuracy" in out and "test: accuracy" in out
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["data"]["label_names"] == ["bad", "good"]
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["lr"] == 0.002
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("text,y\na,1\nb,0\n", "--label-column 'label' is not a column of the file; its columns are: text, y"),
+    ("", "the file is empty"),
+    ("text,label\n" + "a,1\n" * 12, "single class"),
+    ("text,label\na,1\nb,0.25\n", "must hold class labels (integers or strings) but has float values"),
+    ("text,label\na,1\nb,0,7\n", "could not read it as CSV"),
+    ("text,label\na,1\n,0\n", "--text-column 'text' is empty or missing in row 2"),
+])
+def test_malformed_files_get_their_own_error(tmp_path, capsys, content, message):
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    code, _, err = run(["--data", str(path), "--text-column", "text", "--label-column", "label", *FAST], capsys)
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert err.count("\n") == 1  # one line
+
+
+def test_bad_options(tmp_path, capsys, sample_csv):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--learning-rate", "1"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --learning-rate" in capsys.readouterr().err
+    code, _, err = run(["--normalization", "softmaxx"], capsys)
+    assert code == 2 and "--normalization 'softmaxx': choose one of softmax, doubly, hybrid, sinkhorn" in err
+    code, _, err = run(["--data", str(sample_csv), "--text-column", "text", "--label-column", "label",
+                        "--ood", str(tmp_path / "missing.csv"), *FAST], capsys)
+    assert code == 2 and "--ood" in err and "no such file" in err
+
+
+def test_non_finite_is_one_line_not_a_traceback(sample_csv, capsys):
+    code, _, err = run(["--data", str(sample_csv), "--text-column", "text", "--label-column", "label",
+                        "--lr", "1e30", "--max-grad-norm", "0", *FAST[:-3], "--max-steps", "3", "--no-progress"],
+                       capsys)
+    assert code == 2 and "step 2:" in err and "Traceback" not in err
