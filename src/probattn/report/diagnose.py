@@ -221,6 +221,8 @@ def run(args: argparse.Namespace) -> int:
     texts, labels, label_names = _read_data(args)
     source = SAMPLE.name if args.data == "sample" else str(args.data)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available here; use --device cpu")
     results = [_diagnose_one(name, norm, args, texts, labels, label_names, device) for name, norm in models]
     report = _build_report(results, source, args)
     report.write(output)

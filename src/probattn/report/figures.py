@@ -20,7 +20,7 @@ __all__ = ["example_maps", "explained_away_grid", "mass_histograms", "similarity
 def to_png(fig: Figure, dpi: int = 100) -> bytes:
     """Render ``fig`` to PNG bytes (no pyplot, so the user's matplotlib backend is left alone)."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=dpi)
     return buffer.getvalue()
 
 
@@ -118,12 +118,12 @@ def example_maps(runs: Sequence[Run], maps: Sequence[Sequence[np.ndarray]], toke
                 continue
             ax.imshow(run_maps[c], vmin=0.0, cmap="Blues")
             ax.set_title(f"layer {c}", fontsize=9)
-            if show_tokens:
-                ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=5)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if show_tokens and c == 0:  # tokens once per row: text layout is what makes these figures slow
                 ax.set_yticks(range(len(tokens)), tokens, fontsize=5)
-            else:
-                ax.set_xticks([])
-                ax.set_yticks([])
+            if show_tokens and r == len(runs) - 1:
+                ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=5)
             if c == 0:
                 ax.set_ylabel(label, fontsize=9)
     fig.suptitle("attention of the first example, averaged over heads (rows: queries, columns: keys)", fontsize=11)
