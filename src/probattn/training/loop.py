@@ -163,10 +163,6 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % 2**32)
     model, encode = build_model(config, splits.train, tokenizer_state=saved["tokenizer"] if saved else None)
-    if config.alignment:
-        from probattn.alignment import attach_alignment
-
-        attach_alignment(model, config.alignment, weight=config.alignment_weight)
     model.to(ctx.device).train()
     encoded = encode(splits.train.texts, splits.train.text_pairs)
     if encoded.truncated:

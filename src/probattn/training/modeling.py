@@ -59,28 +59,36 @@ def _minilm(config: TrainConfig, num_labels: int) -> tuple[nn.Module, Any]:
         raise ValueError(f"--max-length {config.max_length}: minilm takes at most {MINILM_MAX_LENGTH} tokens")
     from probattn.hf import load_pretrained
 
+    alignment = {"variant": config.alignment, "weight": config.alignment_weight} if config.alignment else None
     model, tokenizer = load_pretrained("minilm", task="classification", num_labels=num_labels,
                                        normalization=config.normalization, hybrid_alpha=config.hybrid_alpha,
-                                       sinkhorn_iters=config.sinkhorn_iters)
+                                       sinkhorn_iters=config.sinkhorn_iters, alignment=alignment)
     return model.train(), tokenizer
 
 
 def build_model(config: TrainConfig, train: TextClassificationData,
                 tokenizer_state: dict[str, Any] | None = None) -> tuple[nn.Module, Encoder]:
-    """A fresh model for ``config.model`` with ``train.num_labels`` outputs, and its encoder.
+    """A fresh model for ``config.model`` with ``train.num_labels`` outputs (alignment regularizers attached
+    when ``config.alignment``), and its encoder.
 
-    The ``tiny`` model's word vocabulary is built from ``train`` (or restored from ``tokenizer_state``).
+    The word vocabulary of ``tiny`` / ``self-attentive`` is built from ``train`` (or restored from
+    ``tokenizer_state``).
     """
     if config.model == "tiny":
         words = (WordTokenizer.from_state_dict(tokenizer_state) if tokenizer_state
                  else WordTokenizer.build(train.texts + (train.text_pairs or [])))
-        return _tiny(config, train.num_labels, len(words)), Encoder(words, config.max_length, words.state_dict())
+        model = _tiny(config, train.num_labels, len(words))
+        if config.alignment:
+            from probattn.alignment import attach_alignment
+
+            attach_alignment(model, config.alignment, weight=config.alignment_weight)
+        return model, Encoder(words, config.max_length, words.state_dict())
     if config.model == "self-attentive":
         from probattn.models.self_attentive import SelfAttentiveClassifier
 
-        if config.normalization != "softmax":
-            raise ValueError(f"--normalization {config.normalization}: the self-attentive model has no "
-                             f"query/key attention to renormalize; use --normalization softmax")
+        if config.normalization != "softmax" or config.alignment:
+            raise ValueError("--model self-attentive has no query/key attention: --normalization must be softmax "
+                             "and --alignment off (use --repulsive, which acts on its hops)")
         words = (WordTokenizer.from_state_dict(tokenizer_state) if tokenizer_state
                  else WordTokenizer.build(train.texts + (train.text_pairs or [])))
         model = SelfAttentiveClassifier(len(words), train.num_labels, embed_dim=config.embed_dim,
@@ -112,7 +120,7 @@ def load_trained(path: str | Path) -> tuple[nn.Module, Encoder, tuple[str, ...]]
     if not file.is_file():
         raise FileNotFoundError(f"{file}: no saved model (a finished `probattn train --output DIR` writes one)")
     saved = torch.load(file, map_location="cpu", weights_only=False)
-    config = TrainConfig.from_dict(saved["config"], source=str(file))
+    config = TrainConfig.from_dict(saved["config"], source=str(file)).replace(alignment=None)  # inference only
     labels = tuple(saved["label_names"])
     placeholder = TextClassificationData(texts=[], labels=[], label_names=labels)
     model, encoder = build_model(config, placeholder, tokenizer_state=saved["tokenizer"])
