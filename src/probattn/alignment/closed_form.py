@@ -8,7 +8,8 @@ These are extensions for ablations (the authors' release never ran them):
   query-key distance of the set (not differentiated).
 * :func:`sinkhorn_divergence`: debiased entropic optimal transport with squared Euclidean cost,
   ``S = OT_eps(q, k) - OT_eps(q, q) / 2 - OT_eps(k, k) / 2``, ``eps = epsilon * s``. Potentials come from
-  log-domain Sinkhorn iterations without autograd; the value is the dual objective at those potentials, so
+  log-domain Sinkhorn iterations without autograd (epsilon-scaling: the blur starts at the largest cost and
+  shrinks geometrically to ``eps`` over the first half of the iterations); the value is the dual objective at those potentials, so
   its gradient is the transport plan (envelope theorem) and memory does not grow with the iterations.
 """
 
@@ -65,9 +66,12 @@ def _entropic_ot(cost: Tensor, a: Tensor, b: Tensor, eps: Tensor, iters: int) ->
         c = cost.detach()
         f = torch.zeros_like(a)
         g = torch.zeros_like(b)
-        for _ in range(iters):
-            f = -eps[..., 0] * torch.logsumexp(log_b + (g[..., None, :] - c) / eps, dim=-1)
-            g = -eps[..., 0] * torch.logsumexp(log_a + (f[..., :, None] - c) / eps, dim=-2)
+        # epsilon-scaling: start at the largest cost and decrease geometrically to eps over the first half
+        ratio = (c.amax((-1, -2), keepdim=True) / eps).clamp_min(1.0)
+        for t in range(iters):
+            e = eps * ratio ** max(0.0, 1.0 - 2.0 * t / iters)
+            f = -e[..., 0] * torch.logsumexp(log_b + (g[..., None, :] - c) / e, dim=-1)
+            g = -e[..., 0] * torch.logsumexp(log_a + (f[..., :, None] - c) / e, dim=-2)
     # Dual objective at fixed potentials: differentiating it in `cost` gives the transport plan.
     plan = torch.exp(log_a + log_b + (f[..., :, None] + g[..., None, :] - cost) / eps)
     return (a * f).sum(-1) + (b * g).sum(-1) - eps[..., 0, 0] * (plan.sum((-1, -2)) - 1)
@@ -77,15 +81,23 @@ def sinkhorn_divergence(
     x: Tensor, y: Tensor, x_valid: Tensor, y_valid: Tensor, *, epsilon: float = 0.1, iters: int = 50
 ) -> Tensor:
     """Debiased Sinkhorn divergence ``(*,)`` between the valid points of ``x (*, n, d)`` and ``y (*, m, d)``."""
+    size = max(x.shape[-2], y.shape[-2])  # pad both clouds with zero-weight points: one batched Sinkhorn loop
+    x, x_valid = _pad(x, size), _pad(x_valid.expand(x.shape[:-1]), size)
+    y, y_valid = _pad(y, size), _pad(y_valid.expand(y.shape[:-1]), size)
     a = _weights(x_valid, x.shape[:-1], x.dtype)
     b = _weights(y_valid, y.shape[:-1], y.dtype)
     cxy = _sq_dist(x, y)
     eps = epsilon * _scale(cxy, a, b)
-    return (
-        _entropic_ot(cxy, a, b, eps, iters)
-        - 0.5 * _entropic_ot(_sq_dist(x, x), a, a, eps, iters)
-        - 0.5 * _entropic_ot(_sq_dist(y, y), b, b, eps, iters)
-    )
+    costs = torch.stack([cxy, _sq_dist(x, x), _sq_dist(y, y)])
+    ot = _entropic_ot(costs, torch.stack([a, a, b]), torch.stack([b, a, b]), eps, iters)
+    return ot[0] - 0.5 * ot[1] - 0.5 * ot[2]
+
+
+def _pad(t: Tensor, size: int) -> Tensor:
+    """Pad the point axis (``-2`` for points ``(*, n, d)``, ``-1`` for masks ``(*, n)``) with zeros/False to ``size``."""
+    if t.dtype == torch.bool:
+        return torch.nn.functional.pad(t, (0, size - t.shape[-1]), value=False)
+    return torch.nn.functional.pad(t, (0, 0, 0, size - t.shape[-2]))
 
 
 class MaximumMeanDiscrepancy(nn.Module):
