@@ -69,3 +69,22 @@ def test_two_gloo_processes_match_one_process(small_config, tmp_path):
         torch.testing.assert_close(rank0[name], value, atol=1e-6, rtol=0, msg=name)
     assert (tmp_path / "ddp" / "metrics.json").is_file()
     assert not list(tmp_path.glob("ddp/.*"))  # rank 1 wrote nothing, no temporary files left
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_torchrun_runs_the_cli_unchanged(sample_csv, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+               "-m", "probattn", "train", "--data", str(sample_csv), "--text-column", "text", "--label-column",
+               "label", "--embed-dim", "16", "--max-length", "16", "--batch-size", "8", "--max-steps", "2",
+               "--alignment", "mmd", "--repulsive", "svgd", "--output", str(out), "--no-progress"]
+    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("test: accuracy") == 1  # rank 0 alone reports
+    assert json.loads((out / "metrics.json").read_text())["train"]["world_size"] == 2
