@@ -19,13 +19,15 @@ VARIANTS = ["ct", "gan", "mmd", "sinkhorn"]
 class TinyEncoder(nn.Module):
     """Embedding -> a stack of probattn self-attention blocks -> mean pool -> 2 classes."""
 
-    def __init__(self, layers=2, width=16, heads=4, shared=False):
+    def __init__(self, layers=2, width=16, heads=4, shared=False, normalization="softmax"):
         super().__init__()
         self.embed = nn.Linear(5, width)
-        block = MultiheadAttention(width, heads, batch_first=True)
-        self.blocks = nn.ModuleList(
-            [block if shared else MultiheadAttention(width, heads, batch_first=True) for _ in range(layers)]
-        )
+
+        def block():
+            return MultiheadAttention(width, heads, batch_first=True, normalization=normalization)
+
+        one = block()
+        self.blocks = nn.ModuleList([one if shared else block() for _ in range(layers)])
         self.head = nn.Linear(width, 2)
 
     def forward(self, x, key_padding_mask=None):
@@ -199,3 +201,19 @@ def test_attach_matches_the_module_device_and_float64():
     (reg, *_) = attach_alignment(model)
     assert isinstance(reg, AlignmentRegularizer)
     assert all(p.dtype == torch.float64 for p in reg.parameters())
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_padding_a_batch_does_not_change_the_terms_of_a_model(variant):
+    """Through probattn MultiheadAttention (doubly-normalized: the layer reports query validity too)."""
+    x, y = _batch(n=2, length=5)
+    padded = torch.cat([x, torch.randn(2, 3, 5, dtype=x.dtype)], dim=1)
+    ignore = torch.zeros(2, 8, dtype=torch.bool)
+    ignore[:, 5:] = True  # torch convention at the module boundary: True = padding
+    terms = []
+    for inputs, mask in ((x, None), (padded, ignore)):
+        model = _model(normalization="doubly")
+        attach_alignment(model, variant)
+        model(inputs, key_padding_mask=mask)
+        terms.append(torch.tensor(alignment_loss(model)[1].terms))
+    torch.testing.assert_close(terms[1], terms[0], rtol=1e-6, atol=1e-9)
