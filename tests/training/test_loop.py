@@ -182,3 +182,19 @@ def test_minilm_fine_tunes_with_every_option_and_reloads(small_config, tmp_path,
     from probattn.training import predict
 
     torch.testing.assert_close(predict(model, encode, result.splits.test).probs, result.predict(result.splits.test).probs)
+
+
+def test_resume_refuses_changed_data(small_config, tmp_path, sample_csv):
+    data = tmp_path / "data.csv"
+    data.write_text(sample_csv.read_text())
+    config = small_config.replace(data=str(data), output=str(tmp_path / "r"), checkpoint_every=2, max_steps=4)
+
+    def interrupt(record):
+        if record["step"] == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(config, progress=False, on_step=interrupt)
+    data.write_text("\n".join(sample_csv.read_text().splitlines()[:100]) + "\n")
+    with pytest.raises(ValueError, match=r"the training data changed since the checkpoint \(140 examples then"):
+        train(config.replace(resume=True), progress=False)

@@ -194,6 +194,10 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
         restore_rng_state(saved["rng"])
         history, start = list(saved["history"]), int(saved["step"])
         guard.last_checkpoint = start
+        position = saved["data"]
+        if position["num_examples"] != len(splits.train) or position["steps_per_epoch"] != steps_per_epoch:
+            raise ValueError(f"--resume: the training data changed since the checkpoint ({position['num_examples']} "
+                             f"examples then, {len(splits.train)} now); resume on the same data or start a new run")
     wrapped = model
     if ctx.enabled:
         wrapped = nn.parallel.DistributedDataParallel(
@@ -211,12 +215,17 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
                 "rng": capture_rng_state(), "history": history, "tokenizer": encode.state,
                 "label_names": splits.label_names,
                 "data": {"seed": config.seed, "epoch": epoch, "step_in_epoch": step - epoch * steps_per_epoch,
-                         "steps_per_epoch": steps_per_epoch, "order": torch.from_numpy(order)},
+                         "steps_per_epoch": steps_per_epoch, "num_examples": len(splits.train),
+                         "order": torch.from_numpy(order)},
             })
         ctx.barrier()
         guard.last_checkpoint = step
 
     grad_accum, order, order_epoch, seconds = config.grad_accum, None, -1, 0.0
+    if saved is not None:  # continue the saved epoch in the saved order
+        order, order_epoch = saved["data"]["order"].numpy(), int(saved["data"]["epoch"])
+    if ctx.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(ctx.device)
     bar = tqdm(total=config.max_steps, initial=start, unit="step", disable=not (progress and ctx.is_main),
                dynamic_ncols=True)
     for step in range(start, config.max_steps):
