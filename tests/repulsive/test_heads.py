@@ -9,7 +9,7 @@ from torch import nn
 from probattn.metrics import parameter_cosine_similarity
 from probattn.models import SelfAttentiveClassifier
 from probattn.nn import MultiheadAttention, replace_attention
-from probattn.repulsive import PRESETS, RepulsiveHeads, svgd_direction
+from probattn.repulsive import PRESETS, RepulsiveHeads, svgd_direction, svgd_terms
 
 E, H = 16, 4
 
@@ -151,10 +151,22 @@ def test_stats_missing_grads_and_non_finite_fallback():
     one = stats["sets"]["layers.0.self_attn.q"]
     assert one["bandwidth"] > 0 and 0 < one["mean_offdiag_kernel"] < 1 and one["repulsion_ratio"] > 0
     assert len(one["head_norms"]) == H
+    # the M×M shortcuts of the stats equal the explicit norms
+    s = repulsive.particle_sets[0]
+    loss_of(model, *batch()).backward()
+    theta, grads = s.weights().clone(), s.grads().clone()
+    one = repulsive.step()["sets"][s.name]
+    terms = svgd_terms(theta.double(), grads.double())
+    ratio = 0.01 * terms.repulsion.norm() / terms.driving.norm()
+    assert one["repulsion_ratio"] == pytest.approx(ratio.item(), rel=1e-4)
+    assert one["bandwidth"] == pytest.approx(terms.bandwidth.item(), rel=1e-5)
+    assert one["head_norms"] == pytest.approx(theta.norm(dim=1).tolist(), rel=1e-5)
+    model.zero_grad()
+    loss_of(model, *batch()).backward()
     q = model.layers[0].self_attn.in_proj_weight
     q.grad[0, 0] = float("inf")
     kept = q.grad.clone()
-    with pytest.warns(UserWarning, match="not finite"):
+    with pytest.warns(UserWarning, match="non-finite"):
         repulsive.step()
     torch.testing.assert_close(q.grad[:E], kept[:E])  # the q set kept its plain gradient (k, v were rewritten)
 

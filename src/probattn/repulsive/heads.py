@@ -33,7 +33,15 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from probattn.repulsive.adapters import ADAPTERS, find_attention_modules
-from probattn.repulsive.directions import KernelGradDiv, _spos_noise, _svgd_from_terms, svgd_terms
+from probattn.repulsive.directions import (
+    KernelGradDiv,
+    KernelParts,
+    compute_dtype,
+    fused_svgd,
+    kernel_parts,
+    repulsion_scale,
+    spos_noise,
+)
 from probattn.repulsive.kernels import MedianKind
 from probattn.repulsive.particles import GROUPINGS, Grouping, ParticleSet, build_particle_sets
 from probattn.repulsive.presets import PRESETS
@@ -201,66 +209,58 @@ class RepulsiveHeads:
     def step(self) -> dict[str, Any]:
         """Rewrite the ``.grad`` of every particle set now (then clip if ``max_grad_norm``); returns the stats.
 
-        Sets whose parameters have no gradient are left alone. A set whose rewrite is not finite keeps its plain
-        gradient, with a warning.
+        Sets of the same shape are stacked and rewritten in one batched computation. Sets whose parameters have
+        no gradient are left alone; a set with non-finite gradients keeps them, with a warning.
         """
         batches: dict[tuple, list[tuple[ParticleSet, Tensor]]] = {}
         for s in self.particle_sets:
             grads = s.grads()
             if grads is not None:
-                batches.setdefault((s.num_particles, s.size, grads.dtype, grads.device), []).append(
-                    (s, grads)
-                )
+                batches.setdefault((s.num_particles, s.size, grads.dtype, grads.device), []).append((s, grads))
         per_set: dict[str, dict[str, Any]] = {}
-        for (_, _, _, device), members in batches.items():
+        for (m, _, _, device), members in batches.items():
             theta = torch.stack([s.weights() for s, _ in members])
-            grads = torch.stack([g for _, g in members])
-            terms = svgd_terms(
-                theta, grads, median=self.median, kernel_grad_div=self.kernel_grad_div, eps=self.eps
-            )
-            direction = _svgd_from_terms(
-                terms,
-                alpha=self.alpha,
-                stepsize=1.0 if self.method == "spos" else self.stepsize,
-                normalize_by_M=self.normalize_by_M,
-            )
+            dtype = compute_dtype(theta)
+            grads = torch.stack([g for _, g in members]).to(dtype)
+            parts = kernel_parts(theta, dtype, median=self.median, eps=self.eps)
+            coef = self.stepsize / (m if self.normalize_by_M else 1)
+            direction = fused_svgd(parts, grads, alpha=self.alpha, coef=coef, kernel_grad_div=self.kernel_grad_div)
             if self.method == "spos":
-                noise = _spos_noise(
-                    grads,
-                    direction.dtype,
-                    beta=self.beta,
-                    stepsize=self.stepsize,
-                    generator=self._generator(device),
-                )
-                direction = self.stepsize * (direction + noise)
-            finite = torch.isfinite(direction).flatten(1).all(dim=1)
-            stats = self._stats(terms, theta, finite)
+                noise = spos_noise(grads, beta=self.beta, stepsize=self.stepsize, generator=self._generator(device))
+                direction.add_(noise, alpha=self.stepsize)
+            stats = self._stats(parts, grads)
             for i, (s, _) in enumerate(members):
                 per_set[s.name] = {key: value[i] for key, value in stats.items()}
-                if per_set[s.name]["finite"]:
+                if per_set[s.name].pop("finite"):
                     s.set_grads(direction[i])
                 else:
-                    warnings.warn(
-                        f"repulsive rewrite of {s.name} is not finite; kept its plain gradient", stacklevel=2
-                    )
+                    warnings.warn(f"{s.name} has non-finite gradients: left them as they are", stacklevel=2)
         if self.max_grad_norm is not None:
-            params = self._clip_parameters()
-            torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(self._clip_parameters(), self.max_grad_norm)
         self.num_steps += 1
         self.last_stats = self._summary(per_set)
         return self.last_stats
 
-    def _stats(self, terms, theta: Tensor, finite: Tensor) -> dict[str, list]:
-        """Per set of a batch: bandwidth h, mean off-diagonal kernel, ‖αR‖/‖K·G‖, per-head weight norms."""
-        m = terms.kernel.shape[-1]
-        off_diagonal = (terms.kernel.sum(dim=(-1, -2)) - m) / (m * (m - 1))
-        driving = terms.driving.flatten(1).norm(dim=1).clamp_min(torch.finfo(terms.driving.dtype).tiny)
-        ratio = self.alpha * terms.repulsion.flatten(1).norm(dim=1) / driving
+    def _stats(self, parts: KernelParts, grads: Tensor) -> dict[str, list]:
+        """Per set: bandwidth h, mean off-diagonal kernel, ‖αR‖/‖K·G‖, per-head weight norms, finiteness.
+
+        Computed from M×M matrices only: ‖K·G‖² = Σ K ⊙ (K·GGᵀ), ‖R‖² = Σ A ⊙ (A·C) / h⁴ with
+        ``A = diag(rowsum K) − K`` and C the centred Gram matrix (h instead of h² for ``kernel_grad_div="h"``).
+        """
+        k, m = parts.kernel, parts.kernel.shape[-1]
+        grad_gram = grads @ grads.transpose(-1, -2)
+        driving = (k * (k @ grad_gram)).sum(dim=(-1, -2)).clamp_min(0).sqrt()
+        a = torch.diag_embed(k.sum(dim=-1)) - k
+        repulsion = (a * (a @ parts.gram)).sum(dim=(-1, -2)).clamp_min(0).sqrt()
+        ratio = repulsion * repulsion_scale(parts, self.alpha, self.kernel_grad_div) / driving.clamp_min(1e-30)
+        cross = (parts.centred @ parts.mean.transpose(-1, -2)).squeeze(-1)  # θc_i · mean
+        head_sq_norms = parts.gram.diagonal(dim1=-2, dim2=-1) + 2 * cross + parts.mean.square().sum(dim=(-1, -2))[:, None]
+        finite = torch.isfinite(grad_gram.diagonal(dim1=-2, dim2=-1)).all(dim=-1) & torch.isfinite(k).all(dim=(-1, -2))
         return {
-            "bandwidth": terms.bandwidth.tolist(),
-            "mean_offdiag_kernel": off_diagonal.tolist(),
+            "bandwidth": parts.h2.sqrt().tolist(),
+            "mean_offdiag_kernel": ((k.sum(dim=(-1, -2)) - m) / (m * (m - 1))).tolist(),
             "repulsion_ratio": ratio.tolist(),
-            "head_norms": theta.norm(dim=-1).tolist(),
+            "head_norms": head_sq_norms.clamp_min(0).sqrt().tolist(),
             "finite": finite.tolist(),
         }
 

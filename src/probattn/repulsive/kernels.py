@@ -14,35 +14,38 @@ from torch import Tensor
 
 MedianKind = Literal["true", "lower"]
 
-__all__ = ["MedianKind", "median_bandwidth", "pairwise_sq_dists", "rbf_kernel"]
+__all__ = ["MedianKind", "median_bandwidth", "pairwise_sq_dists", "rbf_kernel", "sq_dists_from_gram"]
+
+
+def sq_dists_from_gram(gram: Tensor) -> Tensor:
+    """``‖a‖² + ‖b‖² − 2a·b`` from a Gram matrix ``(..., M, M)``, clamped ≥ 0 with an exact zero diagonal."""
+    sq_norms = gram.diagonal(dim1=-2, dim2=-1)
+    sq_dists = (sq_norms.unsqueeze(-1) + sq_norms.unsqueeze(-2) - 2.0 * gram).clamp_min(0.0)
+    diagonal = torch.eye(gram.shape[-1], dtype=torch.bool, device=gram.device)
+    return sq_dists.masked_fill(diagonal, 0.0)
 
 
 def pairwise_sq_dists(particles: Tensor) -> Tensor:
     """Squared distances ``D2[..., i, j] = ‖θ_i − θ_j‖²`` of particles ``(..., M, P)`` -> ``(..., M, M)``.
 
     The particles are centred first (distances do not change) so that nearly identical heads keep their small
-    distances in float32 despite the Gram trick ``‖a‖² + ‖b‖² − 2a·b``. The result is ≥ 0 with an exact zero
-    diagonal.
+    distances in float32 despite the Gram trick.
     """
     centred = particles - particles.mean(dim=-2, keepdim=True)
-    sq_norms = centred.square().sum(dim=-1)
-    gram = centred @ centred.transpose(-1, -2)
-    sq_dists = (sq_norms.unsqueeze(-1) + sq_norms.unsqueeze(-2) - 2.0 * gram).clamp_min(0.0)
-    m = particles.shape[-2]
-    diagonal = torch.eye(m, dtype=torch.bool, device=particles.device)
-    return sq_dists.masked_fill(diagonal, 0.0)
+    return sq_dists_from_gram(centred @ centred.transpose(-1, -2))
 
 
 def median_bandwidth(
-    sq_dists: Tensor, particles: Tensor, *, median: MedianKind = "true", eps: float = 1e-8
+    sq_dists: Tensor, mean_sq_norm: Tensor, *, median: MedianKind = "true", eps: float = 1e-8
 ) -> Tensor:
     """Median-heuristic squared bandwidth ``h² = max(med, floor) / (2 log(M + 1))`` -> shape ``(...,)``.
 
     ``med`` is the median of all M² entries of ``sq_dists (..., M, M)``, diagonal zeros included (as in the
     authors' code). ``median="true"`` averages the two middle entries (TF / ELECTRA code); ``"lower"`` takes
-    the lower one, as ``torch.median`` does (PyTorch code: gives ``h² = 0`` for two distinct heads).
-    ``floor = eps · mean_i ‖θ_i‖² + tiny`` keeps identical heads (med = 0) finite. With this bandwidth
-    ``k(θ_i, θ_j) = (M + 1)^(−D2_ij / med)``: a pair at the median distance has kernel ``1 / (M + 1)``.
+    the lower one, as ``torch.median`` does (PyTorch code: gives ``med = 0`` for two distinct heads).
+    ``floor = eps · mean_sq_norm + tiny`` with ``mean_sq_norm (...,) = mean_i ‖θ_i‖²`` keeps identical heads
+    (med = 0) finite. With this bandwidth ``k(θ_i, θ_j) = (M + 1)^(−D2_ij / med)``: a pair at the median
+    distance has kernel ``1 / (M + 1)``.
     """
     if median not in ("true", "lower"):
         raise ValueError(f"median must be 'true' or 'lower', got {median!r}")
@@ -52,7 +55,7 @@ def median_bandwidth(
     med = ordered[..., (n - 1) // 2]
     if median == "true":
         med = 0.5 * (med + ordered[..., n // 2])
-    floor = eps * particles.square().sum(dim=-1).mean(dim=-1) + torch.finfo(sq_dists.dtype).tiny
+    floor = eps * mean_sq_norm + torch.finfo(sq_dists.dtype).tiny
     return torch.maximum(med, floor) / (2.0 * math.log(m + 1))
 
 
