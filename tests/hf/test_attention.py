@@ -8,6 +8,7 @@ import pytest
 import torch
 
 pytest.importorskip("transformers")
+import transformers
 from transformers.masking_utils import sdpa_mask
 
 from probattn.hf import convert, probattn_attention
@@ -202,3 +203,20 @@ def test_regularizer_and_probe_see_real_tokens_only(tiny):
             assert k_shape[1] == (2 if family == "llama" else 4)  # grouped keys arrive grouped
             assert torch.equal(query_valid, mask.bool())
             assert torch.equal(key_valid, mask.bool())
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_cached_generation_matches_the_original(tiny, family):
+    """Left-padded greedy decoding with a KV cache: single-query steps, causal prefill, grouped keys."""
+    head = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}[family]
+    config = tiny.build(family, attn_implementation="eager").config
+    lm = getattr(transformers, head)(copy.deepcopy(config)).eval()
+    converted = convert(copy.deepcopy(lm), normalization="softmax", alignment="mmd")
+    ids, mask = tiny.text_batch(family, [5, 3], left=True)
+    options = dict(max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True,
+                   pad_token_id=0)
+    want = lm.generate(input_ids=ids, attention_mask=mask, **options)
+    got = converted.generate(input_ids=ids, attention_mask=mask, **options)
+    assert torch.equal(want.sequences, got.sequences)
+    for a, b in zip(want.logits, got.logits):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
