@@ -30,7 +30,7 @@ def test_figures_are_png():
     runs = [("a", _layers()), ("b", _layers(seed=1))]
     maps = [[np.eye(4) / 1.0] * 2, [np.full((4, 4), 0.25)] * 2]
     for png in (figures.explained_away_grid(runs), figures.mass_histograms(runs),
-                figures.similarity_heatmaps(runs), figures.example_maps(runs, maps, ["a", "b", "c", "d"])):
+                figures.similarity_heatmaps(runs), figures.example_maps(runs, maps, [["a", "b", "c", "d"]] * 2)):
         assert png[:8] == PNG_MAGIC and len(png) > 5_000
     assert figures.similarity_heatmaps(runs, key="output_cka") is None
 

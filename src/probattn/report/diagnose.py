@@ -187,7 +187,7 @@ def _build_report(results: list[Diagnosis], source: str, args) -> Report:
     else:
         report.image("output_cka.png", output_sim, "head x head linear CKA of head outputs per layer")
     report.image("example_attention.png",
-                 figures.example_maps(runs, [r.example_maps for r in results], results[0].example_tokens),
+                 figures.example_maps(runs, [r.example_maps for r in results], [r.example_tokens for r in results]),
                  "attention map of the first example per layer (mean over heads)")
     report.heading("How to read it")
     report.text("EA<τ: fraction of keys whose normalized incoming mass m̃_j = (Σ_i A_ij)·N_k/N_q is below τ "

@@ -105,12 +105,16 @@ def explained_away_grid(runs: Sequence[Run], threshold: float = 0.1) -> bytes:
     return to_png(fig)
 
 
-def example_maps(runs: Sequence[Run], maps: Sequence[Sequence[np.ndarray]], tokens: Sequence[str]) -> bytes:
-    """The first example's attention map (mean over heads) per layer; ``maps[run][layer]`` is ``(Lq, Lk)``."""
+def example_maps(runs: Sequence[Run], maps: Sequence[Sequence[np.ndarray]], tokens: Sequence[Sequence[str]]) -> bytes:
+    """The first example's attention map (mean over heads) per layer.
+
+    ``maps[run][layer]`` is ``(N, N)`` over the run's real tokens ``tokens[run]`` (runs may tokenize differently).
+    """
     cols = max(len(m) for m in maps)
     fig, axes = _grid(len(runs), cols, size=3.0)
-    show_tokens = len(tokens) <= 24
-    for r, ((label, _), run_maps) in enumerate(zip(runs, maps)):
+    shared = all(list(t) == list(tokens[0]) for t in tokens)
+    for r, ((label, _), run_maps, run_tokens) in enumerate(zip(runs, maps, tokens)):
+        show = len(run_tokens) <= 24
         for c in range(cols):
             ax = axes[r, c]
             if c >= len(run_maps):
@@ -120,10 +124,10 @@ def example_maps(runs: Sequence[Run], maps: Sequence[Sequence[np.ndarray]], toke
             ax.set_title(f"layer {c}", fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
-            if show_tokens and c == 0:  # tokens once per row: text layout is what makes these figures slow
-                ax.set_yticks(range(len(tokens)), tokens, fontsize=5)
-            if show_tokens and r == len(runs) - 1:
-                ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=5)
+            if show and c == 0:  # tokens once per row: text layout is what makes these figures slow
+                ax.set_yticks(range(len(run_tokens)), run_tokens, fontsize=5)
+            if show and (r == len(runs) - 1 or not shared):
+                ax.set_xticks(range(len(run_tokens)), run_tokens, rotation=90, fontsize=5)
             if c == 0:
                 ax.set_ylabel(label, fontsize=9)
     fig.suptitle("attention of the first example, averaged over heads (rows: queries, columns: keys)", fontsize=11)
