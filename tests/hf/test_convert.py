@@ -39,7 +39,7 @@ def test_column_normalization_on_a_decoder_raises_at_convert_time(tiny, family, 
     ("options", "error", "match"),
     [
         ({"normalization": "dubly"}, ValueError, "normalization must be one of"),
-        ({"normalization": "softmax", "hybrid_alpha": 0.3}, ValueError, "hybrid_alpha is only used"),
+        ({"normalization": "softmax", "hybrid_alpha": -0.3}, ValueError, "hybrid_alpha"),
         ({"normalization": "hybrid", "hybrid_alpha": 1.5}, ValueError, "hybrid_alpha"),
         ({"normalization": "hybrid", "hybrid_alpha": "learnt"}, ValueError, "'learned'"),
         ({"sinkhorn_iters": 0}, ValueError, "sinkhorn_iters"),
@@ -73,8 +73,9 @@ def test_settings_are_recorded_in_the_config(tiny):
         "repulsive": {"method": "spos", "alpha": 0.1}, "layers": None,
     }
     assert json.loads(model.config.to_json_string())["probattn"] == model.config.probattn
-    # converting again replaces everything
-    convert(model, normalization="doubly", layers=[0])
+    # converting again replaces everything; a hybrid weight given with another normalization is unused
+    convert(model, normalization="doubly", layers=[0], hybrid_alpha=0.3)
+    assert model.config.probattn["hybrid_alpha"] is None
     assert not any(isinstance(m, (HybridWeight, AlignmentRegularizer)) for m in model.modules())
     assert [hasattr(m, "probattn_settings") for _, m in attention_modules(model)] == [True, False]
 

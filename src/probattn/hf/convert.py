@@ -107,17 +107,16 @@ def _select(modules: list[tuple[str, nn.Module]], layers: int | Iterable[int] | 
 
 
 def _check_hybrid(normalization: str, hybrid_alpha: object) -> float | str | None:
-    if normalization != "hybrid":
-        if hybrid_alpha is not None:
-            raise ValueError(f"hybrid_alpha is only used with normalization='hybrid', got normalization={normalization!r}")
-        return None
+    """The validated hybrid weight; None unless ``normalization == "hybrid"`` (as probattn.nn ignores it then)."""
     if hybrid_alpha is None:
-        return 0.5
-    if hybrid_alpha == "learned":
-        return "learned"
+        return 0.5 if normalization == "hybrid" else None
     if isinstance(hybrid_alpha, str):
-        raise ValueError(f"hybrid_alpha must be a float in [0, 1] or 'learned', got {hybrid_alpha!r}")
-    return float(check_hybrid_alpha(hybrid_alpha, 1))
+        if hybrid_alpha != "learned":
+            raise ValueError(f"hybrid_alpha must be a float in [0, 1] or 'learned', got {hybrid_alpha!r}")
+        alpha: float | str = "learned"
+    else:
+        alpha = float(check_hybrid_alpha(hybrid_alpha, 1))
+    return alpha if normalization == "hybrid" else None
 
 
 def _check_json(name: str, value: Any) -> Any:
@@ -242,7 +241,8 @@ def convert(
         normalization: ``"softmax"`` (reproduces the original model), ``"doubly"``, ``"hybrid"`` or
             ``"sinkhorn"``; see :func:`probattn.functional.attention`.
         hybrid_alpha: softmax weight of ``"hybrid"``: a float in [0, 1] (default 0.5) or ``"learned"``
-            (per head, ``sigmoid(logit)`` with ``logit`` initialised at 0, trained with the model).
+            (per head, ``sigmoid(logit)`` with ``logit`` initialised at 0, trained with the model);
+            validated but unused with the other normalizations.
         sinkhorn_iters: iterations of ``"sinkhorn"``.
         alignment: an alignment variant name or a dict of ``AlignmentRegularizer`` keyword arguments; a
             regularizer is attached to each selected layer as ``module.probattn_alignment``.

@@ -226,9 +226,12 @@ def load_pretrained(
 
 
 def load_model(
-    name_or_path: str | os.PathLike, *, task: str = "encoder", num_labels: int | None = None
+    name_or_path: str | os.PathLike, *, task: str | None = "encoder", num_labels: int | None = None
 ) -> tuple[PreTrainedModel, Any]:
     """``(model, tokenizer)`` from a registry name, a probattn-saved directory or a Hugging Face directory.
+
+    ``task``: ``"encoder"``, ``"classification"`` (``num_labels``, default 2 for registered models) or None: the
+    architecture saved in the directory's ``config.json`` (``"encoder"`` for registered names).
 
     Registered names and plain Hugging Face directories are converted with ``normalization="softmax"``
     (identical outputs, attention weights and q/k probes available); a probattn-saved directory keeps its
@@ -236,7 +239,7 @@ def load_model(
     """
     _check_task(task, num_labels)
     if isinstance(name_or_path, str) and name_or_path in PRETRAINED:
-        return load_pretrained(name_or_path, task=task, num_labels=num_labels or 2)
+        return load_pretrained(name_or_path, task=task or "encoder", num_labels=num_labels or 2)
     path = Path(name_or_path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(
