@@ -110,18 +110,18 @@ class _Guard:
     def fail(self, component: str, value: str) -> None:
         kept = (f"the last good checkpoint ({self.out / CHECKPOINT}, step {self.last_checkpoint}) is kept"
                 if self.last_checkpoint is not None else "no checkpoint was written")
-        raise NonFiniteError(f"step {self.step}: the {component} is {value}; training stopped and {kept}. "
-                             f"Lower --lr, check the data, or raise --max-grad-norm clipping")
+        raise NonFiniteError(f"step {self.step}: non-finite {component} ({value}); training stopped and {kept}. "
+                             f"Lower --lr, check the data, or clip harder (--max-grad-norm)")
 
     def scalar(self, component: str, value: Tensor) -> None:
         if not torch.isfinite(value):
-            self.fail(component, f"non-finite ({float(value)})")
+            self.fail(component, str(float(value)))
 
     def tensors(self, component: str, tensors: list[Tensor | None]) -> None:
         present = [t for t in tensors if t is not None]
-        # one fused norm: NaN/inf anywhere makes it non-finite (so does a norm beyond float range)
-        if present and not torch.isfinite(nn.utils.get_total_norm(present)):
-            self.fail(component, "non-finite (NaN or inf)")
+        # one fused max-abs: NaN or inf anywhere makes it non-finite, finite values never do
+        if present and not torch.isfinite(nn.utils.get_total_norm(present, norm_type=float("inf"))):
+            self.fail(component, "NaN or inf values")
 
     def gradients(self, component: str, params: list[nn.Parameter]) -> None:
         self.tensors(component, [p.grad for p in params])
@@ -249,7 +249,7 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
                     logits = forward_logits(wrapped, ids, mask)
                 except ValueError as exc:  # probattn's attention refuses NaN/inf inputs
                     if re.search(r"NaN|inf", str(exc)):
-                        guard.fail("forward pass", f"non-finite ({exc})")
+                        guard.fail("forward pass", str(exc))
                     raise
                 task = F.cross_entropy(logits.float(), labels[index].to(ctx.device))
                 align = torch.zeros((), device=ctx.device)
