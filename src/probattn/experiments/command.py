@@ -15,6 +15,8 @@ import importlib
 # experiment name -> (module, one-line help)
 EXPERIMENTS: dict[str, tuple[str, str]] = {
     "gmm": ("probattn.experiments.gmm", "explaining-away toy: softmax vs doubly-normalized vs EM"),
+    "self-attentive": ("probattn.experiments.self_attentive", "Lin et al. 2017 on Rotten Tomatoes, +/- repulsion"),
+    "alignment": ("probattn.experiments.alignment", "MiniLM on Rotten Tomatoes -> Amazon: baseline vs CT vs GAN"),
 }
 
 

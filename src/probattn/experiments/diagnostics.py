@@ -1,0 +1,169 @@
+"""Per-layer attention diagnostics of a trained classifier, for ``probattn compare``.
+
+A probe on every attention layer (``module.probattn_probe``, see :mod:`probattn.nn.hooks`) receives the
+layer's per-head queries ``q (B, H, Lq, d)`` and keys ``k (B, H_kv, Lk, d)``, recomputes the layer's weights
+with :func:`probattn.functional.attention` under the layer's own normalization, and feeds both to
+:class:`probattn.metrics.AttentionStatistics`. Works for :class:`probattn.nn.MultiheadAttention` layers
+(the tiny encoder) and for Hugging Face models converted by :func:`probattn.hf.convert` (MiniLM).
+
+Per layer it reports (:func:`layer_metrics`):
+
+* ``head_diversity``: mean pairwise Jensen–Shannon divergence between the heads' attention rows, in bits
+  (``1 - mean_attention_similarity``; 0 = identical heads, 1 = disjoint);
+* ``explained_away``: fraction of real keys whose normalized incoming mass ``m~_j < 0.01`` (mean over heads);
+* ``kq_alignment``: squared RBF-kernel MMD between each head's query cloud and key cloud (mean over heads);
+* ``lin_redundancy``: Lin et al.'s ``‖A Aᵀ − I‖_F`` with ``A`` the heads' rows for one query (mean).
+
+The self-attentive classifier (Lin et al. 2017) has no query/key layer; its ``r`` hops are treated as ``r``
+heads with one query each (``A (B, r, 1, L)``), so the same numbers describe hop diversity
+(:func:`hop_statistics`); ``kq_alignment`` is then not measured (NaN).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from probattn.data import Encoded
+from probattn.functional import attention
+from probattn.metrics import AttentionStatistics
+from probattn.nn import MultiheadAttention
+from probattn.nn.hooks import PROBE_ATTR
+
+__all__ = ["attention_layers", "collect_layer_statistics", "hop_statistics", "layer_metrics"]
+
+EXPLAINED_AWAY_THRESHOLD = 0.01
+
+
+def _settings(module: nn.Module) -> tuple[str, Any, int]:
+    """``(normalization, hybrid_alpha, sinkhorn_iters)`` that ``module`` attends with."""
+    if isinstance(module, MultiheadAttention):
+        return module.normalization, module.current_hybrid_alpha(), module.sinkhorn_iters
+    from probattn.hf.attention import HYBRID_ATTR, SETTINGS_ATTR, LayerSettings
+
+    settings = getattr(module, SETTINGS_ATTR, LayerSettings())
+    alpha = getattr(module, HYBRID_ATTR)() if settings.hybrid_alpha == "learned" else settings.hybrid_alpha
+    return settings.normalization, alpha, settings.sinkhorn_iters
+
+
+def attention_layers(model: nn.Module) -> list[nn.Module]:
+    """The attention layers of ``model`` that call ``observe_qk``, in model order."""
+    layers = [m for m in model.modules() if isinstance(m, MultiheadAttention)]
+    if not layers:
+        try:
+            from probattn.hf import attention_modules
+        except ModuleNotFoundError:  # transformers is not installed: no Hugging Face layers either
+            return []
+        layers = [m for _, m in attention_modules(model)]
+    return layers
+
+
+class _Probe:
+    """Accumulates one layer's statistics from the q/k it observes (weights recomputed in float64)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.stats: AttentionStatistics | None = None
+        self.batch_valid: Tensor | None = None  # (B, L) real tokens of the current batch
+
+    def observe(self, q: Tensor, k: Tensor, *, query_valid: Tensor | None, key_valid: Tensor | None) -> None:
+        if self.stats is None:
+            self.stats = AttentionStatistics(q.shape[1], thresholds=(0.1, EXPLAINED_AWAY_THRESHOLD))
+        # A layer fed a float padding mask (e.g. by torch.nn.TransformerEncoderLayer) reports no validity;
+        # in self-attention over the batch's tokens the batch's padding is the keys' and the queries' padding.
+        # The weights are recomputed exactly as the layer computed them (with the query validity it reported);
+        # the statistics count real tokens only.
+        attended_queries, counted_queries = query_valid, query_valid
+        batch_shape = (q.shape[0], q.shape[2])
+        if self.batch_valid is not None and tuple(self.batch_valid.shape) == batch_shape and q.shape[2] == k.shape[2]:
+            key_valid = self.batch_valid if key_valid is None else key_valid
+            counted_queries = self.batch_valid if query_valid is None else query_valid
+        normalization, alpha, iters = _settings(self.module)
+        q64, k64 = q.to(torch.float64), k.to(torch.float64)
+        _, weights = attention(q64, k64, k64, normalization=normalization, hybrid_alpha=alpha,
+                               sinkhorn_iters=iters, key_padding_mask=key_valid,
+                               query_padding_mask=attended_queries, return_weights=True)
+        self.stats.update_weights(weights, query_valid=counted_queries, key_valid=key_valid)
+        self.stats.update_qk(q64, k64, query_valid=counted_queries, key_valid=key_valid)
+
+
+@torch.no_grad()
+def collect_layer_statistics(model: nn.Module, encoded: Encoded, *, batch_size: int = 64,
+                             max_examples: int = 256) -> list[dict[str, Any]]:
+    """Run ``model`` (eval mode) over the first ``max_examples`` encoded inputs; one summary per layer.
+
+    Each summary is :meth:`probattn.metrics.AttentionStatistics.summary`.
+    """
+    from probattn.training.modeling import forward_logits
+
+    layers = attention_layers(model)
+    if not layers:
+        from probattn.models.self_attentive import SelfAttentiveClassifier
+
+        if isinstance(model, SelfAttentiveClassifier):
+            return hop_statistics(model, encoded, batch_size=batch_size, max_examples=max_examples)
+        raise ValueError(f"{type(model).__name__} has no probattn attention layer to diagnose")
+    probes = [_Probe(m) for m in layers]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        for layer, probe in zip(layers, probes):
+            setattr(layer, PROBE_ATTR, probe)
+        n = min(max_examples, encoded.input_ids.shape[0])
+        for start in range(0, n, batch_size):
+            mask = encoded.attention_mask[start:min(start + batch_size, n)]
+            width = int(mask.sum(1).max())
+            ids = encoded.input_ids[start:start + mask.shape[0], :width]
+            for probe in probes:
+                probe.batch_valid = mask[:, :width].to(device)
+            forward_logits(model, ids.to(device), mask[:, :width].to(device))
+    finally:
+        for layer in layers:
+            if getattr(layer, PROBE_ATTR, None) is not None:
+                delattr(layer, PROBE_ATTR)
+        model.train(was_training)
+    return [p.stats.summary() if p.stats is not None else {} for p in probes]
+
+
+@torch.no_grad()
+def hop_statistics(model: nn.Module, encoded: Encoded, *, batch_size: int = 64,
+                   max_examples: int = 256) -> list[dict[str, Any]]:
+    """Statistics of a self-attentive classifier's hop attention ``A (B, r, L)`` as one layer of ``r`` heads."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    stats: AttentionStatistics | None = None
+    try:
+        n = min(max_examples, encoded.input_ids.shape[0])
+        for start in range(0, n, batch_size):
+            mask = encoded.attention_mask[start:min(start + batch_size, n)]
+            width = int(mask.sum(1).max())
+            valid = mask[:, :width].to(device)
+            hops = model(encoded.input_ids[start:start + mask.shape[0], :width].to(device), valid).attention
+            stats = stats or AttentionStatistics(hops.shape[1], thresholds=(0.1, EXPLAINED_AWAY_THRESHOLD))
+            stats.update_weights(hops[:, :, None, :].to(torch.float64), key_valid=valid)
+    finally:
+        model.train(was_training)
+    return [stats.summary()] if stats is not None else [{}]
+
+
+def layer_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """``head_diversity``, ``explained_away``, ``kq_alignment``, ``lin_redundancy`` of one layer summary.
+
+    NaN for what was not measured.
+    """
+
+    def mean(values: Any) -> float:
+        return float(torch.tensor(values, dtype=torch.float64).mean()) if values else math.nan
+
+    similarity = summary.get("mean_attention_similarity")
+    return {
+        "head_diversity": 1.0 - similarity if similarity is not None else math.nan,
+        "explained_away": mean(summary.get(f"explained_away_{EXPLAINED_AWAY_THRESHOLD:g}")),
+        "kq_alignment": mean(summary.get("qk_mmd2")),
+        "lin_redundancy": float(summary.get("lin_redundancy", math.nan)),
+    }
