@@ -196,3 +196,16 @@ def test_find_attention_modules_does_not_descend_into_found_modules():
     assert names == ["layers.0.self_attn", "layers.1.self_attn"]
     with pytest.raises(ValueError, match="register_adapter"):
         find_attention_modules([nn.Linear(2, 2)])
+
+
+def test_conv1d_stand_in_particles_reproduce_its_per_head_outputs():
+    """Particle i, read as an (in, d) block, maps x to head i's slice of x @ W (the split GPT-2 uses)."""
+    module = GPT2AttentionStandIn()
+    nn.init.normal_(module.c_attn.weight)
+    nn.init.zeros_(module.c_attn.bias)
+    x = torch.randn(2, 3, E)
+    projected = module.c_attn(x)
+    for s, part in zip(build_particle_sets("m", projections_of(module)), projected.split(E, dim=-1)):
+        blocks = s.weights().view(H, E, D)
+        per_head = part.unflatten(-1, (H, D)).permute(2, 0, 1, 3)
+        torch.testing.assert_close(torch.stack([x @ b for b in blocks]), per_head)

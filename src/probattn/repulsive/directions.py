@@ -66,10 +66,11 @@ def _check_particles(particles: Tensor, grads: Tensor) -> None:
         raise TypeError("particles and grads must be floating-point tensors")
 
 
-def _check_options(alpha: float, stepsize: float, kernel_grad_div: str, bandwidth: Bandwidth) -> None:
-    if not (math.isfinite(alpha) and alpha >= 0):
+def check_options(alpha: float, stepsize: float, kernel_grad_div: str, bandwidth: Bandwidth) -> None:
+    """Raise ValueError naming the first option that cannot work."""
+    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha >= 0):
         raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
-    if not (math.isfinite(stepsize) and stepsize > 0):
+    if not (isinstance(stepsize, (int, float)) and math.isfinite(stepsize) and stepsize > 0):
         raise ValueError(f"stepsize must be a finite number > 0, got {stepsize!r}")
     if kernel_grad_div not in ("h2", "h"):
         raise ValueError(f"kernel_grad_div must be 'h2' or 'h', got {kernel_grad_div!r}")
@@ -145,7 +146,7 @@ def svgd_terms(
     GraphWriter code: R larger by a factor h, which their α absorbs).
     """
     _check_particles(particles, grads)
-    _check_options(0.0, 1.0, kernel_grad_div, bandwidth)
+    check_options(0.0, 1.0, kernel_grad_div, bandwidth)  # no alpha / stepsize here
     dtype = compute_dtype(particles, grads)
     parts = kernel_parts(particles, dtype, bandwidth=bandwidth, median=median, eps=eps)
     k, theta = parts.kernel, parts.centred
@@ -172,7 +173,7 @@ def svgd_direction(
     Returns a tensor shaped and typed like ``grads``; M = 1 returns a copy of ``grads`` (nothing to repel).
     """
     _check_particles(particles, grads)
-    _check_options(alpha, stepsize, kernel_grad_div, bandwidth)
+    check_options(alpha, stepsize, kernel_grad_div, bandwidth)
     m = particles.shape[-2]
     if m < 2:
         return grads.clone()

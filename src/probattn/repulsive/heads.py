@@ -36,6 +36,7 @@ from probattn.repulsive.adapters import ADAPTERS, find_attention_modules
 from probattn.repulsive.directions import (
     KernelGradDiv,
     KernelParts,
+    check_options,
     compute_dtype,
     fused_svgd,
     kernel_parts,
@@ -112,27 +113,16 @@ class RepulsiveHeads:
             raise ValueError("max_grad_norm must be None with clip='after', and > 0 with clip='before'")
         if grouping not in GROUPINGS:
             raise ValueError(f"grouping must be one of {GROUPINGS}, got {grouping!r}")
-        for name, value, low_ok in (
-            ("alpha", alpha, True),
-            ("stepsize", stepsize, False),
-            ("beta", beta, True),
-        ):
-            if not (
-                isinstance(value, (int, float))
-                and math.isfinite(value)
-                and (value > 0 or (low_ok and value == 0))
-            ):
-                raise ValueError(f"{name} must be a finite number {'>=' if low_ok else '>'} 0, got {value!r}")
-        if median not in ("true", "lower") or kernel_grad_div not in ("h2", "h"):
-            raise ValueError("median must be 'true'|'lower' and kernel_grad_div 'h2'|'h'")
+        if median not in ("true", "lower"):
+            raise ValueError(f"median must be 'true' or 'lower', got {median!r}")
+        if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta >= 0):
+            raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int, got {seed!r}")
+        check_options(alpha, stepsize, kernel_grad_div, "median")
         self.method, self.alpha, self.stepsize, self.beta, self.seed = method, alpha, stepsize, beta, seed
-        self.clip, self.max_grad_norm = clip, max_grad_norm
-        self.median, self.kernel_grad_div, self.normalize_by_M, self.eps = (
-            median,
-            kernel_grad_div,
-            normalize_by_M,
-            eps,
-        )
+        self.clip, self.max_grad_norm, self.median, self.eps = clip, max_grad_norm, median, eps
+        self.kernel_grad_div, self.normalize_by_M = kernel_grad_div, normalize_by_M
 
         found = _select(find_attention_modules(model_or_modules), layers)
         if not found:
@@ -143,15 +133,11 @@ class RepulsiveHeads:
         self.module_names = [name for name, _, _ in found]
         sets = [
             s
-            for name, _, proj in found
-            for s in build_particle_sets(name or "model", proj, grouping=grouping, include_bias=include_bias)
+            for name, _, projections in found
+            for s in build_particle_sets(name or "model", projections, grouping=grouping, include_bias=include_bias)
         ]
-        self.particle_sets: list[ParticleSet] = [
-            s for s in sets if s.num_particles >= 2
-        ]  # M = 1: nothing to do
-        self._model_params = (
-            list(model_or_modules.parameters()) if isinstance(model_or_modules, nn.Module) else []
-        )
+        self.particle_sets: list[ParticleSet] = [s for s in sets if s.num_particles >= 2]  # M = 1: nothing to do
+        self._model_params = list(model_or_modules.parameters()) if isinstance(model_or_modules, nn.Module) else []
         self.num_steps = 0
         self.last_stats: dict[str, Any] = {}
         self._optimizer: Optimizer | None = None
@@ -175,9 +161,7 @@ class RepulsiveHeads:
         in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
         missing = sorted({s.name for s in self.particle_sets for p in s.params if id(p) not in in_optimizer})
         if missing:
-            raise ValueError(
-                f"optimizer does not update the attention parameters of {missing}: add them to it"
-            )
+            raise ValueError(f"optimizer does not update the attention parameters of {missing}: add them to it")
         self._optimizer = optimizer
         self._handle = optimizer.register_step_pre_hook(self._pre_step_hook)
         return self

@@ -14,25 +14,19 @@ from torch import Tensor
 
 MedianKind = Literal["true", "lower"]
 
-__all__ = ["MedianKind", "median_bandwidth", "pairwise_sq_dists", "rbf_kernel", "sq_dists_from_gram"]
+__all__ = ["MedianKind", "median_bandwidth", "rbf_kernel", "sq_dists_from_gram"]
 
 
 def sq_dists_from_gram(gram: Tensor) -> Tensor:
-    """``‖a‖² + ‖b‖² − 2a·b`` from a Gram matrix ``(..., M, M)``, clamped ≥ 0 with an exact zero diagonal."""
+    """Squared distances ``‖a‖² + ‖b‖² − 2a·b`` from a Gram matrix ``(..., M, M)``: ≥ 0, exact zero diagonal.
+
+    Pass the Gram matrix of *centred* particles (distances do not change) so that nearly identical heads keep
+    their small distances in float32.
+    """
     sq_norms = gram.diagonal(dim1=-2, dim2=-1)
     sq_dists = (sq_norms.unsqueeze(-1) + sq_norms.unsqueeze(-2) - 2.0 * gram).clamp_min(0.0)
     diagonal = torch.eye(gram.shape[-1], dtype=torch.bool, device=gram.device)
     return sq_dists.masked_fill(diagonal, 0.0)
-
-
-def pairwise_sq_dists(particles: Tensor) -> Tensor:
-    """Squared distances ``D2[..., i, j] = ‖θ_i − θ_j‖²`` of particles ``(..., M, P)`` -> ``(..., M, M)``.
-
-    The particles are centred first (distances do not change) so that nearly identical heads keep their small
-    distances in float32 despite the Gram trick.
-    """
-    centred = particles - particles.mean(dim=-2, keepdim=True)
-    return sq_dists_from_gram(centred @ centred.transpose(-1, -2))
 
 
 def median_bandwidth(
