@@ -60,6 +60,15 @@ def test_bad_options_name_the_argument_and_change_nothing(tiny, options, error, 
     assert not any(hasattr(m, "probattn_settings") for m in model.modules())
 
 
+def test_score_capping_family_raises(tiny):
+    from transformers import Gemma2Config, Gemma2Model
+
+    config = Gemma2Config(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+    with pytest.raises(ValueError, match="attn_logit_softcapping"):
+        convert(Gemma2Model(config), normalization="softmax")
+
+
 def test_not_a_hf_model():
     with pytest.raises(TypeError, match="PreTrainedModel"):
         convert(torch.nn.Linear(2, 2))

@@ -273,6 +273,10 @@ def convert(
     modules = attention_modules(model)
     if not type(model)._can_set_attn_implementation() or not modules:
         raise _unsupported(model)
+    if getattr(model.config, "attn_logit_softcapping", None) is not None:
+        raise ValueError(f"{_family(model)} caps its attention scores (attn_logit_softcapping="
+                         f"{model.config.attn_logit_softcapping}), which probattn's attention does not support; "
+                         f"set config.attn_logit_softcapping = None first if you accept the change")
     selected = _select(modules, layers)
     _check_causality(model, normalization, modules, selected)
     if repulsive is not None:
