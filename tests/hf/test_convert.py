@@ -60,7 +60,7 @@ def test_bad_options_name_the_argument_and_change_nothing(tiny, options, error, 
     assert not any(hasattr(m, "probattn_settings") for m in model.modules())
 
 
-def test_score_capping_family_raises(tiny):
+def test_score_capping_family_raises():
     from transformers import Gemma2Config, Gemma2Model
 
     config = Gemma2Config(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
