@@ -56,7 +56,13 @@ def test_unknown_and_bad_options(tmp_path):
         TrainConfig(lr=float("nan"))
 
 
+def test_learning_rate_defaults_per_model():
+    assert TrainConfig().learning_rate == 3e-3
+    assert TrainConfig(model="minilm").learning_rate == 5e-5
+    assert TrainConfig(model="minilm", lr=1e-4).learning_rate == 1e-4
+
+
 def test_differences_ignore_run_management():
     a = TrainConfig()
     assert a.differences(a.replace(output="x", checkpoint_every=3, resume=True)) == {}
-    assert a.differences(a.replace(lr=0.5)) == {"lr": (a.lr, 0.5)}
+    assert a.differences(a.replace(lr=0.5)) == {"lr": (None, 0.5)}

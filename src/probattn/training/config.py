@@ -13,11 +13,14 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RESUME_SAFE_FIELDS", "TrainConfig", "load_config_file"]
+__all__ = ["DEFAULT_LR", "RESUME_SAFE_FIELDS", "TrainConfig", "load_config_file"]
 
 MODELS = ("tiny", "minilm", "self-attentive")
 NORMALIZATIONS = ("softmax", "doubly", "hybrid", "sinkhorn")
 REPULSIVE_METHODS = ("svgd", "spos")
+
+# learning rate used when lr is None: from scratch vs fine-tuning a pretrained encoder
+DEFAULT_LR = {"tiny": 3e-3, "self-attentive": 5e-4, "minilm": 5e-5}
 
 # Fields that may change between a run and its --resume without changing what is computed.
 RESUME_SAFE_FIELDS = frozenset({"output", "resume", "overwrite", "checkpoint_every", "ood", "eval_batch_size",
@@ -56,7 +59,7 @@ class TrainConfig:
     max_steps: int = 200
     batch_size: int = 32
     grad_accum: int = 1
-    lr: float = 1e-3
+    lr: float | None = None  # None: the model's default, DEFAULT_LR
     weight_decay: float = 0.01
     warmup_steps: int = 0
     max_grad_norm: float = 1.0
@@ -88,6 +91,8 @@ class TrainConfig:
              f"choose one of {', '.join(REPULSIVE_METHODS)}")
         for name in ("alignment_weight", "repulsive_alpha", "lr", "weight_decay", "max_grad_norm", "dropout"):
             value = getattr(self, name)
+            if name == "lr" and value is None:
+                continue
             need(isinstance(value, int | float) and math.isfinite(value) and value >= 0, name,
                  "must be a finite number >= 0")
         need(self.dropout < 1, "dropout", "must be below 1")
@@ -104,6 +109,11 @@ class TrainConfig:
                  "a data file needs --text-column and --label-column")
         need(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda"), "device",
              "use auto, cpu or cuda[:N]")
+
+    @property
+    def learning_rate(self) -> float:
+        """``lr``, or the model's default (:data:`DEFAULT_LR`) when ``lr`` is None."""
+        return DEFAULT_LR[self.model] if self.lr is None else self.lr
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -172,7 +172,7 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
     labels = torch.tensor(splits.train.labels)
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config))
     guard = _Guard(ctx, out)
     repulsive = None
