@@ -29,6 +29,8 @@ def test_argument_errors(tmp_path, capsys):
     assert "either one MODEL or --compare" in capsys.readouterr().err
     assert main(["diagnose", "minilm", "--data", "sample", "--normalization", "doubly", "softmax"]) == 2
     assert "one value or one per model" in capsys.readouterr().err
+    assert main(["diagnose", "minilm", "--data", "sample", "--batch-size", "0"]) == 2
+    assert "--batch-size must be >= 1" in capsys.readouterr().err
     assert main(["diagnose", "minilm", "--data", "sample", "--text-column", "review", "--label-column", "label",
                  "--output", str(tmp_path / "r")]) == 2
     assert "'review' is not a column" in capsys.readouterr().err

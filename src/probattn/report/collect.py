@@ -75,7 +75,7 @@ class _LayerProbe:
 
 
 class _Collector:
-    """Attaches probes and hooks to every attention layer of ``model``; ``close()`` removes them all."""
+    """Attaches probes and hooks to every attention layer of ``model``; ``close()`` restores what was there."""
 
     def __init__(self, model: nn.Module) -> None:
         self.valid: Tensor | None = None
@@ -84,6 +84,7 @@ class _Collector:
             raise ValueError(f"{type(model).__name__} has no attention layer that probattn can observe; convert it "
                              "with probattn.hf.convert first")
         self.probes = [_LayerProbe(self) for _ in self.modules]
+        self.previous = [getattr(module, PROBE_ATTR, None) for _, module in self.modules]  # a user's own probes
         self.handles = []
         for (_, module), probe in zip(self.modules, self.probes):
             setattr(module, PROBE_ATTR, probe)
@@ -97,8 +98,10 @@ class _Collector:
     def close(self) -> None:
         for handle in self.handles:
             handle.remove()
-        for _, module in self.modules:
-            if getattr(module, PROBE_ATTR, None) is not None:
+        for (_, module), previous in zip(self.modules, self.previous):
+            if previous is not None:
+                setattr(module, PROBE_ATTR, previous)
+            elif getattr(module, PROBE_ATTR, None) is not None:
                 delattr(module, PROBE_ATTR)
 
 

@@ -72,8 +72,10 @@ def _models(args: argparse.Namespace) -> list[tuple[str, str]]:
 
 def _read_data(args: argparse.Namespace) -> tuple[list[str], list[int] | None, tuple[str, ...]]:
     """Texts, label ids (None without a label column) and the label names, first --max-examples rows."""
-    if args.max_examples < 1:
-        raise ValueError(f"--max-examples must be >= 1, got {args.max_examples}")
+    for flag, value, least in (("--max-examples", args.max_examples, 1), ("--batch-size", args.batch_size, 1),
+                               ("--max-length", args.max_length, 2), ("--sinkhorn-iters", args.sinkhorn_iters, 1)):
+        if value < least:
+            raise ValueError(f"{flag} must be >= {least}, got {value}")
     path = SAMPLE if args.data == "sample" else Path(args.data)
     frame = read_table(path)
     label_column = args.label_column
