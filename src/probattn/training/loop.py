@@ -278,19 +278,16 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
             record["repulsion_ratio"] = float(repulsive.last_stats.get("repulsion_ratio", float("nan")))
         history.append(record)
         bar.update(1)
-        bar.set_postfix(loss=f"{record['loss']:.4f}", ex_s=f"{config.batch_size / max(seconds / (step + 1 - start), 1e-9):.0f}")
+        examples_per_second = config.batch_size * (step + 1 - start) / max(seconds, 1e-9)
+        bar.set_postfix(loss=f"{record['loss']:.4f}", examples_per_s=f"{examples_per_second:.0f}")
         if on_step is not None:
             on_step(record)
         if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < config.max_steps:
             checkpoint(step + 1, epoch, order)
     bar.close()
     steps_run = config.max_steps - start
-    if order is None:  # resumed a run that had already reached max_steps
-        order, order_epoch = D.epoch_order(len(splits.train), seed=config.seed, epoch=0), 0
-    if steps_run:
+    if steps_run:  # (a resumed run that had already reached max_steps is only evaluated)
         checkpoint(config.max_steps, order_epoch, order)
-    elif out is not None:
-        D.assert_in_sync(ctx, model)
 
     model.eval()
     metrics: dict[str, Any] | None = None
