@@ -240,12 +240,14 @@ class RepulsiveHeads:
         cross = (parts.centred @ parts.mean.transpose(-1, -2)).squeeze(-1)  # θc_i · mean
         head_sq_norms = parts.gram.diagonal(dim1=-2, dim2=-1) + 2 * cross + parts.mean.square().sum(dim=(-1, -2))[:, None]
         finite = torch.isfinite(grad_gram.diagonal(dim1=-2, dim2=-1)).all(dim=-1) & torch.isfinite(k).all(dim=(-1, -2))
+        scalars = torch.stack([parts.h2.sqrt(), (k.sum(dim=(-1, -2)) - m) / (m * (m - 1)), ratio, finite.to(ratio.dtype)])
+        columns = torch.cat([scalars.T, head_sq_norms.clamp_min(0).sqrt()], dim=1).tolist()  # one device sync
         return {
-            "bandwidth": parts.h2.sqrt().tolist(),
-            "mean_offdiag_kernel": ((k.sum(dim=(-1, -2)) - m) / (m * (m - 1))).tolist(),
-            "repulsion_ratio": ratio.tolist(),
-            "head_norms": head_sq_norms.clamp_min(0).sqrt().tolist(),
-            "finite": finite.tolist(),
+            "bandwidth": [row[0] for row in columns],
+            "mean_offdiag_kernel": [row[1] for row in columns],
+            "repulsion_ratio": [row[2] for row in columns],
+            "finite": [row[3] == 1.0 for row in columns],
+            "head_norms": [row[4:] for row in columns],
         }
 
     def _summary(self, per_set: dict[str, dict[str, Any]]) -> dict[str, Any]:
