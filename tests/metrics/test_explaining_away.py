@@ -4,6 +4,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from probattn.metrics import explained_away_fraction, incoming_mass, min_incoming_mass
 
@@ -66,3 +68,25 @@ def test_bad_input_names_the_argument():
         incoming_mass(torch.rand(1, 1, 3, 3), key_valid=torch.zeros(1, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="threshold"):
         explained_away_fraction(torch.rand(1, 1, 3), threshold=0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 3), st.integers(1, 6), st.integers(1, 6), st.integers(0, 10_000))
+def test_mass_has_mean_one_and_doubly_bound(b, h, lq, lk, seed):
+    g = torch.Generator().manual_seed(seed)
+    qv = torch.rand(b, lq, generator=g) < 0.7
+    kv = torch.rand(b, lk, generator=g) < 0.7
+    qv[:, 0] = True
+    kv[:, 0] = True
+    scores = 4 * torch.randn(b, h, lq, lk, generator=g, dtype=torch.float64)
+    scores = scores.masked_fill(~kv[:, None, None, :], float("-inf"))
+    softmax = torch.softmax(scores, -1)
+    mass = incoming_mass(softmax, query_valid=qv, key_valid=kv)
+    mean = mass.sum(-1) / kv.sum(-1, keepdim=True)
+    torch.testing.assert_close(mean, torch.ones_like(mean))  # fair share on average, padding excluded
+    # doubly-normalized (column softmax over real queries, then rows): m̃_j >= 1 / Nq for every real key
+    col = scores.masked_fill(~qv[:, None, :, None], float("-inf")).softmax(dim=2).nan_to_num(0.0)
+    doubly = col / col.sum(-1, keepdim=True)
+    dmass = incoming_mass(doubly, query_valid=qv, key_valid=kv)
+    bound = 1 / qv.sum(-1).double()
+    assert bool((min_incoming_mass(dmass, key_valid=kv) >= bound[:, None] - 1e-9).all())

@@ -43,6 +43,17 @@ def test_attention_statistics_match_one_shot():
     assert "qk_mmd2" not in summary and "output_cka" not in summary
 
 
+def test_garbage_in_padding_is_ignored():
+    w, valid = _batch(2, 3, 6, 2)
+    clean = AttentionStatistics(3)
+    clean.update_weights(w, query_valid=valid, key_valid=valid)
+    dirty = w.clone()
+    dirty[0, :, 4:, :] = float("nan")  # padded query rows of example 0
+    noisy = AttentionStatistics(3)
+    noisy.update_weights(dirty, query_valid=valid, key_valid=valid)
+    assert noisy.summary() == clean.summary()
+
+
 def test_qk_and_outputs_accumulate():
     stats = AttentionStatistics(2)
     q, k = torch.randn(2, 2, 5, 4), torch.randn(2, 2, 5, 4)

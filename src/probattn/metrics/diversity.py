@@ -39,8 +39,9 @@ def _mean_over_queries(per_query: Tensor, query_valid: Tensor | None) -> Tensor:
     if query_valid is None:
         return per_query.mean(-1)
     shape = (query_valid.shape[0],) + (1,) * (per_query.dim() - 2) + (query_valid.shape[1],)
-    w = query_valid.reshape(shape).to(per_query.dtype)
-    return (per_query * w).sum(-1) / w.sum(-1).clamp_min(1)
+    valid = query_valid.reshape(shape)
+    total = per_query.masked_fill(~valid, 0.0).sum(-1)  # padded rows may hold garbage (even NaN)
+    return total / valid.sum(-1).clamp_min(1).to(per_query.dtype)
 
 
 def head_js_divergence(weights: Tensor, *, query_valid: Tensor | None = None) -> Tensor:

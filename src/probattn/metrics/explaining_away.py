@@ -28,13 +28,13 @@ def incoming_mass(weights: Tensor, *, query_valid: Tensor | None = None, key_val
     """
     qv, kv = validity(weights, query_valid, key_valid)
     b, _, lq, lk = weights.shape
-    w = weights if qv is None else weights * qv[:, None, :, None].to(weights.dtype)
+    w = weights if qv is None else weights.masked_fill(~qv[:, None, :, None], 0.0)  # padded rows may hold garbage
     n_q = torch.full((b,), lq, dtype=weights.dtype, device=weights.device) if qv is None else qv.sum(-1).to(weights.dtype)
     n_k = torch.full((b,), lk, dtype=weights.dtype, device=weights.device) if kv is None else kv.sum(-1).to(weights.dtype)
     if bool((n_q == 0).any()) or bool((n_k == 0).any()):
         raise ValueError("query_valid / key_valid leave an example with no real token; drop empty examples first")
     mass = w.sum(dim=2) * (n_k / n_q)[:, None, None]
-    return mass if kv is None else mass * kv[:, None, :].to(mass.dtype)
+    return mass if kv is None else mass.masked_fill(~kv[:, None, :], 0.0)
 
 
 def _key_mask(mass: Tensor, key_valid: Tensor | None) -> Tensor:

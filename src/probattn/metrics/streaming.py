@@ -95,13 +95,15 @@ class AttentionStatistics:
     ) -> None:
         """Add attention maps ``weights (B, H, Lq, Lk)``; ``query_valid (B, Lq)``, ``key_valid (B, Lk)``."""
         self._check_heads("weights", weights.shape[1] if weights.dim() == 4 else -1)
-        if not bool(torch.isfinite(weights).all()):
-            raise ValueError("attention weights contain NaN or inf; the model's forward pass is not finite")
         w = _at_least_float32(weights)
         qv, kv = validity(w, query_valid, key_valid)
         b, _, lq, lk = w.shape
         kv_full = torch.ones(b, lk, dtype=torch.bool, device=w.device) if kv is None else kv
         qv_full = torch.ones(b, lq, dtype=torch.bool, device=w.device) if qv is None else qv
+        real_rows = qv_full[:, None, :, None] & kv_full[:, None, None, :]
+        if not bool(torch.isfinite(w).logical_or(~real_rows).all()):
+            raise ValueError("attention weights contain NaN or inf at real tokens; the model's forward pass is not finite")
+        w = w.masked_fill(~real_rows, 0.0)  # padded rows / columns may hold garbage
         mass = incoming_mass(w, query_valid=qv, key_valid=kv)
         n_k = kv_full.sum(-1).to(torch.float64)  # (B,)
         for t in self.thresholds:
@@ -114,7 +116,7 @@ class AttentionStatistics:
         lo, hi = self.histogram_range
         self.histogram += torch.histc(selected, bins=self.histogram_bins, min=lo, max=hi).to(torch.float64).cpu()
         ent = attention_entropy(w, key_valid=kv, normalized=True)  # (B, H, Lq)
-        self.entropy_sum += (ent * qv_full[:, None, :]).to(torch.float64).sum((0, 2)).cpu()
+        self.entropy_sum += ent.masked_fill(~qv_full[:, None, :], 0.0).to(torch.float64).sum((0, 2)).cpu()
         self.queries += float(qv_full.sum())
         self.js_sum += head_js_divergence(w, query_valid=qv).to(torch.float64).sum(0).cpu()
         self.redundancy_sum += float(lin_redundancy(w, query_valid=qv).sum())
