@@ -12,8 +12,9 @@ parameter's own layout. The layouts:
 
 A :class:`ParticleSet` concatenates the flattened head views of one or more projections into ``(M, P)``:
 ``grouping="separate"`` gives one set per projection (Q, K, V), ``"joint"`` one set per module with particle
-``[Q_i; K_i; V_i]``, ``"qk_only"`` the Q and K sets (V untouched). Biases join their head's particle only
-with ``include_bias=True``; the authors' code never includes them, nor the output projection.
+``[Q_i; K_i; V_i]``, ``"qk_only"`` the Q and K sets (V untouched; self-attentive hops are always kept).
+Biases join their head's particle only with ``include_bias=True``; the authors' code never includes them, nor
+the output projection.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def conv1d_heads(tensor: Tensor, *, heads: int, start: int = 0, stop: int | None
     return tensor[:, start:stop].unflatten(1, (heads, -1)).transpose(0, 1)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class HeadSlice:
     """The part of ``param`` that ``view`` selects, head-major: ``view(param) -> (M, ...)``."""
 
@@ -72,7 +73,7 @@ class HeadSlice:
         return HeadSlice(param, partial(conv1d_heads, heads=heads, start=start, stop=stop))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Projection:
     """One projection of an attention module: ``role`` is "q", "k", "v" or "hops" (self-attentive W_s2 rows)."""
 
