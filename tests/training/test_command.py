@@ -68,3 +68,15 @@ def test_non_finite_is_one_line_not_a_traceback(sample_csv, capsys):
                         "--lr", "1e30", "--max-grad-norm", "0", *FAST[:-3], "--max-steps", "3", "--no-progress"],
                        capsys)
     assert code == 2 and "step 2:" in err and "Traceback" not in err
+
+
+def test_sentence_pairs(tmp_path, sample_csv, capsys):
+    lines = sample_csv.read_text().splitlines()[1:]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("\n".join(json.dumps({"a": line.rsplit(",", 1)[0], "b": lines[i - 1].rsplit(",", 1)[0],
+                                           "same": int(line[-1] == lines[i - 1][-1])})
+                               for i, line in enumerate(lines)) + "\n")
+    code, out, err = run(["--data", str(pairs), "--text-column", "a", "--text-pair-column", "b", "--label-column",
+                          "same", *FAST], capsys)
+    assert code == 0, err
+    assert "test: accuracy" in out
