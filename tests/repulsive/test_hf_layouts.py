@@ -70,3 +70,19 @@ def test_repulsive_heads_on_a_bert_model():
     model(torch.randint(0, 50, (2, 5))).last_hidden_state.sum().backward()
     stats = repulsive.step()
     assert len(stats["sets"]) == 6
+
+
+@pytest.mark.slow
+def test_pretrained_minilm_heads_sit_at_the_high_dimensional_kernel_value(monkeypatch):
+    """Real all-MiniLM-L6-v2: 6 layers x Q/K/V = 18 sets of 12 heads; off-diagonal k ≈ 1/(M+1) (spec §3.6)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from probattn.hf import load_pretrained
+
+    model, tokenizer = load_pretrained("minilm", task="classification", num_labels=2)
+    repulsive = RepulsiveHeads(model)
+    assert len(repulsive.particle_sets) == 18
+    assert {(s.num_particles, s.size) for s in repulsive.particle_sets} == {(12, 32 * 384)}
+    batch = tokenizer(["a fine film", "dull"], padding=True, return_tensors="pt")
+    model(**batch, labels=torch.tensor([1, 0])).loss.backward()
+    stats = repulsive.step()
+    assert abs(stats["mean_offdiag_kernel"] - 1 / 13) < 0.01
