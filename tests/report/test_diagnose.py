@@ -70,6 +70,7 @@ def test_tiny_saved_classifier_gets_calibration(tmp_path, minilm_path, capsys):
     assert calibration["count"] == 24 and 0 <= calibration["ece"] <= 1 and sum(calibration["bin_count"]) == 24
     assert len(model_metrics["layers"]) == 2 and model_metrics["layers"][0]["heads"] == 4
     assert "ECE" in (out / "report.md").read_text()
+    assert (out / "reliability.png").read_bytes()[:8] == PNG_MAGIC
     assert "ECE" in capsys.readouterr().out
 
 

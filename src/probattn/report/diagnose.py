@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -175,6 +176,10 @@ def _build_report(results: list[Diagnosis], source: str, args) -> Report:
             report.table(["bin", "count", "confidence", "accuracy"],
                          [[f"{lo:.3f}-{hi:.3f}", n, conf, acc] for lo, hi, n, conf, acc in
                           zip(c.bin_edges, c.bin_edges[1:], c.bin_count, c.bin_confidence, c.bin_accuracy) if n])
+    calibrated = [r for r in results if r.calibration is not None]
+    if calibrated:
+        report.image("reliability.png", _reliability_png(calibrated, source),
+                     "reliability diagram: accuracy per confidence bin against the diagonal")
     report.heading("Figures")
     report.image("explained_away.png", figures.explained_away_grid(runs, 0.1),
                  "fraction of keys explained away (normalized incoming mass < 0.1), layer x head")
@@ -201,6 +206,16 @@ def _build_report(results: list[Diagnosis], source: str, args) -> Report:
                 "code (whether the paper reports it is unverified). q/k MMD²: Gaussian-kernel MMD² (median "
                 "bandwidth) between a head's query and key clouds per sequence; q/k dist: distance of their means.")
     return report
+
+
+def _reliability_png(results: list[Diagnosis], source: str) -> bytes:
+    """The reliability diagram of ``probattn compare`` (:func:`probattn.experiments.plots.reliability_figure`)."""
+    from probattn.experiments.plots import reliability_figure
+
+    runs = [{"variant": r.label, "reliability": {"data": asdict(r.calibration)}} for r in results]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = reliability_figure(runs, [r.label for r in results], {"data": source}, Path(tmp) / "reliability.png")
+        return Path(path).read_bytes()
 
 
 def _to_json(results: list[Diagnosis], source: str, args) -> dict:
