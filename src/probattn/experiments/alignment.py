@@ -41,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="default: softmax alignment alignment-gan")
     parser.add_argument("--output", default="probattn-experiments/alignment", help="output folder")
     parser.add_argument("--resume", action="store_true", help="skip the runs already finished in --output")
+    parser.add_argument("--ood-examples", type=int, default=1000,
+                        help="fixed random subset of the 5,000 Amazon reviews (default 1000; 0 = all)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (see probattn compare)")
 
 
@@ -52,6 +54,6 @@ def run(args: argparse.Namespace) -> int:
     result = compare(
         variants=args.variants, seeds=args.seeds, preset="minilm", output=args.output, resume=args.resume,
         tables=TABLES, title="Alignment attention on MiniLM: Rotten Tomatoes -> Amazon", overrides=overrides,
-        command=shlex.join(["probattn", *sys.argv[1:]]),
+        ood_examples=args.ood_examples or None, command=shlex.join(["probattn", *sys.argv[1:]]),
     )
     return 1 if result["failed"] else 0

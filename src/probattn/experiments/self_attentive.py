@@ -44,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, default=0.01, help="repulsion weight α (default 0.01, Age preset)")
     parser.add_argument("--output", default="probattn-experiments/self-attentive", help="output folder")
     parser.add_argument("--resume", action="store_true", help="skip the runs already finished in --output")
+    parser.add_argument("--ood-examples", type=int, default=2000,
+                        help="fixed random subset of the 5,000 Amazon reviews (default 2000; 0 = all)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (see probattn compare)")
 
 
@@ -53,6 +55,6 @@ def run(args: argparse.Namespace) -> int:
         variants=["softmax", "repulsive"], seeds=args.seeds, preset="self-attentive", output=args.output,
         resume=args.resume, tables=TABLES, title="Self-attentive classifier ± repulsive hops",
         overrides={"max_steps": args.max_steps, "num_heads": args.hops, "repulsive_alpha": args.alpha},
-        command=shlex.join(["probattn", *sys.argv[1:]]),
+        ood_examples=args.ood_examples or None, command=shlex.join(["probattn", *sys.argv[1:]]),
     )
     return 1 if result["failed"] else 0
