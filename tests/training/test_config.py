@@ -33,6 +33,12 @@ def test_file_then_flags(tmp_path):
         config = config_from_args(parse(["--config", str(path), "--lr", "0.5"]))
         assert (config.lr, config.batch_size, config.normalization) == (0.5, 16, "doubly")
     assert config_from_args(parse([])) == TrainConfig()
+    yaml.write_text("lr: 1e-3\nmax_grad_norm: 1\n")  # YAML 1.1 reads 1e-3 as a string
+    config = config_from_args(parse(["--config", str(yaml)]))
+    assert (config.lr, config.max_grad_norm) == (1e-3, 1.0) and isinstance(config.max_grad_norm, float)
+    yaml.write_text("lr: fast\n")
+    with pytest.raises(ValueError, match="lr must be a number, got 'fast'"):
+        config_from_args(parse(["--config", str(yaml)]))
 
 
 def test_unknown_and_bad_options(tmp_path):

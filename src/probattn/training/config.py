@@ -22,6 +22,9 @@ REPULSIVE_METHODS = ("svgd", "spos")
 # learning rate used when lr is None: from scratch vs fine-tuning a pretrained encoder
 DEFAULT_LR = {"tiny": 3e-3, "self-attentive": 5e-4, "minilm": 5e-5}
 
+FLOAT_FIELDS = frozenset({"hybrid_alpha", "alignment_weight", "repulsive_alpha", "dropout", "lr", "weight_decay",
+                          "max_grad_norm"})
+
 # Fields that may change between a run and its --resume without changing what is computed.
 RESUME_SAFE_FIELDS = frozenset({"output", "resume", "overwrite", "checkpoint_every", "ood", "eval_batch_size",
                                 "device"})
@@ -139,6 +142,15 @@ def _from_mapping(values: dict[str, Any], source: str) -> TrainConfig:
     if unknown:
         raise ValueError(f"{source}: unknown option(s) {', '.join(unknown)}; valid options are: "
                          f"{', '.join(sorted(names))}")
+    for name in FLOAT_FIELDS & set(normalized):  # YAML reads `lr: 1e-3` as the string "1e-3"
+        value = normalized[name]
+        if isinstance(value, str):
+            try:
+                normalized[name] = float(value)
+            except ValueError:
+                raise ValueError(f"{source}: {name} must be a number, got {value!r}") from None
+        elif isinstance(value, int) and not isinstance(value, bool):
+            normalized[name] = float(value)
     try:
         return TrainConfig(**normalized)
     except TypeError as exc:  # e.g. a comparison between str and int from a badly typed file value
