@@ -105,7 +105,8 @@ class TrainConfig:
         need(self.max_length >= 3, "max_length", "must be at least 3 tokens")
         need(self.batch_size % self.grad_accum == 0, "batch_size",
              f"must be divisible by --grad-accum {self.grad_accum} (batch_size is the global batch per step)")
-        need(self.checkpoint_every >= 0 and self.warmup_steps >= 0, "checkpoint_every", "must be >= 0")
+        for name in ("checkpoint_every", "warmup_steps", "data_seed", "seed"):
+            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 0, name, "must be an integer >= 0")
         need(self.max_train_examples is None or self.max_train_examples >= 1, "max_train_examples", "must be >= 1")
         if self.data != "rotten_tomatoes":
             need(self.text_column is not None and self.label_column is not None, "data",
