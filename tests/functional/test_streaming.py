@@ -198,8 +198,8 @@ def test_low_precision_inputs_are_computed_in_float32():
 
 def test_default_block_size_bounds():
     assert default_block_size(1, 1, 10, 7) == 7  # never more than the keys
-    assert default_block_size(64, 16, 8192, 8192) == 16  # never below MIN_BLOCK
-    assert default_block_size(1, 8, 1024, 4096) == 128  # 2**20 slab elements
+    assert default_block_size(64, 16, 8192, 8192) == 32  # never below MIN_BLOCK
+    assert default_block_size(1, 8, 1024, 4096) == 256  # 2**21 slab elements
 
 
 @pytest.mark.parametrize(
@@ -272,6 +272,6 @@ def test_chunked_memory_grows_linearly_in_length():
 
 
 def test_default_block_size_caps_the_slab(monkeypatch):
-    monkeypatch.setattr(streaming, "SLAB_ELEMENTS", 2**14)
+    monkeypatch.setattr(streaming, "SLAB_ELEMENTS", 2**15)
     largest, _ = _largest_and_saved("chunked", 512, block_size=None)
-    assert largest <= 2**14  # (B, H, Lq, block) = (1, 2, 512, 16)
+    assert largest <= 2**15  # (B, H, Lq, block) = (1, 2, 512, 32)

@@ -44,10 +44,11 @@ __all__ = ["SLAB_ELEMENTS", "chunked_attention", "default_block_size"]
 
 NORMALIZATIONS = ("doubly", "hybrid", "sinkhorn")
 
-# Target number of elements in one (B, H, Lq, block) slab: 2**20 floats = 4 MiB in float32. The backward
-# keeps about four slabs alive, so the transient memory is ~16 MiB whatever the sequence length.
-SLAB_ELEMENTS = 2**20
-MIN_BLOCK = 16
+# Target number of elements in one (B, H, Lq, block) slab: 2**21 floats = 8 MiB in float32; the backward keeps
+# two or three slabs alive. Blocks narrower than MIN_BLOCK keys make the GEMMs inefficient (measured on CPU:
+# 32 keys ~1.3x and 16 keys ~1.8x the time of 64 keys at L = 2048-4096).
+SLAB_ELEMENTS = 2**21
+MIN_BLOCK = 32
 
 _NEG_INF = float("-inf")
 
@@ -65,8 +66,8 @@ def default_block_size(batch: int, heads: int, q_len: int, k_len: int) -> int:
 # slab helpers (no autograd inside: they run in the Function's forward/backward)
 
 
-def _blocks(k_len: int, block: int) -> range:
-    return range(0, k_len, block)
+def _key_blocks(k_len: int, block: int) -> list[tuple[int, int]]:
+    return [(j0, min(j0 + block, k_len)) for j0 in range(0, k_len, block)]
 
 
 def _columns(x: Tensor, j0: int, j1: int) -> Tensor:
@@ -74,27 +75,14 @@ def _columns(x: Tensor, j0: int, j1: int) -> Tensor:
     return x if x.shape[-1] == 1 else x[..., j0:j1]
 
 
-def _slab(q_scaled: Tensor, k: Tensor, allowed: Tensor | None, bias: Tensor | None, j0: int, j1: int) -> Tensor:
-    """Scores ``scale * q k[J]ᵀ + bias[..., J]`` of shape (B, H, Lq, j1 - j0); not-allowed pairs are -inf."""
-    s = torch.matmul(q_scaled, k[:, :, j0:j1].transpose(-1, -2))
+def _slab(q: Tensor, k_scaled: Tensor, allowed: Tensor | None, bias: Tensor | None, j0: int, j1: int) -> Tensor:
+    """Scores ``q (scale k[J])ᵀ + bias[..., J]`` of shape (B, H, Lq, j1 - j0); not-allowed pairs are -inf."""
+    s = torch.matmul(q, k_scaled[:, :, j0:j1].transpose(-1, -2))
     if bias is not None:
         s += _columns(bias, j0, j1)
     if allowed is not None:
         s.masked_fill_(~_columns(allowed, j0, j1), _NEG_INF)
     return s
-
-
-def _column_lse(s: Tensor, rho: Tensor | None) -> Tensor:
-    """``c_j = logsumexp_i (S_ij - rho_i)`` as (B, H, 1, Bk); an empty column (all -inf) gets 0.
-
-    Written out (max, one exp pass, sum) because ``torch.logsumexp`` over the query axis is several times
-    slower on CPU.
-    """
-    x = s - rho if rho is not None else s
-    top = x.amax(dim=-2, keepdim=True)
-    top = top.masked_fill_(top == _NEG_INF, 0.0)
-    total = (x.sub_(top) if rho is not None else x - top).exp_().sum(dim=-2, keepdim=True)
-    return torch.where(total > 0, top + total.log(), 0.0)
 
 
 class _OnlineSoftmax:
@@ -125,6 +113,57 @@ class _OnlineSoftmax:
         return out, lse
 
 
+def _column_sweep(q, k_scaled, v, allowed, bias, rho_prev, block, soft):
+    """One column-then-row sweep (Sinkhorn iteration t; t = 1 is doubly), one exp per slab.
+
+    Per key block: ``c_j = logsumexp_i (S_ij - rho_prev_i)`` (complete in the slab, 0 for an empty column) and
+    ``P = exp(S - rho_prev - c) <= 1``, so the row sums ``l_i = Σ_j P_ij`` and ``acc_i = Σ_j P_ij v_j`` need no
+    running max: one GEMM ``exp(S - colmax) @ [v / colsum, 1 / colsum]`` gives both.
+    ``soft`` (hybrid) additionally accumulates the plain row softmax of ``S``.
+
+    Returns ``c (B, H, 1, Lk)``, ``l (B, H, Lq, 1)`` and ``acc (B, H, Lq, Dv)`` (None when ``v`` is None).
+    """
+    c_blocks, total = [], None
+    for j0, j1 in _key_blocks(k_scaled.shape[-2], block):
+        s = _slab(q, k_scaled, allowed, bias, j0, j1)
+        v_block = None if v is None else v[:, :, j0:j1]
+        if soft is not None:
+            soft.update(s, v_block, inplace=False)
+        if rho_prev is not None:
+            s.sub_(rho_prev)
+        top = s.amax(dim=-2, keepdim=True)
+        top.masked_fill_(top == _NEG_INF, 0.0)
+        e = s.sub_(top).exp_()
+        colsum = e.sum(dim=-2, keepdim=True)  # >= 1, or 0 for a column no query may see
+        has_query = colsum > 0
+        c_blocks.append(torch.where(has_query, top + colsum.log(), 0.0))
+        inv = torch.where(has_query, colsum.reciprocal(), 0.0).transpose(-1, -2)  # (B, H, Bk, 1)
+        part = torch.matmul(e, inv if v_block is None else torch.cat([v_block * inv, inv], dim=-1))
+        total = part if total is None else total.add_(part)
+    return torch.cat(c_blocks, dim=-1), total[..., -1:], None if v is None else total[..., :-1]
+
+
+def _underflowed(row_sum: Tensor, allowed: Tensor | None) -> bool:
+    """Whether a query with an allowed key has a row sum ``l`` too small for the single-exp sweep to be exact.
+
+    ``P_ij`` below ``finfo.tiny`` is lost; with ``l_i >= sqrt(tiny)`` what is lost is below ``Lk * sqrt(tiny)``
+    relative (2^-43 for float32 at a million keys). It happens only when a query loses every key by ~40 nats.
+    """
+    small = row_sum < math.sqrt(torch.finfo(row_sum.dtype).tiny)
+    if not bool(small.any()):
+        return False
+    return allowed is None or bool((small & allowed.any(dim=-1, keepdim=True)).any())
+
+
+def _exact_row_sweep(q, k_scaled, v, allowed, bias, c, block):
+    """Row softmax of ``Z = S - c`` with a running max (log domain): ``(out or None, rho = rowLSE(Z))``."""
+    rows = _OnlineSoftmax(q, None if v is None else v.shape[-1])
+    for j0, j1 in _key_blocks(k_scaled.shape[-2], block):
+        s = _slab(q, k_scaled, allowed, bias, j0, j1)
+        rows.update(s.sub_(c[..., j0:j1]), None if v is None else v[:, :, j0:j1], inplace=True)
+    return rows.finish()
+
+
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -138,31 +177,26 @@ class _SlabAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, alpha, allowed, bias, scale, iters, hybrid, block):  # type: ignore[override]
-        q_scaled = q * scale
-        k_len = k.shape[-2]
+        k_scaled = k * scale  # (B, H, Lk, D): scaling keys, not queries, keeps the O(Lq) buffers to the outputs
         cs: list[Tensor] = []  # c^1..c^k, each (B, H, 1, Lk)
         rhos: list[Tensor] = []  # rho^1..rho^k, each (B, H, Lq, 1)
-        rho_prev = None
-        for t in range(iters):
-            last = t == iters - 1
-            rows = _OnlineSoftmax(q, v.shape[-1] if last else None)
-            plain = _OnlineSoftmax(q, v.shape[-1]) if (last and hybrid) else None
-            c_blocks = []
-            for j0 in _blocks(k_len, block):
-                j1 = min(j0 + block, k_len)
-                s = _slab(q_scaled, k, allowed, bias, j0, j1)
-                c = _column_lse(s, rho_prev)
-                c_blocks.append(c)
-                v_block = v[:, :, j0:j1] if last else None
-                if plain is not None:
-                    plain.update(s, v_block, inplace=False)
-                rows.update(s.sub_(c), v_block, inplace=True)
-            out_dbl, rho = rows.finish()
-            cs.append(torch.cat(c_blocks, dim=-1) if c_blocks else q.new_zeros((*q.shape[:2], 1, 0)))
+        rho_prev = soft = None
+        for t in range(1, iters + 1):
+            values = v if t == iters else None
+            soft = _OnlineSoftmax(q, v.shape[-1]) if (hybrid and t == iters) else None
+            c, row_sum, acc = _column_sweep(q, k_scaled, values, allowed, bias, rho_prev, block, soft)
+            if _underflowed(row_sum, allowed):
+                out_dbl, rho = _exact_row_sweep(q, k_scaled, values, allowed, bias, c, block)
+            else:  # l_i = exp(rho^t_i - rho^(t-1)_i); rows with no key give 0
+                has_key = row_sum > 0
+                l_safe = torch.where(has_key, row_sum, 1.0)
+                rho = torch.where(has_key, l_safe.log() + (0.0 if rho_prev is None else rho_prev), 0.0)
+                out_dbl = None if acc is None else torch.where(has_key, acc / l_safe, 0.0)
+            cs.append(c)
             rhos.append(rho)
             rho_prev = rho
-        if plain is not None:
-            out_soft, rho_soft = plain.finish()
+        if soft is not None:
+            out_soft, rho_soft = soft.finish()
             out = alpha * out_soft + (1 - alpha) * out_dbl
         else:
             out_soft = rho_soft = None
@@ -176,12 +210,13 @@ class _SlabAttention(torch.autograd.Function):
         q, k, v, alpha, allowed, bias, out_dbl, out_soft, rho_soft, *pots = ctx.saved_tensors
         scale, iters, hybrid, block = ctx.scale, ctx.iters, ctx.hybrid, ctx.block
         cs, rhos = pots[:iters], [None, *pots[iters:]]  # c^1..c^k; rho^0 = None (zero), rho^1..rho^k
-        q_scaled = q * scale
-        k_len = k.shape[-2]
-        blocks = [(j0, min(j0 + block, k_len)) for j0 in _blocks(k_len, block)]
-        w_dbl = 1 - alpha  # weight of the doubly/Sinkhorn branch in the hybrid
+        k_scaled = k * scale
+        blocks = _key_blocks(k.shape[-2], block)
+        dv_dim = v.shape[-1]
         d_dbl = (d_out * out_dbl).sum(-1, keepdim=True)  # D_i = <dO_i, O_i>
-        d_soft = (d_out * out_soft).sum(-1, keepdim=True) if hybrid else None
+        # [dO, -D, -exp(rho)] @ [v, 1, g]^T = dP - D - exp(rho) g^T (doubly: dS = A * that); Sinkhorn: [dO, -D].
+        # Its first Dv + 1 columns also give A^T [dO, -D]: dv and colsum(A * D) in one GEMM.
+        do_aug = torch.cat([d_out, -d_dbl] + ([-rhos[-1].exp()] if iters == 1 else []), dim=-1)
 
         def p_of(s: Tensor, t: int, j0: int, j1: int) -> Tensor:  # P^t = exp(S - rho^(t-1) - c^t), new tensor
             x = s - cs[t - 1][..., j0:j1]
@@ -190,13 +225,12 @@ class _SlabAttention(torch.autograd.Function):
         def a_of(s: Tensor, t: int, j0: int, j1: int) -> Tensor:  # A^t = exp(S - c^t - rho^t), new tensor
             return (s - cs[t - 1][..., j0:j1]).sub_(rhos[t]).exp_()
 
-        def d_probs(j0: int, j1: int) -> Tensor:  # dP = dO v[J]ᵀ, (B, H, Lq, Bk)
-            return torch.matmul(d_out, v[:, :, j0:j1].transpose(-1, -2))
-
-        def output_dz(s: Tensor, dp: Tensor, j0: int, j1: int) -> tuple[Tensor, Tensor]:
-            """Consumes ``s`` and ``dp``: (dZ = A^k * (dP - D), A^k) of the output row softmax."""
+        def output_grads(s: Tensor, j0: int, j1: int) -> tuple[Tensor, Tensor, Tensor]:
+            """Consumes ``s``: A^k, g = colsum(A^k * (dP - D)) (B, H, 1, Bk) and A^kᵀ dO (B, H, Bk, Dv)."""
             a = s.sub_(cs[-1][..., j0:j1]).sub_(rhos[-1]).exp_()
-            return dp.sub_(d_dbl).mul_(a), a
+            t = torch.matmul(a.transpose(-1, -2), do_aug[..., : dv_dim + 1])
+            g = (v[:, :, j0:j1] * t[..., :dv_dim]).sum(-1, keepdim=True).add_(t[..., dv_dim:]).transpose(-1, -2)
+            return a, g, t[..., :dv_dim]
 
         # Sinkhorn adjoint sweep, t = k down to 2: dc^t (complete per slab), drho^(t-1) (summed over slabs).
         dcs: list[Tensor | None] = [None] * (iters + 1)
@@ -205,24 +239,22 @@ class _SlabAttention(torch.autograd.Function):
             drho_prev = torch.zeros_like(rhos[1])
             dc_blocks = []
             for j0, j1 in blocks:
-                s = _slab(q_scaled, k, allowed, bias, j0, j1)
-                if t == iters:
-                    dc = -output_dz(s.clone(), d_probs(j0, j1), j0, j1)[0].sum(-2, keepdim=True)
-                else:
-                    dc = -(a_of(s, t, j0, j1) * drhos[t]).sum(-2, keepdim=True)
+                s = _slab(q, k_scaled, allowed, bias, j0, j1)
+                p = p_of(s, t, j0, j1)
+                dc = -output_grads(s, j0, j1)[1] if t == iters else -(a_of(s, t, j0, j1) * drhos[t]).sum(-2, True)
                 dc_blocks.append(dc)
-                drho_prev -= torch.matmul(p_of(s, t, j0, j1), dc.transpose(-1, -2))
+                drho_prev -= torch.matmul(p, dc.transpose(-1, -2))
             dcs[t] = torch.cat(dc_blocks, dim=-1)
             drhos[t - 1] = drho_prev
 
-        # Final sweep: dS = dZ + sum_t P^t * dc^t + sum_(t<k) A^t * drho^t (+ the softmax branch's dZ).
+        # Final sweep: dS = A^k * (dP - D) + sum_t P^t * dc^t + sum_(t<k) A^t * drho^t (+ the softmax branch).
         need_bias = bias is not None and ctx.needs_input_grad[5]
         dq = torch.zeros_like(q)
         dk = torch.empty_like(k)
         dv = torch.empty_like(v)
         d_bias = torch.zeros_like(bias) if need_bias else None
         for j0, j1 in blocks:
-            s = _slab(q_scaled, k, allowed, bias, j0, j1)
+            s = _slab(q, k_scaled, allowed, bias, j0, j1)
             stage_terms = None
             if iters > 1:  # every dc^t and drho^t is known except dc^1, which is complete in this slab
                 stage_terms = a_of(s, 1, j0, j1).mul_(drhos[1])
@@ -231,33 +263,26 @@ class _SlabAttention(torch.autograd.Function):
                     stage_terms += p_of(s, t, j0, j1).mul_(dc1 if t == 1 else dcs[t][..., j0:j1])
                     if 1 < t < iters:
                         stage_terms += a_of(s, t, j0, j1).mul_(drhos[t])
-            dp = d_probs(j0, j1)
-            if hybrid:  # softmax branch: A_s = exp(S - rho_s), dZ_s = alpha * A_s * (dP - D_s)
-                a_soft = (s - rho_soft).exp_()
-                dz_soft = (dp - d_soft).mul_(a_soft).mul_(alpha)
-            dz, a = output_dz(s, dp, j0, j1)  # consumes s and dp
-            if hybrid:
-                dz.mul_(w_dbl)
-                mixed = a_soft.mul_(alpha).addcmul_(a, w_dbl)
-                dv[:, :, j0:j1] = torch.matmul(mixed.transpose(-1, -2), d_out)
-                del mixed, a_soft
+            a_soft = (s - rho_soft).exp_() if hybrid else None  # softmax branch A_s = exp(S - rho_s)
+            a, g, dv_block = output_grads(s, j0, j1)  # consumes s
+            v_aug = [v[:, :, j0:j1], torch.ones_like(g.transpose(-1, -2))] + ([g.transpose(-1, -2)] if iters == 1 else [])
+            dp = torch.matmul(do_aug, torch.cat(v_aug, dim=-1).transpose(-1, -2))  # dP - D (- exp(rho) g)
+            if a_soft is not None:  # dS_s = alpha * A_s * (dP - D_s); the doubly branch is weighted by 1 - alpha
+                dp_soft = (dp + (d_dbl - (d_out * out_soft).sum(-1, keepdim=True))).addcmul_(-do_aug[..., -1:], g)
+                ds = dp.mul_(a).mul_(1 - alpha).add_(dp_soft.mul_(a_soft).mul_(alpha))
+                dv_block = dv_block * (1 - alpha) + torch.matmul(a_soft.transpose(-1, -2), d_out).mul_(alpha)
+                del dp_soft, a_soft
             else:
-                dz_soft = None
-                dv[:, :, j0:j1] = torch.matmul(a.transpose(-1, -2), d_out)
-            if stage_terms is None:  # doubly / hybrid: dS = dZ - P * colsum(dZ), P = A * exp(rho)
-                ds = dz.addcmul_(a.mul_(rhos[-1].exp()), dz.sum(-2, keepdim=True), value=-1)
-            else:
-                ds = dz.add_(stage_terms)
-            del a, stage_terms
-            if dz_soft is not None:
-                ds += dz_soft
-            dk[:, :, j0:j1] = torch.matmul(ds.transpose(-1, -2), q_scaled)
-            dq += torch.matmul(ds, k[:, :, j0:j1])
+                ds = dp.mul_(a)
+            del a
+            if stage_terms is not None:
+                ds += stage_terms
+            dv[:, :, j0:j1] = dv_block
+            dk[:, :, j0:j1] = torch.matmul(ds.transpose(-1, -2), q).mul_(scale)
+            dq += torch.matmul(ds, k_scaled[:, :, j0:j1])
             if d_bias is not None:
                 target = _columns(d_bias, j0, j1)
                 target += ds.sum_to_size(target.shape)
-        dq.mul_(scale)
-
         d_alpha = None
         if hybrid and ctx.needs_input_grad[3]:
             d_alpha = (d_out * (out_soft - out_dbl)).sum(dim=(-1, -2), keepdim=True).sum_to_size(alpha.shape)
