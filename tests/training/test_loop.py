@@ -126,15 +126,15 @@ def test_exploding_lr_names_step_and_task_loss(small_config, tmp_path):
 
 
 def test_non_finite_alignment_term(small_config, monkeypatch):
-    import probattn.alignment as alignment
+    from probattn.training import loop
 
-    real = alignment.alignment_loss
+    real = loop.alignment_loss
 
     def poisoned(model, **kw):
         loss, stats = real(model, **kw)
         return loss * float("nan"), stats
 
-    monkeypatch.setattr(alignment, "alignment_loss", poisoned)
+    monkeypatch.setattr(loop, "alignment_loss", poisoned)
     with pytest.raises(NonFiniteError, match=r"step 1: non-finite alignment term \(nan\)"):
         train(small_config.replace(alignment="mmd"), progress=False)
 

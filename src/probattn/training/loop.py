@@ -26,7 +26,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from probattn.alignment import alignment_loss
 from probattn.data import DataSplits, TextClassificationData
+from probattn.repulsive import RepulsiveHeads
 from probattn.training import distributed as D
 from probattn.training.checkpoint import (
     capture_rng_state,
@@ -177,8 +179,6 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
     guard = _Guard(ctx, out)
     repulsive = None
     if config.repulsive:
-        from probattn.repulsive import RepulsiveHeads
-
         repulsive = RepulsiveHeads(model, method=config.repulsive, alpha=config.repulsive_alpha, seed=config.seed,
                                    max_grad_norm=config.max_grad_norm or None).attach(optimizer)
         optimizer.register_step_pre_hook(lambda *_: guard.gradients("repulsive update (rewritten gradients)",
@@ -252,11 +252,7 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
                         guard.fail("forward pass", str(exc))
                     raise
                 task = F.cross_entropy(logits.float(), labels[index].to(ctx.device))
-                align = torch.zeros((), device=ctx.device)
-                if config.alignment:
-                    from probattn.alignment import alignment_loss
-
-                    align = alignment_loss(model, distance_batch=0)[0]
+                align = alignment_loss(model, distance_batch=0)[0] if config.alignment else task.new_zeros(())
                 ((task + align) / grad_accum).backward()
             sums += torch.stack([task.detach(), align.detach()]).double().cpu() / grad_accum
         ctx.all_reduce_mean(sums)
