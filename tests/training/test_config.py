@@ -72,3 +72,15 @@ def test_differences_ignore_run_management():
     a = TrainConfig()
     assert a.differences(a.replace(output="x", checkpoint_every=3, resume=True)) == {}
     assert a.differences(a.replace(lr=0.5)) == {"lr": (None, 0.5)}
+
+
+def test_docs_config_example_is_valid():
+    import re
+    from pathlib import Path
+
+    yaml = pytest.importorskip("yaml")
+    page = Path(__file__).parents[2] / "docs" / "training.md"
+    if not page.is_file():
+        pytest.skip("docs not present")
+    block = re.search(r"```yaml\n(.*?)```", page.read_text(), re.S).group(1)
+    assert TrainConfig.from_dict(yaml.safe_load(block)).alignment == "ct"
