@@ -63,3 +63,8 @@ def test_probe_sees_the_layer_tensors(tiny):
     for key in ("explained_away_0.1", "min_incoming_mass", "entropy", "qk_mmd2", "qk_mean_distance"):
         assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), key
     torch.testing.assert_close(torch.tensor(got["output_cka"]), torch.tensor(want["output_cka"]), rtol=1e-4, atol=1e-5)
+    # parameter cosine of the query projection: head h owns rows h*8:(h+1)*8 of the weight and bias
+    w = torch.cat([attention.query.weight.reshape(3, 8 * 24), attention.query.bias.reshape(3, 8)], 1).detach().double()
+    unit = torch.nn.functional.normalize(w, dim=1)
+    cos = unit @ unit.T
+    assert got["parameter_cosine"]["query"] == pytest.approx(float((cos.sum() - 3) / 6))

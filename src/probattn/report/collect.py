@@ -4,7 +4,8 @@ Attention weights come from ``output_attentions=True``; per-head queries and key
 ``module.probattn_probe`` on each attention layer (see :mod:`probattn.nn.hooks`); per-head outputs are read
 where the heads are concatenated: the input of the layer's output projection (``o_proj`` / ``out_proj`` /
 ``c_proj`` / ``out_lin``) when the attention module owns one, otherwise the module's own output
-(BERT-style ``*SelfAttention``). Nothing but fixed-size running statistics is kept across batches.
+(BERT-style ``*SelfAttention``). Nothing but fixed-size running statistics is kept across batches. Per-head
+parameter cosines are read from the query/key/value projections where they are separate linear layers.
 """
 
 from __future__ import annotations
@@ -19,12 +20,43 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from probattn.hf import attention_modules
-from probattn.metrics import AttentionStatistics, CalibrationAccumulator, CalibrationResult
+from probattn.metrics import (
+    AttentionStatistics,
+    CalibrationAccumulator,
+    CalibrationResult,
+    parameter_cosine_similarity,
+)
 from probattn.nn.hooks import PROBE_ATTR
 
-__all__ = ["Diagnosis", "collect"]
+__all__ = ["Diagnosis", "collect", "parameter_cosines"]
 
 OUTPUT_PROJECTIONS = ("o_proj", "out_proj", "c_proj", "out_lin")
+QKV_PROJECTIONS = (("query", "key", "value"), ("q_proj", "k_proj", "v_proj"), ("q_lin", "k_lin", "v_lin"))
+
+
+def parameter_cosines(module: nn.Module, heads: int) -> dict[str, float]:
+    """Mean pairwise cosine between heads' projection parameters (the repulsive authors' GraphWriter measure).
+
+    For separate ``nn.Linear`` query / key / value projections (``query``/``key``/``value``, ``q_proj``/...,
+    ``q_lin``/...): each head's rows of the weight (and bias) form its vector; grouped key/value projections
+    use their own head count. Returns ``{}`` for fused or other layouts (e.g. GPT-2's ``c_attn``).
+    """
+    for names in QKV_PROJECTIONS:
+        layers = [getattr(module, name, None) for name in names]
+        if not all(isinstance(layer, nn.Linear) for layer in layers):
+            continue
+        head_dim = layers[0].out_features // heads
+        out = {}
+        for kind, layer in zip(("query", "key", "value"), layers):
+            n = layer.out_features // head_dim
+            if n < 2 or n * head_dim != layer.out_features:
+                return {}
+            params = layer.weight.detach().reshape(n, -1)
+            if layer.bias is not None:
+                params = torch.cat([params, layer.bias.detach().reshape(n, head_dim)], dim=1)
+            out[kind] = float(parameter_cosine_similarity(params.double()))
+        return out
+    return {}
 
 
 @dataclass
@@ -187,6 +219,10 @@ def collect(
         collector.close()
     seconds = time.perf_counter() - start
     layers = [p.stats.summary() for p in collector.probes]
+    for layer, (_, module) in zip(layers, collector.modules):
+        cosines = parameter_cosines(module, layer["heads"])
+        if cosines:
+            layer["parameter_cosine"] = cosines
     maps = [p.stats.example_map.mean(0).numpy() for p in collector.probes]
     result = Diagnosis(label=label, layers=layers, example_maps=maps, example_tokens=example_tokens,
                        examples=len(texts), seconds=seconds, layer_names=[n for n, _ in collector.modules])

@@ -129,7 +129,8 @@ def _mean(values) -> float | None:
 LAYER_COLUMNS = [
     ("EA<0.1", "explained_away_0.1"), ("EA<0.01", "explained_away_0.01"), ("min mass", "min_incoming_mass"),
     ("entropy", "entropy"), ("attn sim", "mean_attention_similarity"), ("output CKA", "mean_output_cka"),
-    ("Lin", "lin_redundancy"), ("q/k MMD²", "qk_mmd2"), ("q/k dist", "qk_mean_distance"),
+    ("Lin", "lin_redundancy"), ("param cos", "parameter_cosine"), ("q/k MMD²", "qk_mmd2"),
+    ("q/k dist", "qk_mean_distance"),
 ]
 
 
@@ -137,6 +138,8 @@ def _layer_value(layer: dict, key: str) -> float | None:
     value = layer.get(key)
     if key == "min_incoming_mass" and value is not None:
         return float(np.min(value))
+    if isinstance(value, dict):  # parameter_cosine: mean over query, key, value
+        return _mean(list(value.values()))
     return _mean(value) if isinstance(value, list) else value
 
 
@@ -203,7 +206,9 @@ def _build_report(results: list[Diagnosis], source: str, args) -> Report:
                 "between heads' attention rows, mean over head pairs (1 = identical heads). output CKA: linear CKA "
                 "between heads' outputs over tokens (1 = same features up to rotation and scale). Lin: "
                 "‖AAᵀ − I‖_F over the heads' rows at each query, the measure in the repulsive-attention authors' "
-                "code (whether the paper reports it is unverified). q/k MMD²: Gaussian-kernel MMD² (median "
+                "code (whether the paper reports it is unverified). param cos: mean pairwise cosine between heads' query / "
+                "key / value projection parameters (mean of the three), the measure in the same authors' "
+                "GraphWriter code (n/a for fused projections). q/k MMD²: Gaussian-kernel MMD² (median "
                 "bandwidth) between a head's query and key clouds per sequence; q/k dist: distance of their means.")
     return report
 
