@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     try:
         result = train(config, progress=not args.no_progress)
-    except (NonFiniteError, ModuleNotFoundError) as exc:
+    except (NonFiniteError, ModuleNotFoundError, OSError) as exc:  # OSError: e.g. the disk filled up
         if args.debug:
             raise
         print(f"probattn train: error: {exc}", file=sys.stderr)
