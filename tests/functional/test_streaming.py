@@ -175,6 +175,27 @@ def test_extreme_scores_stay_finite_and_exact(dtype, normalization):
 
 
 @pytest.mark.parametrize("normalization", SCHEMES)
+def test_query_that_loses_every_key_takes_the_exact_path(normalization, monkeypatch):
+    """Query 0 scores 100 below every other query on every key: its row sum exp(rho_0) ~ e^-100 underflows in
+    float32, so the single-exp sweep must fall back to the log-domain row pass."""
+    calls = []
+    exact = streaming._exact_row_sweep
+    monkeypatch.setattr(streaming, "_exact_row_sweep", lambda *a: calls.append(1) or exact(*a))
+    q = torch.zeros(1, 1, 4, 2)
+    v = torch.randn(1, 1, 5, 3, generator=torch.Generator().manual_seed(0))
+    scores = torch.full((4, 5), 100.0)
+    scores[0] = 0.0
+    scores[1:, 1] = 95.0  # a little structure in the other rows
+    spec = _spec(q, torch.zeros(1, 1, 5, 2), attn_mask=scores)
+    out = chunked_attention(q, torch.zeros(1, 1, 5, 2), v, spec, scale=1.0, normalization=normalization,
+                            block_size=2)
+    ref, _ = reference_attention(q, torch.zeros(1, 1, 5, 2), v, normalization=normalization, bias=scores,
+                                 scale=1.0)
+    torch.testing.assert_close(out.double(), ref, **TOL[torch.float32])
+    assert calls, "the log-domain fallback did not run"
+
+
+@pytest.mark.parametrize("normalization", SCHEMES)
 def test_attention_impl_chunked_equals_dense_with_grouped_heads(normalization):
     q, k, v = _inputs(5, b=2, h=4, lq=6, lk=7)
     k, v = k[:, :2].detach().requires_grad_(), v[:, :2].detach().requires_grad_()  # 4 query heads, 2 kv heads
