@@ -46,8 +46,8 @@ def test_entropic_ot_value_and_gradient_match_unrolled_autograd():
     eps, iters = 0.5, 400
     ref = entropic_ot_unrolled(x, y, eps, iters)
     (ref_grad,) = torch.autograd.grad(ref, x)
-    a = _weights(torch.ones(1, 7, dtype=torch.bool), torch.Size([1, 7]), x.dtype)
-    b = _weights(torch.ones(1, 6, dtype=torch.bool), torch.Size([1, 6]), x.dtype)
+    a = _weights(None, torch.Size([1, 7]), x.dtype, x.device)
+    b = _weights(torch.ones(1, 6, dtype=torch.bool), torch.Size([1, 6]), x.dtype, x.device)
     got = _entropic_ot(_sq_dist(x[None], y[None]), a, b, torch.tensor([[[eps]]], dtype=x.dtype), iters)[0]
     (got_grad,) = torch.autograd.grad(got, x)
     assert got.item() == pytest.approx(ref.item(), rel=1e-8)

@@ -141,3 +141,12 @@ def test_state_dict_round_trip(variant):
     q, k = _qk()
     torch.testing.assert_close(other(q, k), reg(q, k))
     assert len(reg.auxiliary_parameters()) == (0 if variant in ("mmd", "sinkhorn") else len(list(reg.parameters())))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("axis", ["tokens", "heads"])
+def test_no_mask_equals_an_all_true_mask(variant, axis):
+    reg = _regularizer(variant, axis=axis, max_tokens=None)
+    q, k = _qk()
+    ones = torch.ones(2, 6, dtype=torch.bool)
+    torch.testing.assert_close(reg(q, k), reg(q, k, query_valid=ones, key_valid=ones), rtol=1e-12, atol=1e-12)

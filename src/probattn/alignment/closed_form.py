@@ -30,8 +30,10 @@ def _sq_dist(x: Tensor, y: Tensor) -> Tensor:
     return (x.pow(2).sum(-1)[..., :, None] + y.pow(2).sum(-1)[..., None, :] - 2 * x @ y.transpose(-1, -2)).clamp_min(0)
 
 
-def _weights(valid: Tensor, shape: torch.Size, dtype: torch.dtype) -> Tensor:
-    """Uniform probability weights over valid points ``(*, n)``; a set with none valid gets uniform weights."""
+def _weights(valid: Tensor | None, shape: torch.Size, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Uniform probability weights over valid points ``(*, n)`` (None = all); a set with none valid: uniform."""
+    if valid is None:
+        return torch.full(shape, 1.0 / shape[-1], dtype=dtype, device=device)
     valid = valid.expand(shape)
     valid = valid | ~valid.any(-1, keepdim=True)
     w = valid.to(dtype)
@@ -44,10 +46,10 @@ def _scale(cross: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return s.clamp_min(torch.finfo(cross.dtype).tiny)[..., None, None]
 
 
-def mmd(x: Tensor, y: Tensor, x_valid: Tensor, y_valid: Tensor, *, bandwidths: tuple[float, ...] = BANDWIDTHS) -> Tensor:
+def mmd(x: Tensor, y: Tensor, x_valid: Tensor | None, y_valid: Tensor | None, *, bandwidths: tuple[float, ...] = BANDWIDTHS) -> Tensor:
     """Squared MMD ``(*,)`` between the valid points of ``x (*, n, d)`` and ``y (*, m, d)`` (validity bool ``(*, n|m)``)."""
-    a = _weights(x_valid, x.shape[:-1], x.dtype)
-    b = _weights(y_valid, y.shape[:-1], y.dtype)
+    a = _weights(x_valid, x.shape[:-1], x.dtype, x.device)
+    b = _weights(y_valid, y.shape[:-1], y.dtype, y.device)
     dxy = _sq_dist(x, y)
     scale = _scale(dxy, a, b)
 
@@ -78,14 +80,17 @@ def _entropic_ot(cost: Tensor, a: Tensor, b: Tensor, eps: Tensor, iters: int) ->
 
 
 def sinkhorn_divergence(
-    x: Tensor, y: Tensor, x_valid: Tensor, y_valid: Tensor, *, epsilon: float = 0.1, iters: int = 50
+    x: Tensor, y: Tensor, x_valid: Tensor | None, y_valid: Tensor | None, *, epsilon: float = 0.1, iters: int = 50
 ) -> Tensor:
     """Debiased Sinkhorn divergence ``(*,)`` between the valid points of ``x (*, n, d)`` and ``y (*, m, d)``."""
     size = max(x.shape[-2], y.shape[-2])  # pad both clouds with zero-weight points: one batched Sinkhorn loop
-    x, x_valid = _pad(x, size), _pad(x_valid.expand(x.shape[:-1]), size)
-    y, y_valid = _pad(y, size), _pad(y_valid.expand(y.shape[:-1]), size)
-    a = _weights(x_valid, x.shape[:-1], x.dtype)
-    b = _weights(y_valid, y.shape[:-1], y.dtype)
+    if x.shape[-2] != y.shape[-2]:
+        x_valid = torch.ones(x.shape[:-1], dtype=torch.bool, device=x.device) if x_valid is None else x_valid
+        y_valid = torch.ones(y.shape[:-1], dtype=torch.bool, device=y.device) if y_valid is None else y_valid
+        x, x_valid = _pad(x, size), _pad(x_valid.expand(x.shape[:-1]), size)
+        y, y_valid = _pad(y, size), _pad(y_valid.expand(y.shape[:-1]), size)
+    a = _weights(x_valid, x.shape[:-1], x.dtype, x.device)
+    b = _weights(y_valid, y.shape[:-1], y.dtype, y.device)
     cxy = _sq_dist(x, y)
     eps = epsilon * _scale(cxy, a, b)
     costs = torch.stack([cxy, _sq_dist(x, x), _sq_dist(y, y)])
@@ -107,7 +112,7 @@ class MaximumMeanDiscrepancy(nn.Module):
         super().__init__()
         self.bandwidths = tuple(bandwidths)
 
-    def forward(self, q: Tensor, k: Tensor, query_valid: Tensor, key_valid: Tensor, axis: str) -> Tensor:
+    def forward(self, q: Tensor, k: Tensor, query_valid: Tensor | None, key_valid: Tensor | None, axis: str) -> Tensor:
         """``q (B, H, Lq, d)``, ``k (B, H, Lk, d)``, validity ``(B, Lq)`` / ``(B, Lk)`` -> scalar."""
         qs, qv = as_sets(q, query_valid, axis)
         ks, kv = as_sets(k, key_valid, axis)
@@ -121,7 +126,7 @@ class SinkhornDivergence(nn.Module):
         super().__init__()
         self.epsilon, self.iters = epsilon, iters
 
-    def forward(self, q: Tensor, k: Tensor, query_valid: Tensor, key_valid: Tensor, axis: str) -> Tensor:
+    def forward(self, q: Tensor, k: Tensor, query_valid: Tensor | None, key_valid: Tensor | None, axis: str) -> Tensor:
         """``q (B, H, Lq, d)``, ``k (B, H, Lk, d)``, validity ``(B, Lq)`` / ``(B, Lk)`` -> scalar."""
         qs, qv = as_sets(q, query_valid, axis)
         ks, kv = as_sets(k, key_valid, axis)

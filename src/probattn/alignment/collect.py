@@ -154,9 +154,8 @@ def alignment_loss(model: nn.Module, *, distance_batch: int | None = 4) -> tuple
             terms.append(obs.term.detach())
             if distance_batch != 0:
                 rows = slice(None) if distance_batch is None else slice(0, distance_batch)
-                distances.append(
-                    alignment_distance(obs.q[rows], obs.k[rows], obs.query_valid[rows], obs.key_valid[rows])
-                )
+                qv, kv = (None if v is None else v[rows] for v in (obs.query_valid, obs.key_valid))
+                distances.append(alignment_distance(obs.q[rows], obs.k[rows], qv, kv))
     if not weighted:
         if any(r.training for r in regularizers) and torch.is_grad_enabled():
             raise RuntimeError(

@@ -8,9 +8,9 @@ For one comparison set with queries ``q_1..q_m`` and keys ``k_1..k_n``:
   ``pi(k_j | q_i) = softmax_j S_ij`` and ``pi(q_i | k_j) = softmax_i S_ij``;
 * ``CT = (1 - rho) * mean_i sum_j pi(k_j|q_i) C_ij + rho * mean_j sum_i pi(q_i|k_j) C_ij``.
 
-Who plays which side (implemented with gradient reversal so one optimizer trains everything): the critic
-maximises CT (it sharpens the cost), the encoder producing q and k minimises it, and the navigator minimises
-it (``navigator="min"``, the CT paper) or maximises it (``navigator="max"``, the authors' release).
+Who plays which side (gradient reversal on the auxiliary weights, so one optimizer trains everything): the
+critic maximises CT (it sharpens the cost), the encoder producing q and k minimises it, and the navigator
+minimises it (``navigator="min"``, the CT paper) or maximises it (``navigator="max"``, the authors' release).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import torch
 from torch import Tensor, nn
 
 from probattn.alignment import networks
-from probattn.alignment.grad_reverse import grad_reverse
 from probattn.alignment.sets import as_sets, masked_mean, mean_over_sets
 
 __all__ = ["ConditionalTransport", "conditional_transport", "transport_plans"]
@@ -28,17 +27,31 @@ COSTS = ("cosine", "euclidean")
 
 
 def transport_plans(
-    query_navigation: Tensor, key_navigation: Tensor, query_valid: Tensor, key_valid: Tensor, *, temperature: float = 1.0
+    query_navigation: Tensor,
+    key_navigation: Tensor,
+    query_valid: Tensor | None,
+    key_valid: Tensor | None,
+    *,
+    temperature: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
     """The two conditional plans ``(*, m, n)`` from navigator features ``(*, m, s)``, ``(*, n, s)``.
 
-    Returns ``pi(k_j | q_i)`` (each valid row sums to 1 over valid keys) and ``pi(q_i | k_j)`` (each valid
-    column sums to 1 over valid queries); invalid keys/queries get zero mass.
+    Returns ``pi(k_j | q_i)`` (each row sums to 1 over valid keys) and ``pi(q_i | k_j)`` (each column sums to
+    1 over valid queries); invalid keys/queries get zero mass (their own rows/columns are finite and unused).
     """
-    logits = query_navigation @ key_navigation.transpose(-1, -2) / temperature
-    lowest = torch.finfo(logits.dtype).min
-    logits = logits.masked_fill(~key_valid[..., None, :], lowest).masked_fill(~query_valid[..., :, None], lowest)
-    return logits.softmax(dim=-1), logits.softmax(dim=-2)
+    if temperature != 1.0:
+        query_navigation = query_navigation / temperature
+    key_given_query = _masked_softmax(query_navigation @ key_navigation.transpose(-1, -2), key_valid)
+    # the column softmax runs on the transposed logits: a contiguous last-axis softmax is much faster
+    query_given_key = _masked_softmax(key_navigation @ query_navigation.transpose(-1, -2), query_valid)
+    return key_given_query, query_given_key.transpose(-1, -2)
+
+
+def _masked_softmax(logits: Tensor, column_valid: Tensor | None) -> Tensor:
+    """Softmax over the last axis with invalid columns given zero mass (rows of invalid points stay finite)."""
+    if column_valid is not None:
+        logits = logits.masked_fill(~column_valid[..., None, :], torch.finfo(logits.dtype).min)
+    return logits.softmax(dim=-1)
 
 
 def conditional_transport(
@@ -46,8 +59,8 @@ def conditional_transport(
     key_features: Tensor,
     query_navigation: Tensor,
     key_navigation: Tensor,
-    query_valid: Tensor,
-    key_valid: Tensor,
+    query_valid: Tensor | None,
+    key_valid: Tensor | None,
     *,
     rho: float = 0.5,
     cost: str = "cosine",
@@ -58,23 +71,58 @@ def conditional_transport(
     Args:
         query_features, key_features: L2-normalised critic features ``(*, m, s)`` and ``(*, n, s)``.
         query_navigation, key_navigation: L2-normalised navigator features ``(*, m, s)`` and ``(*, n, s)``.
-        query_valid, key_valid: bool ``(*, m)`` / ``(*, n)`` (broadcastable); invalid points take no part.
+        query_valid, key_valid: bool ``(*, m)`` / ``(*, n)`` (broadcastable) or None (all valid); invalid
+            points take no part.
     Returns:
         ``(*,)`` CT values (0 for sets without a valid query or key).
     """
-    cos = query_features @ key_features.transpose(-1, -2)  # (*, m, n)
-    if cost == "cosine":
-        pair_cost = 1 - cos
-    elif cost == "euclidean":
-        pair_cost = (2 - 2 * cos).clamp_min(1e-8).sqrt()
-    else:
+    if cost not in COSTS:
         raise ValueError(f"cost must be one of {COSTS}, got {cost!r}")
-    key_given_query, query_given_key = transport_plans(
-        query_navigation, key_navigation, query_valid, key_valid, temperature=temperature
-    )
-    backward = masked_mean((key_given_query * pair_cost).sum(-1), query_valid)
-    forward = masked_mean((query_given_key * pair_cost).sum(-2), key_valid)
+    if cost == "cosine":
+        backward, forward = _expected_cosine_cost(
+            query_features, key_features, query_navigation, key_navigation, query_valid, key_valid, temperature
+        )
+    else:
+        key_given_query, query_given_key = transport_plans(
+            query_navigation, key_navigation, query_valid, key_valid, temperature=temperature
+        )
+        cos = query_features @ key_features.transpose(-1, -2)  # (*, m, n)
+        pair_cost = (2 - 2 * cos).clamp_min(1e-8).sqrt()
+        backward = (key_given_query * pair_cost).sum(-1)
+        forward = (query_given_key * pair_cost).sum(-2)
+    backward, forward = masked_mean(backward, query_valid), masked_mean(forward, key_valid)
     return (1 - rho) * backward + rho * forward
+
+
+def _expected_cosine_cost(
+    query_features: Tensor,
+    key_features: Tensor,
+    query_navigation: Tensor,
+    key_navigation: Tensor,
+    query_valid: Tensor | None,
+    key_valid: Tensor | None,
+    temperature: float,
+) -> tuple[Tensor, Tensor]:
+    """``sum_j pi(k_j|q_i) (1 - a_i.b_j)`` per query ``(*, m)`` and ``sum_i pi(q_i|k_j) (1 - a_i.b_j)`` per key ``(*, n)``.
+
+    Neither plan nor the cost matrix is formed: with ``E = exp((S - 1) / temperature)`` (``S <= 1`` because
+    navigator features are unit vectors, so ``E`` cannot overflow), ``sum_j pi(k_j|q_i) b_j = (E b)_i / (E 1)_i``.
+    Both products come from one matrix product each by appending a column of ones to the features; invalid
+    points get all-zero rows there, so they carry no mass.
+    """
+    weights = torch.exp((query_navigation @ key_navigation.transpose(-1, -2) - 1.0) / temperature)  # (*, m, n)
+    to_keys = weights @ _append_ones(key_features, key_valid)  # (*, m, s + 1)
+    to_queries = weights.transpose(-1, -2) @ _append_ones(query_features, query_valid)  # (*, n, s + 1)
+    tiny = torch.finfo(weights.dtype).tiny
+    backward = 1 - (query_features * to_keys[..., :-1]).sum(-1) / to_keys[..., -1].clamp_min(tiny)
+    forward = 1 - (key_features * to_queries[..., :-1]).sum(-1) / to_queries[..., -1].clamp_min(tiny)
+    return backward, forward
+
+
+def _append_ones(features: Tensor, valid: Tensor | None) -> Tensor:
+    """``[features, 1]`` ``(*, n, s + 1)``, zeroed on invalid points (``valid`` broadcastable to ``(*, n)``)."""
+    out = torch.cat([features, features.new_ones((*features.shape[:-1], 1))], dim=-1)
+    return out if valid is None else out * valid[..., None].to(out.dtype)
 
 
 class ConditionalTransport(nn.Module):
@@ -92,20 +140,15 @@ class ConditionalTransport(nn.Module):
         groups: int = 1,
     ) -> None:
         super().__init__()
-        self.critic = networks.critic(head_dim, hidden, groups)
-        self.navigator = networks.navigator(head_dim, hidden, groups)
+        self.critic = networks.critic(head_dim, hidden, groups, ascend=True)
+        self.navigator = networks.navigator(head_dim, hidden, groups, ascend=navigator == "max")
         self.rho, self.cost, self.navigator_mode, self.temperature = rho, cost, navigator, temperature
 
-    def forward(self, q: Tensor, k: Tensor, query_valid: Tensor, key_valid: Tensor, axis: str) -> Tensor:
-        """``q (B, H, Lq, d)``, ``k (B, H, Lk, d)``, validity ``(B, Lq)`` / ``(B, Lk)`` -> scalar CT."""
+    def forward(self, q: Tensor, k: Tensor, query_valid: Tensor | None, key_valid: Tensor | None, axis: str) -> Tensor:
+        """``q (B, H, Lq, d)``, ``k (B, H, Lk, d)``, validity ``(B, Lq)`` / ``(B, Lk)`` or None -> scalar CT."""
         lq = q.shape[2]
         both = torch.cat([q, k], dim=2)
-        # Reversal before and after the critic: its parameters ascend CT, the encoder still descends.
-        features = grad_reverse(self.critic(grad_reverse(both)))
-        if self.navigator_mode == "max":
-            navigation = grad_reverse(self.navigator(grad_reverse(both)))
-        else:
-            navigation = self.navigator(both)
+        features, navigation = self.critic(both), self.navigator(both)
         fq, qv = as_sets(features[:, :, :lq], query_valid, axis)
         fk, kv = as_sets(features[:, :, lq:], key_valid, axis)
         nq, _ = as_sets(navigation[:, :, :lq], query_valid, axis)

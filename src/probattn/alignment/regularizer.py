@@ -38,8 +38,8 @@ class Observation:
     term: Tensor
     q: Tensor
     k: Tensor
-    query_valid: Tensor
-    key_valid: Tensor
+    query_valid: Tensor | None
+    key_valid: Tensor | None
 
 
 def _choice(name: str, value: object, allowed: tuple[str, ...]) -> str:
@@ -55,10 +55,10 @@ def _positive_int(name: str, value: object, allow_none: bool = False) -> None:
         raise ValueError(f"{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}")
 
 
-def _validity(name: str, mask: Tensor | None, batch: int, length: int, device: torch.device) -> Tensor:
+def _validity(name: str, mask: Tensor | None, batch: int, length: int, device: torch.device) -> Tensor | None:
     """Check a ``(B, L)`` bool validity mask from the hook contract; None means all real tokens."""
     if mask is None:
-        return torch.ones(batch, length, dtype=torch.bool, device=device)
+        return None
     if not isinstance(mask, Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != (batch, length):
         got = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, Tensor) else type(mask).__name__
         raise ValueError(
@@ -68,16 +68,18 @@ def _validity(name: str, mask: Tensor | None, batch: int, length: int, device: t
     return mask.to(device)
 
 
-def _subsample(valid: Tensor, max_tokens: int) -> Tensor:
+def _subsample(valid: Tensor | None, batch: int, length: int, max_tokens: int, device: torch.device) -> Tensor:
     """Indices ``(B, max_tokens)`` of up to ``max_tokens`` random valid positions per row (valid ones first)."""
-    scores = torch.rand(valid.shape, device=valid.device).masked_fill(~valid, -1.0)
+    scores = torch.rand(batch, length, device=device)
+    if valid is not None:
+        scores = scores.masked_fill(~valid, -1.0)
     return scores.topk(max_tokens, dim=-1).indices
 
 
-def _gather(x: Tensor, valid: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+def _gather(x: Tensor, valid: Tensor | None, index: Tensor) -> tuple[Tensor, Tensor | None]:
     """Pick positions ``index (B, T)`` from ``x (B, H, L, d)`` and ``valid (B, L)``."""
     expanded = index[:, None, :, None].expand(x.shape[0], x.shape[1], index.shape[1], x.shape[3])
-    return x.gather(2, expanded), valid.gather(1, index)
+    return x.gather(2, expanded), None if valid is None else valid.gather(1, index)
 
 
 class AlignmentRegularizer(nn.Module):
@@ -100,7 +102,7 @@ class AlignmentRegularizer(nn.Module):
             (then ``num_heads`` is required).
         max_tokens: compare at most this many random valid positions per sequence (None = all).
         num_heads: ``H``, needed only with ``share_across_heads=False``.
-        temperature: CT navigator temperature ``tau`` (release: 1).
+        temperature: CT navigator temperature ``tau`` (release: 1; at least 0.05).
         symmetric: GAN only; False (release) detaches the queries, True moves both clouds.
         ot_epsilon, ot_iters: Sinkhorn blur (relative to the mean squared query-key distance) and iterations.
     """
@@ -138,8 +140,8 @@ class AlignmentRegularizer(nn.Module):
             raise ValueError(f"rho must lie in [0, 1], got {rho!r}")
         if not weight >= 0.0:
             raise ValueError(f"weight must be >= 0 (it is lambda, the strength of the term), got {weight!r}")
-        if not temperature > 0.0:
-            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        if not temperature >= 0.05:
+            raise ValueError(f"temperature must be >= 0.05 (navigator similarities lie in [-1, 1]), got {temperature!r}")
         if not ot_epsilon > 0.0:
             raise ValueError(f"ot_epsilon must be > 0, got {ot_epsilon!r}")
         if not share_across_heads:
@@ -170,8 +172,11 @@ class AlignmentRegularizer(nn.Module):
 
     def prepare(
         self, q: Tensor, k: Tensor, query_valid: Tensor | None = None, key_valid: Tensor | None = None
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Check inputs; repeat grouped keys; zero padded vectors; subsample. Returns ``(q, k, qv, kv)``."""
+    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """Check inputs; repeat grouped keys; zero padded vectors; subsample. Returns ``(q, k, qv, kv)``.
+
+        Validity stays None (all tokens real) when no mask was given or ``mask_padding=False``.
+        """
         for name, x in (("q", q), ("k", k)):
             if not isinstance(x, Tensor) or x.dim() != 4:
                 raise ValueError(f"{name} must be a 4-D tensor (batch, heads, length, head_dim), got "
@@ -189,20 +194,25 @@ class AlignmentRegularizer(nn.Module):
         qv = _validity("query_valid", query_valid, batch, lq, q.device)
         kv = _validity("key_valid", key_valid, batch, lk, q.device)
         if not self.mask_padding:
-            qv, kv = torch.ones_like(qv), torch.ones_like(kv)
+            qv = kv = None
         params = next(self.parameters(), None)
         dtype = params.dtype if params is not None else torch.promote_types(q.dtype, torch.float32)
-        q, k = q.to(dtype), k.to(dtype).repeat_interleave(heads // kv_heads, dim=1)
-        q = q.masked_fill(~qv[:, None, :, None], 0.0)
-        k = k.masked_fill(~kv[:, None, :, None], 0.0)
+        q, k = q.to(dtype), k.to(dtype)
+        if kv_heads != heads:
+            k = k.repeat_interleave(heads // kv_heads, dim=1)
+        if qv is not None:
+            q = q.masked_fill(~qv[:, None, :, None], 0.0)
+        if kv is not None:
+            k = k.masked_fill(~kv[:, None, :, None], 0.0)
         if self.max_tokens is not None:
             if self.axis == "tokens":
                 if lq > self.max_tokens:
-                    q, qv = _gather(q, qv, _subsample(qv, self.max_tokens))
+                    q, qv = _gather(q, qv, _subsample(qv, batch, lq, self.max_tokens, q.device))
                 if lk > self.max_tokens:
-                    k, kv = _gather(k, kv, _subsample(kv, self.max_tokens))
+                    k, kv = _gather(k, kv, _subsample(kv, batch, lk, self.max_tokens, k.device))
             elif lq > self.max_tokens:
-                index = _subsample(qv & kv, self.max_tokens)
+                joint = kv if qv is None else qv if kv is None else qv & kv
+                index = _subsample(joint, batch, lq, self.max_tokens, q.device)
                 q, qv = _gather(q, qv, index)
                 k, kv = _gather(k, kv, index)
         return q, k, qv, kv
@@ -213,7 +223,7 @@ class AlignmentRegularizer(nn.Module):
         """Unweighted term (scalar) for ``q (B, H, Lq, d_h)``, ``k (B, H_kv, Lk, d_h)``; nothing is stored."""
         return self._term(*self.prepare(q, k, query_valid, key_valid))
 
-    def _term(self, q: Tensor, k: Tensor, qv: Tensor, kv: Tensor) -> Tensor:
+    def _term(self, q: Tensor, k: Tensor, qv: Tensor | None, kv: Tensor | None) -> Tensor:
         return sum(est(q, k, qv, kv, axis) for axis, est in self.estimators.items())  # type: ignore[return-value]
 
     def observe(self, q: Tensor, k: Tensor, *, query_valid: Tensor | None, key_valid: Tensor | None) -> None:
@@ -231,10 +241,13 @@ class AlignmentRegularizer(nn.Module):
 
 
 @torch.no_grad()
-def alignment_distance(q: Tensor, k: Tensor, query_valid: Tensor, key_valid: Tensor) -> Tensor:
+def alignment_distance(
+    q: Tensor, k: Tensor, query_valid: Tensor | None = None, key_valid: Tensor | None = None
+) -> Tensor:
     """Model-free diagnostic: squared MMD between each head's query and key clouds, mean over (sequence, head).
 
-    ``q (B, H, Lq, d)``, ``k (B, H, Lk, d)`` (same number of heads), validity bool ``(B, Lq)`` / ``(B, Lk)``.
+    ``q (B, H, Lq, d)``, ``k (B, H, Lk, d)`` (same number of heads), validity bool ``(B, Lq)`` / ``(B, Lk)``
+    (None = all real tokens).
     """
     qs, qv = as_sets(q.float() if q.dtype != torch.float64 else q, query_valid, "tokens")
     ks, kv = as_sets(k.to(qs.dtype), key_valid, "tokens")
