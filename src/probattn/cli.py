@@ -21,19 +21,30 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="probattn", description=__doc__.splitlines()[0])
+def _chosen_command(argv: list[str]) -> str | None:
+    """The sub-command named on the command line (the first word that is not an option), if any."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``probattn`` parser; only ``command``'s module is imported (``--help`` imports none of them)."""
+    parser = argparse.ArgumentParser(
+        prog="probattn", description="probattn: attention that keeps all its heads useful (doubly-normalized, "
+        "repulsive and alignment attention).")
     from probattn import __version__
 
     parser.add_argument("--version", action="version", version=f"probattn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
+        if name != command:  # listed in --help without importing it (some need transformers)
+            sub.add_parser(name, help=help_text)
+            continue
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:  # an optional extra is missing: say which
-            if exc.name and exc.name.startswith("probattn"):
-                continue  # command not built into this version
-            p = sub.add_parser(name, help=f"{help_text} (unavailable: {exc.name} is not installed)")
+            if not exc.name or exc.name.startswith("probattn"):
+                raise
+            p = sub.add_parser(name, help=help_text)
             p.set_defaults(_missing=exc.name)
             continue
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -43,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_chosen_command(argv))
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

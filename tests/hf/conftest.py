@@ -85,12 +85,3 @@ def tiny() -> SimpleNamespace:
     return SimpleNamespace(build=build, text_batch=text_batch, image_batch=image_batch, run=run,
                            valid_positions=valid_positions, FAMILIES=FAMILIES, ENCODERS=ENCODERS,
                            DECODERS=DECODERS)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The models here are tiny: several threads only contend with each other (10x slower on a busy 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

@@ -11,15 +11,6 @@ from probattn.repulsive import RepulsiveHeads
 SIZES = dict(embed_dim=8, hidden=6, attention_hops=3, attention_unit=5, mlp_hidden=10, dropout=0.0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one intra-op thread avoids contention on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def model(**kwargs) -> SelfAttentiveClassifier:
     torch.manual_seed(0)
     return SelfAttentiveClassifier(40, 3, **(SIZES | kwargs)).eval()

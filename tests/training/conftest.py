@@ -1,4 +1,4 @@
-"""Fixtures for the training tests: one CPU thread (the machine is shared), the shipped real-data sample."""
+"""Fixtures for the training tests: the shipped real-data sample."""
 
 from __future__ import annotations
 
@@ -6,19 +6,10 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
-import torch
 
 from probattn.training import TrainConfig
 
 SAMPLE = Path(str(resources.files("probattn") / "data" / "samples" / "rt_sample.csv"))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture
