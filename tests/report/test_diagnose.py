@@ -84,7 +84,6 @@ def minilm_compare(tmp_path_factory, minilm_path):
     return out
 
 
-@pytest.mark.slow
 def test_minilm_report_files(minilm_compare):
     out = minilm_compare
     for name in FIGURES:
@@ -105,7 +104,6 @@ def test_minilm_report_files(minilm_compare):
         assert layer["heads"] == 12 and len(layer["attention_similarity"]) == 12 and len(layer["qk_mmd2"]) == 12
 
 
-@pytest.mark.slow
 def test_doubly_lowers_explained_away_on_minilm(minilm_compare):
     softmax, doubly = json.loads((minilm_compare / "metrics.json").read_text())["models"]
     assert _layer_mean(doubly, "explained_away_0.1") < _layer_mean(softmax, "explained_away_0.1")
@@ -113,7 +111,6 @@ def test_doubly_lowers_explained_away_on_minilm(minilm_compare):
         min(layer["min_incoming_mass"]) for layer in softmax["layers"])
 
 
-@pytest.mark.slow
 def test_html_renders_in_headless_chromium(minilm_compare, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:

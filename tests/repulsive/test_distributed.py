@@ -46,7 +46,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
 @pytest.mark.distributed
 def test_two_ranks_stay_identical_under_spos(tmp_path):
     script, result = tmp_path / "worker.py", tmp_path / "result.pt"

@@ -72,7 +72,6 @@ def test_repulsive_heads_on_a_bert_model():
     assert len(stats["sets"]) == 6
 
 
-@pytest.mark.slow
 def test_pretrained_minilm_heads_sit_at_the_high_dimensional_kernel_value(monkeypatch):
     """Real all-MiniLM-L6-v2: 6 layers x Q/K/V = 18 sets of 12 heads; off-diagonal k ≈ 1/(M+1) (spec §3.6)."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

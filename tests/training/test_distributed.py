@@ -71,7 +71,6 @@ def test_two_gloo_processes_match_one_process(small_config, tmp_path):
     assert not list(tmp_path.glob("ddp/.*"))  # rank 1 wrote nothing, no temporary files left
 
 
-@pytest.mark.slow
 @pytest.mark.distributed
 def test_torchrun_runs_the_cli_unchanged(sample_csv, tmp_path):
     import json

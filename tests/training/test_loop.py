@@ -170,7 +170,6 @@ def test_self_attentive_with_repulsive_hops(small_config):
         train(small_config.replace(model="self-attentive", alignment="ct"), progress=False)
 
 
-@pytest.mark.slow
 @pytest.mark.hf
 def test_minilm_fine_tunes_with_every_option_and_reloads(small_config, tmp_path, monkeypatch):
     pytest.importorskip("transformers")
