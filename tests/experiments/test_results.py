@@ -5,16 +5,8 @@ import pytest
 
 pd = pytest.importorskip("pandas")
 
-from probattn.experiments.results import (  # noqa: E402
-    Column,
-    best_per_column,
-    format_table,
-    load_runs,
-    run_path,
-    save_run,
-    summarize,
-    summary_records,
-)
+from probattn.experiments import results  # noqa: E402
+from probattn.experiments.results import Column  # noqa: E402
 
 COLUMNS = [Column("acc", "accuracy", True), Column("ece", "ECE", False)]
 
@@ -25,22 +17,22 @@ def _run(variant, seed, acc, ece):
 
 def test_mean_std_over_seeds_by_hand():
     runs = [_run("a", 0, 0.5, 0.1), _run("a", 1, 0.7, 0.3), _run("b", 0, 0.9, 0.15)]
-    s = summarize(runs, COLUMNS, order=["b", "a"])
+    s = results.summarize(runs, COLUMNS, order=["b", "a"])
     assert list(s.index) == ["b", "a"]
     assert s.loc["a", ("acc", "mean")] == pytest.approx(0.6)
     assert s.loc["a", ("acc", "std")] == pytest.approx(math.sqrt(0.02))  # sample std of 0.5, 0.7
     assert math.isnan(s.loc["b", ("acc", "std")]) and s.loc["b", ("acc", "n")] == 1
-    assert best_per_column(s, COLUMNS) == {"acc": ["b"], "ece": ["b"]}
+    assert results.best_per_column(s, COLUMNS) == {"acc": ["b"], "ece": ["b"]}
 
 
 def test_non_finite_values_are_left_out_not_zeroed():
-    s = summarize([_run("a", 0, 0.5, math.nan), _run("a", 1, 0.7, 0.2)], COLUMNS)
+    s = results.summarize([_run("a", 0, 0.5, math.nan), _run("a", 1, 0.7, 0.2)], COLUMNS)
     assert s.loc["a", ("ece", "mean")] == pytest.approx(0.2) and s.loc["a", ("ece", "n")] == 1
 
 
 def test_table_marks_best_and_ties():
     runs = [_run("a", 0, 0.8, 0.1), _run("b", 0, 0.8, 0.3)]
-    table = format_table(summarize(runs, COLUMNS), COLUMNS)
+    table = results.format_table(results.summarize(runs, COLUMNS), COLUMNS)
     lines = table.splitlines()
     assert lines[0] == "| variant | n | accuracy ↑ | ECE ↓ |"
     assert lines[2] == "| a | 1 | **0.800** | **0.100** |"
@@ -48,18 +40,18 @@ def test_table_marks_best_and_ties():
 
 
 def test_save_and_load_round_trip_atomically(tmp_path):
-    save_run(tmp_path, _run("b", 1, 0.5, 0.1))
-    save_run(tmp_path, _run("a", 2, 0.6, 0.2))
-    assert [r["variant"] for r in load_runs(tmp_path)] == ["a", "b"]
-    assert run_path(tmp_path, "b", 1).exists()
+    results.save_run(tmp_path, _run("b", 1, 0.5, 0.1))
+    results.save_run(tmp_path, _run("a", 2, 0.6, 0.2))
+    assert [r["variant"] for r in results.load_runs(tmp_path)] == ["a", "b"]
+    assert results.run_path(tmp_path, "b", 1).exists()
     assert not list((tmp_path / "runs").glob(".*"))  # no temporary file left behind
-    records = summary_records(summarize(load_runs(tmp_path), COLUMNS), COLUMNS)
+    records = results.summary_records(results.summarize(results.load_runs(tmp_path), COLUMNS), COLUMNS)
     assert json.loads(json.dumps(records))["a"]["acc"] == {"mean": 0.6, "std": None, "n": 1.0}
 
 
 def test_bad_input_is_named():
     with pytest.raises(ValueError, match="metrics"):
-        save_run("x", {"variant": "a", "seed": 0})
+        results.save_run("x", {"variant": "a", "seed": 0})
     with pytest.raises(ValueError, match="no run has finished"):
-        summarize([], COLUMNS)
-    assert load_runs("/nonexistent/folder") == []
+        results.summarize([], COLUMNS)
+    assert results.load_runs("/nonexistent/folder") == []

@@ -15,10 +15,8 @@ Run it with ``probattn experiment alignment``; it is :func:`probattn.experiments
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 
-from probattn.experiments.compare import COLUMNS_IN_DOMAIN, COLUMNS_OOD, apply_threads, compare
+from probattn.experiments.compare import COLUMNS_IN_DOMAIN, COLUMNS_OOD, add_run_arguments, run_compare
 from probattn.experiments.results import Column
 
 __all__ = ["TABLES", "add_arguments", "run"]
@@ -34,26 +32,14 @@ TABLES = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds (default 0)")
-    parser.add_argument("--max-steps", type=int, default=150, help="optimizer steps per run (default 150)")
-    parser.add_argument("--max-train-examples", type=int, default=None, help="train on a random subset")
     parser.add_argument("--variants", nargs="+", default=["softmax", "alignment", "alignment-gan"],
                         help="default: softmax alignment alignment-gan")
-    parser.add_argument("--output", default="probattn-experiments/alignment", help="output folder")
-    parser.add_argument("--resume", action="store_true", help="skip the runs already finished in --output")
-    parser.add_argument("--ood-examples", type=int, default=1000,
-                        help="fixed random subset of the 5,000 Amazon reviews (default 1000; 0 = all)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (see probattn compare)")
+    add_run_arguments(parser, seeds=[0], max_steps=150, output="probattn-experiments/alignment", ood_examples=1000)
+    parser.add_argument("--max-train-examples", type=int, default=None, help="train on a random subset")
 
 
 def run(args: argparse.Namespace) -> int:
-    apply_threads(args.threads, "minilm")
-    overrides = {"max_steps": args.max_steps}
-    if args.max_train_examples is not None:
-        overrides["max_train_examples"] = args.max_train_examples
-    result = compare(
-        variants=args.variants, seeds=args.seeds, preset="minilm", output=args.output, resume=args.resume,
-        tables=TABLES, title="Alignment attention on MiniLM: Rotten Tomatoes -> Amazon", overrides=overrides,
-        ood_examples=args.ood_examples or None, command=shlex.join(["probattn", *sys.argv[1:]]),
-    )
-    return 1 if result["failed"] else 0
+    overrides = {} if args.max_train_examples is None else {"max_train_examples": args.max_train_examples}
+    return run_compare(args, name="experiment alignment", preset="minilm", variants=args.variants,
+                       overrides=overrides, title="Alignment attention on MiniLM: Rotten Tomatoes -> Amazon",
+                       tables=TABLES)

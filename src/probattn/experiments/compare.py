@@ -46,7 +46,8 @@ from probattn.experiments.results import (
     write_json,
 )
 
-__all__ = ["COLUMNS", "PRESETS", "VARIANTS", "add_arguments", "apply_threads", "compare", "peak_memory", "run"]
+__all__ = ["COLUMNS", "PRESETS", "VARIANTS", "add_arguments", "add_run_arguments", "apply_threads", "compare",
+           "peak_memory", "run", "run_compare"]
 
 # variant name -> TrainConfig options that make it
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -242,8 +243,9 @@ def compare(*, variants: Sequence[str] = DEFAULT_VARIANTS, seeds: Sequence[int] 
 
     ``overrides`` are :class:`probattn.training.TrainConfig` options applied over the preset (e.g.
     ``{"max_steps": 50}``); ``ood_examples`` evaluates on a fixed random subset of that many Amazon reviews
-    (None = all 5,000); ``title`` and ``tables`` shape ``results.md`` (see :func:`write_summary`). Returns the content of ``results.json``. Raises ``ValueError`` for unknown
-    variants/presets, and when ``output`` already holds runs but ``resume`` is False.
+    (None = all 5,000); ``title`` and ``tables`` shape ``results.md`` (see :func:`write_summary`). Returns the
+    content of ``results.json``. Raises ``ValueError`` for unknown variants/presets, and when ``output`` already
+    holds runs but ``resume`` is False.
     """
     from probattn.training import TrainConfig
 
@@ -299,25 +301,34 @@ def compare(*, variants: Sequence[str] = DEFAULT_VARIANTS, seeds: Sequence[int] 
     return json.loads((output / "results.json").read_text())
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, *, seeds: Sequence[int], max_steps: int | None,
+                      output: str, ood_examples: int) -> None:
+    """The options every compare-based command shares: ``--seeds``, ``--max-steps``, ``--output``, ``--resume``,
+    ``--ood-examples``, ``--threads`` (defaults given here)."""
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(seeds),
+                        help=f"seeds (default {' '.join(map(str, seeds))})")
+    steps = "the preset's" if max_steps is None else str(max_steps)
+    parser.add_argument("--max-steps", type=int, default=max_steps, help=f"optimizer steps per run (default {steps})")
+    parser.add_argument("--output", default=output, help=f"output folder (default ./{output})")
+    parser.add_argument("--resume", action="store_true", help="skip the runs already finished in --output")
+    parser.add_argument("--ood-examples", type=int, default=ood_examples,
+                        help=f"evaluate on a fixed random subset of this many of the 5,000 Amazon reviews "
+                             f"(default {ood_examples}; 0 = all)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: 1 for the small from-scratch presets, whose small matrices "
+                             "gain nothing from threads and lose much when the CPU is shared; torch's default otherwise)")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), metavar="NAME",
                         help=f"variants to compare (default: {' '.join(DEFAULT_VARIANTS)}; "
                              f"available: {', '.join(VARIANTS)})")
-    parser.add_argument("--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS), help="seeds (default 0 1 2)")
-    parser.add_argument("--max-steps", type=int, default=None, help="optimizer steps per run (default: preset's)")
+    add_run_arguments(parser, seeds=DEFAULT_SEEDS, max_steps=None, output="probattn-compare", ood_examples=2000)
     parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS),
                         help="tiny: small encoder from scratch (default); minilm: fine-tune pretrained MiniLM")
     parser.add_argument("--model", default=None, choices=("tiny", "minilm"), help="override the preset's model")
     parser.add_argument("--max-train-examples", type=int, default=None, help="train on a random subset")
-    parser.add_argument("--ood-examples", type=int, default=2000,
-                        help="evaluate on a fixed random subset of this many of the 5,000 Amazon reviews "
-                             "(default 2000; 0 = all)")
-    parser.add_argument("--output", default="probattn-compare", help="output folder (default ./probattn-compare)")
-    parser.add_argument("--resume", action="store_true", help="skip the runs already finished in --output")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: 1 for the tiny preset, whose small matrices gain "
-                             "nothing from threads and lose much when the CPU is shared; torch's default otherwise)")
 
 
 def apply_threads(threads: int | None, preset: str) -> None:
@@ -329,14 +340,28 @@ def apply_threads(threads: int | None, preset: str) -> None:
         torch.set_num_threads(threads)
 
 
-def run(args: argparse.Namespace) -> int:
-    apply_threads(args.threads, args.preset)
-    overrides = {k: v for k, v in (("max_steps", args.max_steps), ("model", args.model),
-                                   ("max_train_examples", args.max_train_examples),
-                                   ("device", args.device if args.device != "auto" else None)) if v is not None}
-    result = compare(variants=args.variants, seeds=args.seeds, preset=args.preset, output=args.output,
-                     resume=args.resume, overrides=overrides, ood_examples=args.ood_examples or None,
-                     command=shlex.join(["probattn", "compare", *sys.argv[2:]]) if sys.argv[1:2] == ["compare"]
-                     else "probattn compare")
+def run_compare(args: argparse.Namespace, *, name: str, preset: str, variants: Sequence[str],
+                overrides: dict[str, Any], title: str = "probattn compare",
+                tables: dict[str, list[Column]] | None = None) -> int:
+    """Run :func:`compare` with the options of :func:`add_run_arguments`; exit code 1 when a run failed.
+
+    ``name``: the command as typed after ``probattn`` (``"compare"``, ``"experiment alignment"``); the command
+    line recorded in ``results.md`` is the real one when the process was started as ``probattn name ...``.
+    """
+    apply_threads(args.threads, preset)
+    if args.max_steps is not None:
+        overrides = {**overrides, "max_steps": args.max_steps}
+    words = name.split()
+    typed = sys.argv[1:1 + len(words)] == words
+    command = shlex.join(["probattn", *(sys.argv[1:] if typed else words)])
+    result = compare(variants=variants, seeds=args.seeds, preset=preset, output=args.output, resume=args.resume,
+                     overrides=overrides, ood_examples=args.ood_examples or None, command=command, title=title,
+                     tables=tables)
     print(f"wrote {Path(args.output) / 'results.md'}, results.json, reliability.png, per_layer.png")
     return 1 if result["failed"] else 0
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = {k: v for k, v in (("model", args.model), ("max_train_examples", args.max_train_examples),
+                                   ("device", args.device if args.device != "auto" else None)) if v is not None}
+    return run_compare(args, name="compare", preset=args.preset, variants=args.variants, overrides=overrides)

@@ -22,6 +22,7 @@ heads with one query each (``A (B, r, 1, L)``), so the same numbers describe hop
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -31,7 +32,7 @@ from probattn.data import Encoded
 from probattn.functional import attention
 from probattn.metrics import AttentionStatistics
 from probattn.nn import MultiheadAttention
-from probattn.nn.hooks import PROBE_ATTR
+from probattn.report.collect import attached_probes
 
 __all__ = ["attention_layers", "collect_layer_statistics", "hop_statistics", "layer_metrics"]
 
@@ -90,12 +91,29 @@ class _Probe:
         self.stats.update_qk(q64, k64, query_valid=counted_queries, key_valid=key_valid)
 
 
+def _batches(model: nn.Module, encoded: Encoded, batch_size: int, max_examples: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """``(input_ids, valid)`` of the first ``max_examples`` inputs in batches, cut to each batch's longest, on the
+    model's device, with the model in eval mode (its mode restored afterwards)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        n = min(max_examples, encoded.input_ids.shape[0])
+        for start in range(0, n, batch_size):
+            mask = encoded.attention_mask[start:min(start + batch_size, n)]
+            width = int(mask.sum(1).max())
+            yield encoded.input_ids[start:start + mask.shape[0], :width].to(device), mask[:, :width].to(device)
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def collect_layer_statistics(model: nn.Module, encoded: Encoded, *, batch_size: int = 64,
                              max_examples: int = 256) -> list[dict[str, Any]]:
     """Run ``model`` (eval mode) over the first ``max_examples`` encoded inputs; one summary per layer.
 
-    Each summary is :meth:`probattn.metrics.AttentionStatistics.summary`.
+    Each summary is :meth:`probattn.metrics.AttentionStatistics.summary`. The probes are attached with
+    :func:`probattn.report.collect.attached_probes` (a user's own probes are restored afterwards).
     """
     from probattn.training.modeling import forward_logits
 
@@ -107,25 +125,11 @@ def collect_layer_statistics(model: nn.Module, encoded: Encoded, *, batch_size: 
             return hop_statistics(model, encoded, batch_size=batch_size, max_examples=max_examples)
         raise ValueError(f"{type(model).__name__} has no probattn attention layer to diagnose")
     probes = [_Probe(m) for m in layers]
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        for layer, probe in zip(layers, probes):
-            setattr(layer, PROBE_ATTR, probe)
-        n = min(max_examples, encoded.input_ids.shape[0])
-        for start in range(0, n, batch_size):
-            mask = encoded.attention_mask[start:min(start + batch_size, n)]
-            width = int(mask.sum(1).max())
-            ids = encoded.input_ids[start:start + mask.shape[0], :width]
+    with attached_probes(layers, probes):
+        for ids, valid in _batches(model, encoded, batch_size, max_examples):
             for probe in probes:
-                probe.batch_valid = mask[:, :width].to(device)
-            forward_logits(model, ids.to(device), mask[:, :width].to(device))
-    finally:
-        for layer in layers:
-            if getattr(layer, PROBE_ATTR, None) is not None:
-                delattr(layer, PROBE_ATTR)
-        model.train(was_training)
+                probe.batch_valid = valid
+            forward_logits(model, ids, valid)
     return [p.stats.summary() if p.stats is not None else {} for p in probes]
 
 
@@ -133,21 +137,11 @@ def collect_layer_statistics(model: nn.Module, encoded: Encoded, *, batch_size: 
 def hop_statistics(model: nn.Module, encoded: Encoded, *, batch_size: int = 64,
                    max_examples: int = 256) -> list[dict[str, Any]]:
     """Statistics of a self-attentive classifier's hop attention ``A (B, r, L)`` as one layer of ``r`` heads."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     stats: AttentionStatistics | None = None
-    try:
-        n = min(max_examples, encoded.input_ids.shape[0])
-        for start in range(0, n, batch_size):
-            mask = encoded.attention_mask[start:min(start + batch_size, n)]
-            width = int(mask.sum(1).max())
-            valid = mask[:, :width].to(device)
-            hops = model(encoded.input_ids[start:start + mask.shape[0], :width].to(device), valid).attention
-            stats = stats or AttentionStatistics(hops.shape[1], thresholds=(0.1, EXPLAINED_AWAY_THRESHOLD))
-            stats.update_weights(hops[:, :, None, :].to(torch.float64), key_valid=valid)
-    finally:
-        model.train(was_training)
+    for ids, valid in _batches(model, encoded, batch_size, max_examples):
+        hops = model(ids, valid).attention
+        stats = stats or AttentionStatistics(hops.shape[1], thresholds=(0.1, EXPLAINED_AWAY_THRESHOLD))
+        stats.update_weights(hops[:, :, None, :].to(torch.float64), key_valid=valid)
     return [stats.summary()] if stats is not None else [{}]
 
 

@@ -16,10 +16,8 @@ Run it with ``probattn experiment self-attentive``; it is :func:`probattn.experi
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 
-from probattn.experiments.compare import apply_threads, compare
+from probattn.experiments.compare import add_run_arguments, run_compare
 from probattn.experiments.results import Column
 
 __all__ = ["TABLES", "add_arguments", "run"]
@@ -38,23 +36,14 @@ TABLES = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (default 0 1 2)")
-    parser.add_argument("--max-steps", type=int, default=300, help="optimizer steps per run (default 300)")
+    add_run_arguments(parser, seeds=[0, 1, 2], max_steps=300, output="probattn-experiments/self-attentive",
+                      ood_examples=2000)
     parser.add_argument("--hops", type=int, default=30, help="attention hops r (default 30, as in the paper)")
     parser.add_argument("--alpha", type=float, default=0.01, help="repulsion weight α (default 0.01, Age preset)")
-    parser.add_argument("--output", default="probattn-experiments/self-attentive", help="output folder")
-    parser.add_argument("--resume", action="store_true", help="skip the runs already finished in --output")
-    parser.add_argument("--ood-examples", type=int, default=2000,
-                        help="fixed random subset of the 5,000 Amazon reviews (default 2000; 0 = all)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (see probattn compare)")
 
 
 def run(args: argparse.Namespace) -> int:
-    apply_threads(args.threads, "self-attentive")
-    result = compare(
-        variants=["softmax", "repulsive"], seeds=args.seeds, preset="self-attentive", output=args.output,
-        resume=args.resume, tables=TABLES, title="Self-attentive classifier ± repulsive hops",
-        overrides={"max_steps": args.max_steps, "num_heads": args.hops, "repulsive_alpha": args.alpha},
-        ood_examples=args.ood_examples or None, command=shlex.join(["probattn", *sys.argv[1:]]),
-    )
-    return 1 if result["failed"] else 0
+    return run_compare(args, name="experiment self-attentive", preset="self-attentive",
+                       variants=["softmax", "repulsive"],
+                       overrides={"num_heads": args.hops, "repulsive_alpha": args.alpha},
+                       title="Self-attentive classifier ± repulsive hops", tables=TABLES)

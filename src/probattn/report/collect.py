@@ -10,8 +10,9 @@ parameter cosines are read from the query/key/value projections where they are s
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,7 +20,6 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from probattn.hf import attention_modules
 from probattn.metrics import (
     AttentionStatistics,
     CalibrationAccumulator,
@@ -28,7 +28,7 @@ from probattn.metrics import (
 )
 from probattn.nn.hooks import PROBE_ATTR
 
-__all__ = ["Diagnosis", "collect", "parameter_cosines"]
+__all__ = ["Diagnosis", "attached_probes", "collect", "parameter_cosines"]
 
 OUTPUT_PROJECTIONS = ("o_proj", "out_proj", "c_proj", "out_lin")
 QKV_PROJECTIONS = (("query", "key", "value"), ("q_proj", "k_proj", "v_proj"), ("q_lin", "k_lin", "v_lin"))
@@ -106,35 +106,57 @@ class _LayerProbe:
         self.stats.update_head_outputs(outputs, valid=valid)
 
 
+@contextlib.contextmanager
+def attached_probes(modules: Sequence[nn.Module], probes: Sequence[object]) -> Iterator[None]:
+    """Set ``probes[i]`` as ``modules[i].probattn_probe`` (see :mod:`probattn.nn.hooks`) for the ``with`` block.
+
+    On exit every module gets back the probe it had before (a user's own), or none.
+    """
+    if len(modules) != len(probes):
+        raise ValueError(f"modules has {len(modules)} entries but probes has {len(probes)}; give one probe per module")
+    previous = [getattr(module, PROBE_ATTR, None) for module in modules]
+    try:
+        for module, probe in zip(modules, probes):
+            setattr(module, PROBE_ATTR, probe)
+        yield
+    finally:
+        for module, before in zip(modules, previous):
+            if before is not None:
+                setattr(module, PROBE_ATTR, before)
+            elif getattr(module, PROBE_ATTR, None) is not None:
+                delattr(module, PROBE_ATTR)
+
+
 class _Collector:
-    """Attaches probes and hooks to every attention layer of ``model``; ``close()`` restores what was there."""
+    """Probes and head-output hooks on every attention layer of ``model``; ``attached()`` installs them for a
+    ``with`` block and restores what was there."""
 
     def __init__(self, model: nn.Module) -> None:
+        from probattn.hf import attention_modules  # needs transformers; importing this module does not
+
         self.valid: Tensor | None = None
         self.modules = attention_modules(model)
         if not self.modules:
             raise ValueError(f"{type(model).__name__} has no attention layer that probattn can observe; convert it "
                              "with probattn.hf.convert first")
         self.probes = [_LayerProbe(self) for _ in self.modules]
-        self.previous = [getattr(module, PROBE_ATTR, None) for _, module in self.modules]  # a user's own probes
-        self.handles = []
-        for (_, module), probe in zip(self.modules, self.probes):
-            setattr(module, PROBE_ATTR, probe)
-            projection = next((getattr(module, name) for name in OUTPUT_PROJECTIONS
-                               if isinstance(getattr(module, name, None), nn.Linear)), None)
-            if projection is not None:
-                self.handles.append(projection.register_forward_pre_hook(_pre_hook(probe)))
-            else:
-                self.handles.append(module.register_forward_hook(_post_hook(probe)))
 
-    def close(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-        for (_, module), previous in zip(self.modules, self.previous):
-            if previous is not None:
-                setattr(module, PROBE_ATTR, previous)
-            elif getattr(module, PROBE_ATTR, None) is not None:
-                delattr(module, PROBE_ATTR)
+    @contextlib.contextmanager
+    def attached(self) -> Iterator[None]:
+        handles = []
+        try:
+            for (_, module), probe in zip(self.modules, self.probes):
+                projection = next((getattr(module, name) for name in OUTPUT_PROJECTIONS
+                                   if isinstance(getattr(module, name, None), nn.Linear)), None)
+                if projection is not None:
+                    handles.append(projection.register_forward_pre_hook(_pre_hook(probe)))
+                else:
+                    handles.append(module.register_forward_hook(_post_hook(probe)))
+            with attached_probes([module for _, module in self.modules], self.probes):
+                yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
 
 def _pre_hook(probe: _LayerProbe) -> Callable:
@@ -188,7 +210,7 @@ def collect(
     has_logits = None
     example_tokens: list[str] = []
     start = time.perf_counter()
-    try:
+    with collector.attached():
         batches = range(0, len(texts), batch_size)
         for begin in tqdm(batches, desc=f"diagnose {label}", unit="batch", disable=not progress):
             batch = tokenizer(list(texts[begin : begin + batch_size]), padding=True, truncation=True,
@@ -215,8 +237,6 @@ def collect(
             if calibration is not None and logits is not None:
                 target = torch.as_tensor(labels[begin : begin + batch_size])
                 calibration.update(torch.softmax(logits.float(), dim=-1), target)
-    finally:
-        collector.close()
     seconds = time.perf_counter() - start
     layers = [p.stats.summary() for p in collector.probes]
     for layer, (_, module) in zip(layers, collector.modules):
