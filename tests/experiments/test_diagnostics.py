@@ -23,10 +23,14 @@ def test_probe_statistics_equal_those_of_the_layers_own_weights(normalization):
     model = TinyEncoderClassifier(TinyEncoderConfig(vocab_size=50, num_labels=2, max_length=16, embed_dim=16,
                                                     num_heads=4, num_layers=2, normalization=normalization)).eval()
     encoded = _encoded()
+    layers = attention_layers(model)
+    users_probe = object()  # a probe the user had set is put back afterwards
+    layers[1].probattn_probe = users_probe
     got = collect_layer_statistics(model, encoded, batch_size=4)
+    assert layers[1].probattn_probe is users_probe and not hasattr(layers[0], "probattn_probe")
+    del layers[1].probattn_probe
 
     # reference: ask each layer for its own per-head weights (need_weights=True) on the same inputs
-    layers = attention_layers(model)
     expected = [AttentionStatistics(4, thresholds=(0.1, 0.01)) for _ in layers]
 
     current = {}
