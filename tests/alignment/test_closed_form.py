@@ -6,11 +6,11 @@ import torch
 from probattn.alignment.closed_form import (
     BANDWIDTHS,
     _entropic_ot,
-    _sq_dist,
     _weights,
     mmd,
     sinkhorn_divergence,
 )
+from probattn.metrics.alignment import squared_distances
 
 from ._reference import entropic_ot_unrolled, mmd_reference
 
@@ -48,7 +48,7 @@ def test_entropic_ot_value_and_gradient_match_unrolled_autograd():
     (ref_grad,) = torch.autograd.grad(ref, x)
     a = _weights(None, torch.Size([1, 7]), x.dtype, x.device)
     b = _weights(torch.ones(1, 6, dtype=torch.bool), torch.Size([1, 6]), x.dtype, x.device)
-    got = _entropic_ot(_sq_dist(x[None], y[None]), a, b, torch.tensor([[[eps]]], dtype=x.dtype), iters)[0]
+    got = _entropic_ot(squared_distances(x[None], y[None]), a, b, torch.tensor([[[eps]]], dtype=x.dtype), iters)[0]
     (got_grad,) = torch.autograd.grad(got, x)
     assert got.item() == pytest.approx(ref.item(), rel=1e-8)
     torch.testing.assert_close(got_grad, ref_grad, rtol=1e-6, atol=1e-8)

@@ -19,15 +19,11 @@ import torch
 from torch import Tensor, nn
 
 from probattn.alignment.sets import as_sets, mean_over_sets
+from probattn.metrics.alignment import squared_distances, weighted_mmd
 
 __all__ = ["BANDWIDTHS", "MaximumMeanDiscrepancy", "SinkhornDivergence", "mmd", "sinkhorn_divergence"]
 
 BANDWIDTHS = (0.25, 0.5, 1.0, 2.0, 4.0)
-
-
-def _sq_dist(x: Tensor, y: Tensor) -> Tensor:
-    """Squared Euclidean distances ``(*, n, m)`` between ``x (*, n, d)`` and ``y (*, m, d)``."""
-    return (x.pow(2).sum(-1)[..., :, None] + y.pow(2).sum(-1)[..., None, :] - 2 * x @ y.transpose(-1, -2)).clamp_min(0)
 
 
 def _weights(valid: Tensor | None, shape: torch.Size, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -40,24 +36,26 @@ def _weights(valid: Tensor | None, shape: torch.Size, dtype: torch.dtype, device
     return w / w.sum(-1, keepdim=True)
 
 
-def _scale(cross: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """Mean squared query-key distance ``(*, 1, 1)`` under weights ``a``, ``b`` (no gradient)."""
-    s = (a[..., :, None] * cross.detach() * b[..., None, :]).sum((-1, -2))
-    return s.clamp_min(torch.finfo(cross.dtype).tiny)[..., None, None]
+@torch.no_grad()
+def _scale(x: Tensor, y: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """Mean squared distance ``E_a E_b ||x - y||^2 = E_a ||x||^2 + E_b ||y||^2 - 2 E_a x . E_b y`` ``(*, 1, 1)``.
+
+    Not differentiated (the bandwidth is a constant of each step), and no distance matrix is formed.
+    """
+    mean_x, mean_y = (a[..., None] * x).sum(-2), (b[..., None] * y).sum(-2)
+    s = (a * x.pow(2).sum(-1)).sum(-1) + (b * y.pow(2).sum(-1)).sum(-1) - 2 * (mean_x * mean_y).sum(-1)
+    return s.clamp_min(torch.finfo(x.dtype).tiny)[..., None, None]
 
 
 def mmd(x: Tensor, y: Tensor, x_valid: Tensor | None, y_valid: Tensor | None, *, bandwidths: tuple[float, ...] = BANDWIDTHS) -> Tensor:
-    """Squared MMD ``(*,)`` between the valid points of ``x (*, n, d)`` and ``y (*, m, d)`` (validity bool ``(*, n|m)``)."""
+    """Squared MMD ``(*,)`` between the valid points of ``x (*, n, d)`` and ``y (*, m, d)`` (validity bool ``(*, n|m)``).
+
+    Computed by :func:`probattn.metrics.alignment.weighted_mmd` with the squared bandwidths ``c * s``.
+    """
     a = _weights(x_valid, x.shape[:-1], x.dtype, x.device)
     b = _weights(y_valid, y.shape[:-1], y.dtype, y.device)
-    dxy = _sq_dist(x, y)
-    scale = _scale(dxy, a, b)
-
-    def mean_kernel(d: Tensor, u: Tensor, v: Tensor) -> Tensor:
-        kernel = sum(torch.exp(-d / (c * scale)) for c in bandwidths) / len(bandwidths)
-        return (u[..., :, None] * kernel * v[..., None, :]).sum((-1, -2))
-
-    return mean_kernel(_sq_dist(x, x), a, a) + mean_kernel(_sq_dist(y, y), b, b) - 2 * mean_kernel(dxy, a, b)
+    scale = _scale(x, y, a, b)
+    return weighted_mmd(x, y, a, b, [c * scale for c in bandwidths])
 
 
 def _entropic_ot(cost: Tensor, a: Tensor, b: Tensor, eps: Tensor, iters: int) -> Tensor:
@@ -91,9 +89,8 @@ def sinkhorn_divergence(
         y, y_valid = _pad(y, size), _pad(y_valid.expand(y.shape[:-1]), size)
     a = _weights(x_valid, x.shape[:-1], x.dtype, x.device)
     b = _weights(y_valid, y.shape[:-1], y.dtype, y.device)
-    cxy = _sq_dist(x, y)
-    eps = epsilon * _scale(cxy, a, b)
-    costs = torch.stack([cxy, _sq_dist(x, x), _sq_dist(y, y)])
+    eps = epsilon * _scale(x, y, a, b)
+    costs = torch.stack([squared_distances(x, y), squared_distances(x, x), squared_distances(y, y)])
     ot = _entropic_ot(costs, torch.stack([a, a, b]), torch.stack([b, a, b]), eps, iters)
     return ot[0] - 0.5 * ot[1] - 0.5 * ot[2]
 

@@ -9,17 +9,42 @@ For one sequence and one head the empirical measures ``P_Q = (1/N_q) Σ_i δ(q_i
   ``MMD² = mean k(q, q') + mean k(k, k') − 2 mean k(q, k)`` (all pairs, diagonals included). In ``[0, 2]``.
 * :func:`mean_distance` — ``‖mean_i q_i − mean_j k_j‖₂``.
 
-These are the diagnostics' measures; a trained regularizer may use its own estimator.
+Both MMDs of the package (this one and the alignment regularizer's multi-bandwidth loss) are computed by
+:func:`weighted_mmd`, which is differentiable and works on any batch of weighted point sets.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from probattn.metrics._validity import token_validity
 
-__all__ = ["mean_distance", "mmd_rbf", "qk_alignment"]
+__all__ = ["mean_distance", "mmd_rbf", "qk_alignment", "squared_distances", "weighted_mmd"]
+
+
+def squared_distances(x: Tensor, y: Tensor) -> Tensor:
+    """``‖x_i − y_j‖²`` ``(*, n, m)`` for ``x (*, n, d)``, ``y (*, m, d)`` (expanded as one matrix product, >= 0)."""
+    return (x.pow(2).sum(-1)[..., :, None] + y.pow(2).sum(-1)[..., None, :] - 2 * x @ y.transpose(-1, -2)).clamp_min(0)
+
+
+def weighted_mmd(
+    x: Tensor, y: Tensor, x_weights: Tensor, y_weights: Tensor, sq_bandwidths: Sequence[Tensor | float]
+) -> Tensor:
+    """Squared MMD ``(*,)`` between weighted point sets ``x (*, n, d)`` and ``y (*, m, d)``; differentiable.
+
+    ``x_weights (*, n)``, ``y_weights (*, m)``: probability weights (each sums to 1; zero = not a point).
+    Kernel ``k(u, v) = mean_c exp(−‖u − v‖² / s_c)`` with ``s_c`` in ``sq_bandwidths`` (floats or tensors
+    broadcastable to ``(*, 1, 1)``). Biased V-statistic ``aᵀK(x, x)a + bᵀK(y, y)b − 2 aᵀK(x, y)b``, computed
+    as ``wᵀ K(z, z) w`` on the pooled points ``z = [x; y]`` with signed weights ``w = [a; −b]``.
+    """
+    z = torch.cat([x, y], dim=-2)
+    w = torch.cat([x_weights, -y_weights], dim=-1)
+    sq = squared_distances(z, z)
+    kernel = sum(torch.exp(-sq / s) for s in sq_bandwidths) / len(sq_bandwidths)
+    return ((kernel @ w[..., :, None]).squeeze(-1) * w).sum(-1)
 
 
 def _weights(x: Tensor, valid: Tensor | None) -> Tensor:
@@ -58,20 +83,17 @@ def mmd_rbf(
         raise ValueError(f"bandwidth must be positive or None, got {bandwidth}")
     wx = _weights(x, token_validity(x, x_valid, "x_valid"))
     wy = _weights(y, token_validity(y, y_valid, "y_valid"))
-    z = torch.cat([x, y], dim=2)  # (B, H, N+M, d)
-    w = torch.cat([wx, -wy], dim=-1)  # signed weights: MMD² = wᵀ K w
-    sq = torch.cdist(z, z).pow(2)
     if bandwidth is None:
+        z = torch.cat([x, y], dim=2)  # (B, H, N+M, d)
         real = torch.cat([wx, wy], dim=-1) > 0  # (B, 1, N+M)
         upper = torch.triu_indices(z.shape[2], z.shape[2], offset=1, device=z.device)
         pair = real[..., upper[0]] & real[..., upper[1]]  # (B, 1, P): distinct pairs of real points
-        dist = sq[..., upper[0], upper[1]].sqrt().masked_fill(~pair, float("nan"))
+        dist = torch.cdist(z, z)[..., upper[0], upper[1]].masked_fill(~pair, float("nan"))
         sigma = dist.nanmedian(dim=-1).values  # (B, H)
         sigma = torch.where(torch.isnan(sigma) | (sigma <= 0), torch.ones_like(sigma), sigma)
     else:
-        sigma = torch.full(z.shape[:2], float(bandwidth), dtype=z.dtype, device=z.device)
-    kernel = torch.exp(-sq / (2 * sigma[..., None, None] ** 2))
-    mmd2 = (w[..., :, None] * kernel * w[..., None, :]).sum((-1, -2))
+        sigma = torch.full(x.shape[:2], float(bandwidth), dtype=x.dtype, device=x.device)
+    mmd2 = weighted_mmd(x, y, wx.expand(x.shape[:-1]), wy.expand(y.shape[:-1]), [2 * sigma[..., None, None] ** 2])
     return mmd2.clamp_min(0.0)
 
 
