@@ -5,17 +5,9 @@ See docs/alignment.md. Public API: :class:`AlignmentRegularizer` (variants ``ct`
 and :class:`BayesianAttention` (stochastic attention weights with a closed-form KL).
 """
 
+from probattn.alignment import collect
 from probattn.alignment.bam import BayesianAttention
-from probattn.alignment.collect import (
-    AlignmentStats,
-    alignment_loss,
-    alignment_parameter_groups,
-    attach_alignment,
-    attached_regularizers,
-    default_predicate,
-    detach_alignment,
-    strip_alignment_state,
-)
+from probattn.alignment.collect import *  # noqa: F403 (the model-level API, listed in collect.__all__)
 from probattn.alignment.grad_reverse import grad_reverse
 from probattn.alignment.regularizer import AXES, VARIANTS, AlignmentRegularizer, alignment_distance
 
@@ -23,15 +15,8 @@ __all__ = [
     "AXES",
     "VARIANTS",
     "AlignmentRegularizer",
-    "AlignmentStats",
     "BayesianAttention",
     "alignment_distance",
-    "alignment_loss",
-    "alignment_parameter_groups",
-    "attach_alignment",
-    "attached_regularizers",
-    "default_predicate",
-    "detach_alignment",
     "grad_reverse",
-    "strip_alignment_state",
+    *collect.__all__,
 ]

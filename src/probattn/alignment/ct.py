@@ -79,9 +79,8 @@ def conditional_transport(
     if cost not in COSTS:
         raise ValueError(f"cost must be one of {COSTS}, got {cost!r}")
     if cost == "cosine":
-        backward, forward = _expected_cosine_cost(
-            query_features, key_features, query_navigation, key_navigation, query_valid, key_valid, temperature
-        )
+        weights = torch.exp((query_navigation @ key_navigation.transpose(-1, -2) - 1.0) / temperature)  # (*, m, n)
+        backward, forward = _expected_cosine_cost(query_features, key_features, weights, query_valid, key_valid)
     else:
         key_given_query, query_given_key = transport_plans(
             query_navigation, key_navigation, query_valid, key_valid, temperature=temperature
@@ -95,22 +94,15 @@ def conditional_transport(
 
 
 def _expected_cosine_cost(
-    query_features: Tensor,
-    key_features: Tensor,
-    query_navigation: Tensor,
-    key_navigation: Tensor,
-    query_valid: Tensor | None,
-    key_valid: Tensor | None,
-    temperature: float,
+    query_features: Tensor, key_features: Tensor, weights: Tensor, query_valid: Tensor | None, key_valid: Tensor | None
 ) -> tuple[Tensor, Tensor]:
     """``sum_j pi(k_j|q_i) (1 - a_i.b_j)`` per query ``(*, m)`` and ``sum_i pi(q_i|k_j) (1 - a_i.b_j)`` per key ``(*, n)``.
 
-    Neither plan nor the cost matrix is formed: with ``E = exp((S - 1) / temperature)`` (``S <= 1`` because
-    navigator features are unit vectors, so ``E`` cannot overflow), ``sum_j pi(k_j|q_i) b_j = (E b)_i / (E 1)_i``.
-    Both products come from one matrix product each by appending a column of ones to the features; invalid
-    points get all-zero rows there, so they carry no mass.
+    ``weights = exp((S - 1) / temperature)`` ``(*, m, n)`` are the unnormalised plans (``S <= 1`` because
+    navigator features are unit vectors, so they cannot overflow). Neither normalised plan nor the cost matrix
+    is formed: ``sum_j pi(k_j|q_i) b_j = (E b)_i / (E 1)_i``. Both products come from one matrix product each
+    by appending a column of ones to the features; invalid points get all-zero rows there, so they carry no mass.
     """
-    weights = torch.exp((query_navigation @ key_navigation.transpose(-1, -2) - 1.0) / temperature)  # (*, m, n)
     to_keys = weights @ _append_ones(key_features, key_valid)  # (*, m, s + 1)
     to_queries = weights.transpose(-1, -2) @ _append_ones(query_features, query_valid)  # (*, n, s + 1)
     tiny = torch.finfo(weights.dtype).tiny
