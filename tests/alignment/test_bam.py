@@ -96,3 +96,23 @@ def test_bad_arguments():
         bam(_probs().float())
     with pytest.raises(TypeError, match="allowed"):
         bam(_probs().float(), torch.ones(2, 3, 4, 5))
+
+
+@pytest.mark.parametrize("prior", ["fixed", "contextual"])
+def test_module_kl_matches_a_monte_carlo_estimate_of_weibull_gamma_kl(prior):
+    """The module's KL is the mean over allowed entries of KL(Weibull(k, p / Gamma(1 + 1/k)) || Gamma(alpha, beta))."""
+    torch.manual_seed(0)
+    shape, beta = 3.0, 1.5
+    bam = BayesianAttention("weibull", prior, head_dim=4, shape=shape, alpha=0.8, beta=beta).double()
+    p = _probs(b=1, h=2, lq=3, lk=4)
+    keys = torch.randn(1, 2, 4, 4, dtype=torch.float64)
+    allowed = torch.ones_like(p, dtype=torch.bool)
+    _, kl = bam(p, allowed, keys=keys)
+    if prior == "fixed":
+        alpha = torch.full_like(p, 0.8)
+    else:  # alpha_ij = beta * softmax_j g(k_j), the prior network scoring keys
+        alpha = beta * bam.prior_net(keys).squeeze(-1).softmax(-1)[:, :, None, :].expand_as(p).detach()
+    posterior = Weibull(p / math.gamma(1 + 1 / shape), torch.tensor(shape, dtype=torch.float64))
+    s = posterior.sample((100_000,))
+    mc = (posterior.log_prob(s) - Gamma(alpha, torch.tensor(beta, dtype=torch.float64)).log_prob(s)).mean()
+    assert kl.item() == pytest.approx(mc.item(), abs=0.02)
