@@ -5,6 +5,7 @@ Tolerances: float64 within 1e-10 of the reference, float32 within 1e-5 (outputs 
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
@@ -15,7 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from probattn.functional import attention, streaming
-from probattn.functional.streaming import chunked_attention, default_block_size
+from probattn.functional.streaming import chunked_attention, slab_shape
 from probattn.masks import build_mask_spec
 from probattn.reference import reference_attention
 
@@ -217,10 +218,39 @@ def test_low_precision_inputs_are_computed_in_float32():
     torch.testing.assert_close(out, ref.bfloat16(), atol=0, rtol=0)
 
 
-def test_default_block_size_bounds():
-    assert default_block_size(1, 1, 10, 7) == 7  # never more than the keys
-    assert default_block_size(64, 16, 8192, 8192) == 32  # never below MIN_BLOCK
-    assert default_block_size(1, 8, 1024, 4096) == 256  # 2**21 slab elements
+def test_slab_shape_bounds(monkeypatch):
+    monkeypatch.setattr(streaming, "SLAB_ELEMENTS", 2**18)
+    monkeypatch.setattr(streaming, "KEY_BLOCK", 128)
+    assert slab_shape(1, 1, 10, 7) == (7, 1)  # never more keys than there are, never more rows
+    assert slab_shape(16, 12, 128, 128) == (128, 16)  # short sequences: many rows per slab
+    assert slab_shape(1, 8, 4096, 4096) == (64, 1)  # long queries shrink the block
+    assert slab_shape(2, 8, 2**16, 2**16) == (32, 1)  # never below MIN_BLOCK
+
+
+@pytest.mark.parametrize("rows_per_group", [1, 2, 3, 4, 7])
+def test_row_groups_cover_every_row_once(rows_per_group):
+    seen = torch.zeros(2, 3, dtype=torch.long)
+    for rows in streaming._row_groups(2, 3, rows_per_group):
+        seen[rows] += 1
+    assert (seen == 1).all()
+
+
+@pytest.mark.parametrize("normalization", SCHEMES)
+def test_row_groups_with_broadcast_masks_match_reference(normalization, monkeypatch):
+    """One (batch, head) row per slab: masks and biases that broadcast over B or H are sliced per group."""
+    monkeypatch.setattr(streaming, "SLAB_ELEMENTS", 7 * 4)  # (Lq=7) x (block=4): one row per group
+    q, k, v = _inputs(11)
+    masks = _masks(11, 2, 3, 7, 9)  # bias (1, H, Lq, Lk); padding (B, 1, 1, Lk) and (B, 1, Lq, 1)
+    spec = _spec(q, k, **masks)
+    alpha = torch.tensor([0.2, 0.5, 0.9], dtype=torch.float64, requires_grad=True)
+    out = chunked_attention(q, k, v, spec, scale=0.7, normalization=normalization, hybrid_alpha=alpha.view(3, 1, 1),
+                            sinkhorn_iters=2, block_size=4)
+    ref, _ = reference_attention(q, k, v, normalization=normalization, allowed=spec.allowed, bias=spec.bias,
+                                 scale=0.7, hybrid_alpha=alpha, sinkhorn_iters=2)
+    torch.testing.assert_close(out, ref, **TOL[torch.float64])
+    inputs = (q, k, v, alpha) if normalization == "hybrid" else (q, k, v)
+    for mine, theirs in zip(_grads(out, inputs), _grads(ref, inputs)):
+        torch.testing.assert_close(mine, theirs, **TOL[torch.float64])
 
 
 @pytest.mark.parametrize(
@@ -292,7 +322,57 @@ def test_chunked_memory_grows_linearly_in_length():
     assert dense_large[0] >= 15 * dense_small[0]  # the measurement does see quadratic growth
 
 
-def test_default_block_size_caps_the_slab(monkeypatch):
-    monkeypatch.setattr(streaming, "SLAB_ELEMENTS", 2**15)
+def test_default_slab_shape_caps_the_slab(monkeypatch):
+    monkeypatch.setattr(streaming, "SLAB_ELEMENTS", 2**14)
     largest, _ = _largest_and_saved("chunked", 512, block_size=None)
-    assert largest <= 2**15  # (B, H, Lq, block) = (1, 2, 512, 32)
+    assert largest <= 2**14  # (rows, Lq, block) = (1, 512, 32): one head per slab
+
+
+# ---------------------------------------------------------------------------------------------------------
+# impl="auto": which path is taken (not how fast it is)
+
+
+@pytest.fixture
+def chunked_calls(monkeypatch):
+    """Records every call of the slab path made through ``attention()``."""
+    module = importlib.import_module("probattn.functional.attention")
+    calls = []
+    monkeypatch.setattr(module, "chunked_attention", lambda *a, **kw: calls.append(1) or chunked_attention(*a, **kw))
+    return calls
+
+
+def test_prefer_chunked_rule():
+    assert not streaming.prefer_chunked(2, 4, 64, 64)  # small: the dense path is faster
+    assert streaming.prefer_chunked(1, 1, 256, 256)  # measured crossover per head
+    assert streaming.prefer_chunked(1, 1, 128, 512)
+    assert streaming.prefer_chunked(1024, 16, 32, 32)  # 2**24 dense scores: memory decides
+
+
+@pytest.mark.parametrize(
+    ("length", "options", "expected"),
+    [
+        (16, {}, False),
+        (256, {}, True),
+        (256, dict(impl="dense"), False),
+        (16, dict(impl="chunked"), True),
+        (256, dict(return_weights=True), False),
+        (256, dict(dropout_p=0.1), False),
+    ],
+)
+def test_auto_picks_chunked_only_when_allowed_and_preferred(chunked_calls, length, options, expected):
+    q, k, v = (torch.randn(1, 2, length, 4) for _ in range(3))
+    out = attention(q, k, v, normalization="doubly", **options)
+    assert bool(chunked_calls) == expected
+    if not options:  # the same answer either way
+        dense = attention(q, k, v, normalization="doubly", impl="dense")
+        torch.testing.assert_close(out, dense, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_multihead_attention_without_weights_uses_the_slab_path(chunked_calls, need_weights):
+    from probattn.nn import MultiheadAttention
+
+    mha = MultiheadAttention(8, 2, batch_first=True, normalization="doubly")
+    x = torch.randn(1, 256, 8)
+    mha(x, x, x, need_weights=need_weights)
+    assert bool(chunked_calls) == (not need_weights)

@@ -40,26 +40,63 @@ from torch import Tensor
 
 from probattn.masks import MaskSpec
 
-__all__ = ["SLAB_ELEMENTS", "chunked_attention", "default_block_size"]
+__all__ = ["chunked_attention", "prefer_chunked", "slab_shape"]
 
 NORMALIZATIONS = ("doubly", "hybrid", "sinkhorn")
 
-# Target number of elements in one (B, H, Lq, block) slab: 2**21 floats = 8 MiB in float32; the backward keeps
-# two or three slabs alive. Blocks narrower than MIN_BLOCK keys make the GEMMs inefficient (measured on CPU:
-# 32 keys ~1.3x and 16 keys ~1.8x the time of 64 keys at L = 2048-4096).
-SLAB_ELEMENTS = 2**21
+# Slab policy (measured on CPU, float32, see docs/performance.md): key blocks of KEY_BLOCK keys; a slab of at most
+# SLAB_ELEMENTS floats (1 MiB in float32, so it stays in cache and the extra memory stays a few slabs), formed from
+# as many (batch, head) rows as fit. Long queries shrink the block, never below MIN_BLOCK keys (narrower blocks make
+# the GEMMs inefficient: 32 keys ~1.3x and 16 keys ~1.8x the time of 64 keys at L = 2048-4096).
+KEY_BLOCK = 128
+SLAB_ELEMENTS = 2**18
 MIN_BLOCK = 32
 
 _NEG_INF = float("-inf")
 
 
-def default_block_size(batch: int, heads: int, q_len: int, k_len: int) -> int:
-    """Keys per slab: as many as fit ``SLAB_ELEMENTS`` for a ``(batch, heads, q_len, block)`` slab.
+def slab_shape(batch: int, heads: int, q_len: int, k_len: int) -> tuple[int, int]:
+    """``(block_size, rows_per_group)``: keys per slab and (batch, head) rows per slab.
 
-    At least ``MIN_BLOCK`` (so the GEMMs stay efficient), at most ``k_len``.
+    The block is ``KEY_BLOCK`` keys (at most ``k_len``), shrunk towards ``MIN_BLOCK`` when one row's slab
+    ``q_len * block`` exceeds ``SLAB_ELEMENTS``; then as many rows as fit ``SLAB_ELEMENTS`` (at least one).
     """
-    fit = SLAB_ELEMENTS // max(1, batch * heads * q_len)
-    return max(1, min(k_len, max(MIN_BLOCK, fit)))
+    block = min(k_len, KEY_BLOCK)
+    if q_len * block > SLAB_ELEMENTS:
+        block = min(k_len, max(MIN_BLOCK, SLAB_ELEMENTS // q_len))
+    rows = max(1, SLAB_ELEMENTS // (q_len * block))
+    return block, min(rows, batch * heads)
+
+
+# impl="auto" (measured on CPU, float32, forward and forward+backward; docs/performance.md): the slab path takes
+# 0.35-0.75x the dense path's time once a head has 256 x 256 query-key pairs, is on par at 128 x 128 and slower
+# below (Python overhead per slab); it always needs far less memory, so it is also chosen whenever the dense
+# score tensor alone would hold AUTO_DENSE_ELEMENTS floats (64 MiB in float32; the dense backward keeps several).
+AUTO_MIN_PAIRS = 256 * 256
+AUTO_DENSE_ELEMENTS = 2**24
+
+
+def prefer_chunked(batch: int, heads: int, q_len: int, k_len: int) -> bool:
+    """Whether ``impl="auto"`` should take the slab path for a ``(batch, heads, q_len, k_len)`` problem."""
+    return q_len * k_len >= AUTO_MIN_PAIRS or batch * heads * q_len * k_len >= AUTO_DENSE_ELEMENTS
+
+
+def _row_groups(batch: int, heads: int, rows_per_group: int) -> list[tuple[slice, slice]]:
+    """(batch, head) index groups of about ``rows_per_group`` rows: whole batch elements when a group holds all
+    heads, else head ranges of one batch element."""
+    if rows_per_group >= heads:
+        step = rows_per_group // heads
+        return [(slice(b0, b0 + step), slice(None)) for b0 in range(0, batch, step)]
+    return [(slice(b, b + 1), slice(h0, h0 + rows_per_group)) for b in range(batch) for h0 in range(0, heads,
+                                                                                                 rows_per_group)]
+
+
+def _rows(x: Tensor | None, rows: tuple[slice, slice]) -> Tensor | None:
+    """The (batch, head) rows ``rows`` of a tensor that may broadcast (size 1) over batch or heads; a view."""
+    if x is None:
+        return None
+    b, h = rows
+    return x[b if x.shape[0] > 1 else slice(None), h if x.shape[1] > 1 else slice(None)]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -165,6 +202,110 @@ def _exact_row_sweep(q, k_scaled, v, allowed, bias, c, block):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# one group of (batch, head) rows: the forward and backward sweeps over its key blocks
+
+
+def _forward_rows(q, k_scaled, v, allowed, bias, iters, hybrid, block):
+    """Potentials and outputs of one row group: ``(out_dbl, out_soft, rho_soft, [c^1..c^k], [rho^1..rho^k])``."""
+    cs: list[Tensor] = []  # c^1..c^k, each (G, H', 1, Lk)
+    rhos: list[Tensor] = []  # rho^1..rho^k, each (G, H', Lq, 1)
+    rho_prev = soft = None
+    for t in range(1, iters + 1):
+        values = v if t == iters else None
+        soft = _OnlineSoftmax(q, v.shape[-1]) if (hybrid and t == iters) else None
+        c, row_sum, acc = _column_sweep(q, k_scaled, values, allowed, bias, rho_prev, block, soft)
+        if _underflowed(row_sum, allowed):
+            out_dbl, rho = _exact_row_sweep(q, k_scaled, values, allowed, bias, c, block)
+        else:  # l_i = exp(rho^t_i - rho^(t-1)_i); rows with no key give 0
+            has_key = row_sum > 0
+            l_safe = torch.where(has_key, row_sum, 1.0)
+            rho = torch.where(has_key, l_safe.log() + (0.0 if rho_prev is None else rho_prev), 0.0)
+            out_dbl = None if acc is None else torch.where(has_key, acc / l_safe, 0.0)
+        cs.append(c)
+        rhos.append(rho)
+        rho_prev = rho
+    out_soft, rho_soft = soft.finish() if soft is not None else (None, None)
+    return out_dbl, out_soft, rho_soft, cs, rhos
+
+
+def _backward_rows(d_out, q, k_scaled, v, allowed, bias, alpha, out_dbl, out_soft, rho_soft, cs, rhos, d_bias,
+                   block):
+    """Gradients ``(dq, dk_scaled, dv)`` of one row group; adds the bias gradient into ``d_bias`` (a view) if given.
+
+    ``cs`` holds c^1..c^k, ``rhos`` holds rho^0 = None, rho^1..rho^k.
+    """
+    iters, hybrid = len(cs), out_soft is not None
+    blocks = _key_blocks(k_scaled.shape[-2], block)
+    dv_dim = v.shape[-1]
+    d_dbl = (d_out * out_dbl).sum(-1, keepdim=True)  # D_i = <dO_i, O_i>
+    # [dO, -D, -exp(rho)] @ [v, 1, g]^T = dP - D - exp(rho) g^T (doubly: dS = A * that); Sinkhorn: [dO, -D].
+    # Its first Dv + 1 columns also give A^T [dO, -D]: dv and colsum(A * D) in one GEMM.
+    do_aug = torch.cat([d_out, -d_dbl] + ([-rhos[-1].exp()] if iters == 1 else []), dim=-1)
+
+    def p_of(s: Tensor, t: int, j0: int, j1: int) -> Tensor:  # P^t = exp(S - rho^(t-1) - c^t), new tensor
+        x = s - cs[t - 1][..., j0:j1]
+        return (x if t == 1 else x.sub_(rhos[t - 1])).exp_()
+
+    def a_of(s: Tensor, t: int, j0: int, j1: int) -> Tensor:  # A^t = exp(S - c^t - rho^t), new tensor
+        return (s - cs[t - 1][..., j0:j1]).sub_(rhos[t]).exp_()
+
+    def output_grads(s: Tensor, j0: int, j1: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Consumes ``s``: A^k, g = colsum(A^k * (dP - D)) (G, H', 1, Bk) and A^kᵀ dO (G, H', Bk, Dv)."""
+        a = s.sub_(cs[-1][..., j0:j1]).sub_(rhos[-1]).exp_()
+        t = torch.matmul(a.transpose(-1, -2), do_aug[..., : dv_dim + 1])
+        g = (v[:, :, j0:j1] * t[..., :dv_dim]).sum(-1, keepdim=True).add_(t[..., dv_dim:]).transpose(-1, -2)
+        return a, g, t[..., :dv_dim]
+
+    # Sinkhorn adjoint sweep, t = k down to 2: dc^t (complete per slab), drho^(t-1) (summed over slabs).
+    dcs: list[Tensor | None] = [None] * (iters + 1)
+    drhos: list[Tensor | None] = [None] * (iters + 1)
+    for t in range(iters, 1, -1):
+        drho_prev = torch.zeros_like(rhos[1])
+        dc_blocks = []
+        for j0, j1 in blocks:
+            s = _slab(q, k_scaled, allowed, bias, j0, j1)
+            p = p_of(s, t, j0, j1)
+            dc = -output_grads(s, j0, j1)[1] if t == iters else -(a_of(s, t, j0, j1) * drhos[t]).sum(-2, True)
+            dc_blocks.append(dc)
+            drho_prev -= torch.matmul(p, dc.transpose(-1, -2))
+        dcs[t] = torch.cat(dc_blocks, dim=-1)
+        drhos[t - 1] = drho_prev
+
+    # Final sweep: dS = A^k * (dP - D) + sum_t P^t * dc^t + sum_(t<k) A^t * drho^t (+ the softmax branch).
+    dq = torch.zeros_like(q)
+    dk = torch.empty_like(k_scaled)
+    dv = torch.empty_like(v)
+    for j0, j1 in blocks:
+        s = _slab(q, k_scaled, allowed, bias, j0, j1)
+        stage_terms = None
+        if iters > 1:  # every dc^t and drho^t is known except dc^1, which is complete in this slab
+            stage_terms = a_of(s, 1, j0, j1).mul_(drhos[1])
+            dc1 = -stage_terms.sum(-2, keepdim=True)
+            for t in range(1, iters + 1):
+                stage_terms += p_of(s, t, j0, j1).mul_(dc1 if t == 1 else dcs[t][..., j0:j1])
+                if 1 < t < iters:
+                    stage_terms += a_of(s, t, j0, j1).mul_(drhos[t])
+        a_soft = (s - rho_soft).exp_() if hybrid else None  # softmax branch A_s = exp(S - rho_s)
+        a, g, dv_block = output_grads(s, j0, j1)  # consumes s
+        v_aug = [v[:, :, j0:j1], torch.ones_like(g.transpose(-1, -2))] + ([g.transpose(-1, -2)] if iters == 1 else [])
+        dp = torch.matmul(do_aug, torch.cat(v_aug, dim=-1).transpose(-1, -2))  # dP - D (- exp(rho) g)
+        if a_soft is not None:  # dS_s = alpha * A_s * (dP - D_s); the doubly branch is weighted by 1 - alpha
+            dp_soft = (dp + (d_dbl - (d_out * out_soft).sum(-1, keepdim=True))).addcmul_(-do_aug[..., -1:], g)
+            ds = dp.mul_(a).mul_(1 - alpha).add_(dp_soft.mul_(a_soft).mul_(alpha))
+            dv_block = dv_block * (1 - alpha) + torch.matmul(a_soft.transpose(-1, -2), d_out).mul_(alpha)
+            del dp_soft, a_soft
+        else:
+            ds = dp.mul_(a)
+        del a
+        if stage_terms is not None:
+            ds += stage_terms
+        dv[:, :, j0:j1] = dv_block
+        dk[:, :, j0:j1] = torch.matmul(ds.transpose(-1, -2), q)
+        dq += torch.matmul(ds, k_scaled[:, :, j0:j1])
+        if d_bias is not None:
+            target = _columns(d_bias, j0, j1)
+            target += ds.sum_to_size(target.shape)
+    return dq, dk, dv
 
 
 class _SlabAttention(torch.autograd.Function):
@@ -172,121 +313,52 @@ class _SlabAttention(torch.autograd.Function):
 
     ``doubly`` is ``iters=1, hybrid=False``; ``sinkhorn`` is ``iters=k``; ``hybrid`` is ``iters=1, hybrid=True``.
     Potentials: ``rho^0 = 0``; for t = 1..k: ``c^t = colLSE(S - rho^(t-1))``, ``rho^t = rowLSE(S - c^t)``;
-    the output uses ``A = exp(S - c^k - rho^k)``.
+    the output uses ``A = exp(S - c^k - rho^k)``. The (batch, head) rows are processed in groups of
+    ``rows_per_group`` (each group's slabs stay small and in cache); every group is an independent problem.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, alpha, allowed, bias, scale, iters, hybrid, block):  # type: ignore[override]
-        k_scaled = k * scale  # (B, H, Lk, D): scaling keys, not queries, keeps the O(Lq) buffers to the outputs
-        cs: list[Tensor] = []  # c^1..c^k, each (B, H, 1, Lk)
-        rhos: list[Tensor] = []  # rho^1..rho^k, each (B, H, Lq, 1)
-        rho_prev = soft = None
-        for t in range(1, iters + 1):
-            values = v if t == iters else None
-            soft = _OnlineSoftmax(q, v.shape[-1]) if (hybrid and t == iters) else None
-            c, row_sum, acc = _column_sweep(q, k_scaled, values, allowed, bias, rho_prev, block, soft)
-            if _underflowed(row_sum, allowed):
-                out_dbl, rho = _exact_row_sweep(q, k_scaled, values, allowed, bias, c, block)
-            else:  # l_i = exp(rho^t_i - rho^(t-1)_i); rows with no key give 0
-                has_key = row_sum > 0
-                l_safe = torch.where(has_key, row_sum, 1.0)
-                rho = torch.where(has_key, l_safe.log() + (0.0 if rho_prev is None else rho_prev), 0.0)
-                out_dbl = None if acc is None else torch.where(has_key, acc / l_safe, 0.0)
-            cs.append(c)
-            rhos.append(rho)
-            rho_prev = rho
-        if soft is not None:
-            out_soft, rho_soft = soft.finish()
-            out = alpha * out_soft + (1 - alpha) * out_dbl
-        else:
-            out_soft = rho_soft = None
-            out = out_dbl
-        ctx.save_for_backward(q, k, v, alpha, allowed, bias, out_dbl, out_soft, rho_soft, *cs, *rhos)
-        ctx.scale, ctx.iters, ctx.hybrid, ctx.block = scale, iters, hybrid, block
+    def forward(ctx, q, k, v, alpha, allowed, bias, scale, iters, hybrid, block, rows_per_group):  # type: ignore[override]
+        batch, heads, q_len, _ = q.shape
+        out_dbl = q.new_empty((batch, heads, q_len, v.shape[-1]))
+        out_soft = torch.empty_like(out_dbl) if hybrid else None
+        rho_soft = q.new_empty((batch, heads, q_len, 1)) if hybrid else None
+        cs = q.new_empty((iters, batch, heads, 1, k.shape[-2]))
+        rhos = q.new_empty((iters, batch, heads, q_len, 1))
+        for rows in _row_groups(batch, heads, rows_per_group):
+            # scaling keys (per group), not queries, keeps the O(Lq) buffers to the outputs
+            o_dbl, o_soft, r_soft, c_list, r_list = _forward_rows(
+                q[rows], k[rows] * scale, v[rows], _rows(allowed, rows), _rows(bias, rows), iters, hybrid, block
+            )
+            out_dbl[rows] = o_dbl
+            cs[(slice(None), *rows)] = torch.stack(c_list)
+            rhos[(slice(None), *rows)] = torch.stack(r_list)
+            if hybrid:
+                out_soft[rows], rho_soft[rows] = o_soft, r_soft
+        out = torch.lerp(out_dbl, out_soft, alpha) if hybrid else out_dbl  # alpha * soft + (1 - alpha) * doubly
+        ctx.save_for_backward(q, k, v, alpha, allowed, bias, out_dbl, out_soft, rho_soft, cs, rhos)
+        ctx.scale, ctx.block, ctx.rows_per_group = scale, block, rows_per_group
         return out
 
     @staticmethod
     def backward(ctx, d_out):  # type: ignore[override]
-        q, k, v, alpha, allowed, bias, out_dbl, out_soft, rho_soft, *pots = ctx.saved_tensors
-        scale, iters, hybrid, block = ctx.scale, ctx.iters, ctx.hybrid, ctx.block
-        cs, rhos = pots[:iters], [None, *pots[iters:]]  # c^1..c^k; rho^0 = None (zero), rho^1..rho^k
-        k_scaled = k * scale
-        blocks = _key_blocks(k.shape[-2], block)
-        dv_dim = v.shape[-1]
-        d_dbl = (d_out * out_dbl).sum(-1, keepdim=True)  # D_i = <dO_i, O_i>
-        # [dO, -D, -exp(rho)] @ [v, 1, g]^T = dP - D - exp(rho) g^T (doubly: dS = A * that); Sinkhorn: [dO, -D].
-        # Its first Dv + 1 columns also give A^T [dO, -D]: dv and colsum(A * D) in one GEMM.
-        do_aug = torch.cat([d_out, -d_dbl] + ([-rhos[-1].exp()] if iters == 1 else []), dim=-1)
-
-        def p_of(s: Tensor, t: int, j0: int, j1: int) -> Tensor:  # P^t = exp(S - rho^(t-1) - c^t), new tensor
-            x = s - cs[t - 1][..., j0:j1]
-            return (x if t == 1 else x.sub_(rhos[t - 1])).exp_()
-
-        def a_of(s: Tensor, t: int, j0: int, j1: int) -> Tensor:  # A^t = exp(S - c^t - rho^t), new tensor
-            return (s - cs[t - 1][..., j0:j1]).sub_(rhos[t]).exp_()
-
-        def output_grads(s: Tensor, j0: int, j1: int) -> tuple[Tensor, Tensor, Tensor]:
-            """Consumes ``s``: A^k, g = colsum(A^k * (dP - D)) (B, H, 1, Bk) and A^kᵀ dO (B, H, Bk, Dv)."""
-            a = s.sub_(cs[-1][..., j0:j1]).sub_(rhos[-1]).exp_()
-            t = torch.matmul(a.transpose(-1, -2), do_aug[..., : dv_dim + 1])
-            g = (v[:, :, j0:j1] * t[..., :dv_dim]).sum(-1, keepdim=True).add_(t[..., dv_dim:]).transpose(-1, -2)
-            return a, g, t[..., :dv_dim]
-
-        # Sinkhorn adjoint sweep, t = k down to 2: dc^t (complete per slab), drho^(t-1) (summed over slabs).
-        dcs: list[Tensor | None] = [None] * (iters + 1)
-        drhos: list[Tensor | None] = [None] * (iters + 1)
-        for t in range(iters, 1, -1):
-            drho_prev = torch.zeros_like(rhos[1])
-            dc_blocks = []
-            for j0, j1 in blocks:
-                s = _slab(q, k_scaled, allowed, bias, j0, j1)
-                p = p_of(s, t, j0, j1)
-                dc = -output_grads(s, j0, j1)[1] if t == iters else -(a_of(s, t, j0, j1) * drhos[t]).sum(-2, True)
-                dc_blocks.append(dc)
-                drho_prev -= torch.matmul(p, dc.transpose(-1, -2))
-            dcs[t] = torch.cat(dc_blocks, dim=-1)
-            drhos[t - 1] = drho_prev
-
-        # Final sweep: dS = A^k * (dP - D) + sum_t P^t * dc^t + sum_(t<k) A^t * drho^t (+ the softmax branch).
-        need_bias = bias is not None and ctx.needs_input_grad[5]
-        dq = torch.zeros_like(q)
-        dk = torch.empty_like(k)
-        dv = torch.empty_like(v)
-        d_bias = torch.zeros_like(bias) if need_bias else None
-        for j0, j1 in blocks:
-            s = _slab(q, k_scaled, allowed, bias, j0, j1)
-            stage_terms = None
-            if iters > 1:  # every dc^t and drho^t is known except dc^1, which is complete in this slab
-                stage_terms = a_of(s, 1, j0, j1).mul_(drhos[1])
-                dc1 = -stage_terms.sum(-2, keepdim=True)
-                for t in range(1, iters + 1):
-                    stage_terms += p_of(s, t, j0, j1).mul_(dc1 if t == 1 else dcs[t][..., j0:j1])
-                    if 1 < t < iters:
-                        stage_terms += a_of(s, t, j0, j1).mul_(drhos[t])
-            a_soft = (s - rho_soft).exp_() if hybrid else None  # softmax branch A_s = exp(S - rho_s)
-            a, g, dv_block = output_grads(s, j0, j1)  # consumes s
-            v_aug = [v[:, :, j0:j1], torch.ones_like(g.transpose(-1, -2))] + ([g.transpose(-1, -2)] if iters == 1 else [])
-            dp = torch.matmul(do_aug, torch.cat(v_aug, dim=-1).transpose(-1, -2))  # dP - D (- exp(rho) g)
-            if a_soft is not None:  # dS_s = alpha * A_s * (dP - D_s); the doubly branch is weighted by 1 - alpha
-                dp_soft = (dp + (d_dbl - (d_out * out_soft).sum(-1, keepdim=True))).addcmul_(-do_aug[..., -1:], g)
-                ds = dp.mul_(a).mul_(1 - alpha).add_(dp_soft.mul_(a_soft).mul_(alpha))
-                dv_block = dv_block * (1 - alpha) + torch.matmul(a_soft.transpose(-1, -2), d_out).mul_(alpha)
-                del dp_soft, a_soft
-            else:
-                ds = dp.mul_(a)
-            del a
-            if stage_terms is not None:
-                ds += stage_terms
-            dv[:, :, j0:j1] = dv_block
-            dk[:, :, j0:j1] = torch.matmul(ds.transpose(-1, -2), q).mul_(scale)
-            dq += torch.matmul(ds, k_scaled[:, :, j0:j1])
-            if d_bias is not None:
-                target = _columns(d_bias, j0, j1)
-                target += ds.sum_to_size(target.shape)
+        q, k, v, alpha, allowed, bias, out_dbl, out_soft, rho_soft, cs, rhos = ctx.saved_tensors
+        hybrid = out_soft is not None
+        d_out = d_out.contiguous()
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        d_bias = torch.zeros_like(bias) if bias is not None and ctx.needs_input_grad[5] else None
+        for rows in _row_groups(q.shape[0], q.shape[1], ctx.rows_per_group):
+            dq[rows], dk[rows], dv[rows] = _backward_rows(
+                d_out[rows], q[rows], k[rows] * ctx.scale, v[rows], _rows(allowed, rows), _rows(bias, rows),
+                _rows(alpha, rows), out_dbl[rows], None if out_soft is None else out_soft[rows],
+                None if rho_soft is None else rho_soft[rows], list(cs[(slice(None), *rows)]),
+                [None, *rhos[(slice(None), *rows)]], _rows(d_bias, rows), ctx.block,
+            )
+        dk.mul_(ctx.scale)
         d_alpha = None
         if hybrid and ctx.needs_input_grad[3]:
             d_alpha = (d_out * (out_soft - out_dbl)).sum(dim=(-1, -2), keepdim=True).sum_to_size(alpha.shape)
-        return dq, dk, dv, d_alpha, None, d_bias, None, None, None, None
+        return dq, dk, dv, d_alpha, None, d_bias, None, None, None, None, None
 
 
 def chunked_attention(
@@ -315,7 +387,8 @@ def chunked_attention(
         hybrid_alpha: weight of the softmax branch, a float in [0, 1] or a tensor broadcastable to
             ``(B, H, 1, 1)`` (differentiable).
         sinkhorn_iters: number of Sinkhorn iterations (>= 1), used by ``"sinkhorn"`` only.
-        block_size: keys per slab; ``None`` picks :func:`default_block_size`.
+        block_size: keys per slab; ``None`` picks :func:`slab_shape`'s (which also groups (batch, head) rows;
+            with an explicit block size each group holds as many rows as fit ``SLAB_ELEMENTS``).
 
     Returns:
         ``(B, H, Lq, Dv)``, the same as the dense path. Differentiable in ``q``, ``k``, ``v``, a tensor
@@ -346,9 +419,11 @@ def chunked_attention(
     if isinstance(sinkhorn_iters, bool) or not isinstance(sinkhorn_iters, int) or sinkhorn_iters < 1:
         raise ValueError(f"sinkhorn_iters must be an integer >= 1, got {sinkhorn_iters!r}")
     if block_size is None:
-        block_size = default_block_size(batch, heads, q_len, k_len)
+        block_size, rows_per_group = slab_shape(batch, heads, q_len, k_len)
     elif isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"block_size must be a positive integer or None, got {block_size!r}")
+    else:
+        rows_per_group = max(1, SLAB_ELEMENTS // (q_len * block_size))
     if not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise TypeError(f"scale must be a finite float, got {scale!r}")
 
@@ -371,6 +446,7 @@ def chunked_attention(
     iters = sinkhorn_iters if normalization == "sinkhorn" else 1
     bias = None if spec.bias is None else spec.bias.to(compute)
     out = _SlabAttention.apply(
-        q.to(compute), k.to(compute), v.to(compute), alpha, spec.allowed, bias, float(scale), iters, hybrid, block_size
+        q.to(compute), k.to(compute), v.to(compute), alpha, spec.allowed, bias, float(scale), iters, hybrid, block_size,
+        rows_per_group,
     )
     return out.to(q.dtype)
