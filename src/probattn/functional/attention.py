@@ -24,6 +24,7 @@ from torch import Tensor
 from probattn.functional.doubly import doubly_weights, hybrid_weights
 from probattn.functional.sinkhorn import sinkhorn_weights
 from probattn.functional.softmax import sdpa_attention, softmax_weights
+from probattn.functional.streaming import chunked_attention, prefer_chunked
 from probattn.masks import MaskSpec, build_mask_spec, looks_causal
 
 NORMALIZATIONS: tuple[str, ...] = ("softmax", "doubly", "hybrid", "sinkhorn")
@@ -177,7 +178,9 @@ def attention(
         return_weights: also return the ``(B, H, Lq, Lk)`` attention weights (after dropout); this
             materializes the weights.
         impl: ``"dense"`` (materialized scores), ``"chunked"`` (key-block streaming, memory linear in the
-            sequence length) or ``"auto"``. Ignored for ``"softmax"``.
+            sequence length) or ``"auto"`` (chunked when a head has at least 256 x 256 query-key pairs or the
+            scores would hold 2**24 floats, and neither ``return_weights`` nor ``dropout_p > 0`` is asked;
+            see :func:`probattn.functional.streaming.prefer_chunked`). Ignored for ``"softmax"``.
 
     Returns:
         ``out (B, H, Lq, Dv)``, or ``(out, weights)`` when ``return_weights``. Queries with no allowed key
@@ -214,13 +217,15 @@ def attention(
         return out
 
     groups = heads // kv_heads
-    if normalization != "softmax" and impl == "chunked":
+    # impl="auto": the key-block slab path where it is measured faster or the dense scores would be large, and
+    # only when neither the weights nor dropout (which need the materialized weights) are asked for
+    auto_chunked = impl == "auto" and not return_weights and dropout_p == 0 and prefer_chunked(
+        batch, heads, q_len, k_len)
+    if normalization != "softmax" and (impl == "chunked" or auto_chunked):
         if return_weights:
             raise ValueError("return_weights=True materializes the weights; use impl='dense' (or 'auto') for them")
         if dropout_p > 0:
             raise ValueError("dropout_p > 0 is not supported by impl='chunked'; use impl='dense'")
-        from probattn.functional.streaming import chunked_attention
-
         return chunked_attention(
             q, _expand_kv(k, groups), _expand_kv(v, groups), spec, scale=scale, normalization=normalization,
             hybrid_alpha=alpha, sinkhorn_iters=int(sinkhorn_iters),
