@@ -342,25 +342,25 @@ def chunked_calls(monkeypatch):
 
 
 def test_prefer_chunked_rule():
-    assert not streaming.prefer_chunked(2, 4, 64, 64)  # small: the dense path is faster
-    assert streaming.prefer_chunked(1, 1, 256, 256)  # measured crossover per head
-    assert streaming.prefer_chunked(1, 1, 128, 512)
-    assert streaming.prefer_chunked(1024, 16, 32, 32)  # 2**24 dense scores: memory decides
+    assert not streaming.prefer_chunked(2, 4, 64, 64)  # few scores: the dense path is faster
+    assert not streaming.prefer_chunked(1, 1, 512, 512)  # on par: keep the dense path
+    assert streaming.prefer_chunked(16, 12, 128, 128)  # a MiniLM-shaped batch
+    assert streaming.prefer_chunked(1, 1, 1024, 1024)
 
 
 @pytest.mark.parametrize(
     ("length", "options", "expected"),
     [
         (16, {}, False),
-        (256, {}, True),
-        (256, dict(impl="dense"), False),
+        (1024, {}, True),
+        (1024, dict(impl="dense"), False),
         (16, dict(impl="chunked"), True),
-        (256, dict(return_weights=True), False),
-        (256, dict(dropout_p=0.1), False),
+        (1024, dict(return_weights=True), False),
+        (1024, dict(dropout_p=0.1), False),
     ],
 )
 def test_auto_picks_chunked_only_when_allowed_and_preferred(chunked_calls, length, options, expected):
-    q, k, v = (torch.randn(1, 2, length, 4) for _ in range(3))
+    q, k, v = (torch.randn(1, 1, length, 4) for _ in range(3))
     out = attention(q, k, v, normalization="doubly", **options)
     assert bool(chunked_calls) == expected
     if not options:  # the same answer either way
@@ -373,6 +373,6 @@ def test_multihead_attention_without_weights_uses_the_slab_path(chunked_calls, n
     from probattn.nn import MultiheadAttention
 
     mha = MultiheadAttention(8, 2, batch_first=True, normalization="doubly")
-    x = torch.randn(1, 256, 8)
+    x = torch.randn(1, 725, 8)  # 2 heads x 725 x 725 >= 2**20 scores
     mha(x, x, x, need_weights=need_weights)
     assert bool(chunked_calls) == (not need_weights)

@@ -68,17 +68,16 @@ def slab_shape(batch: int, heads: int, q_len: int, k_len: int) -> tuple[int, int
     return block, min(rows, batch * heads)
 
 
-# impl="auto" (measured on CPU, float32, forward and forward+backward; docs/performance.md): the slab path takes
-# 0.35-0.75x the dense path's time once a head has 256 x 256 query-key pairs, is on par at 128 x 128 and slower
-# below (Python overhead per slab); it always needs far less memory, so it is also chosen whenever the dense
-# score tensor alone would hold AUTO_DENSE_ELEMENTS floats (64 MiB in float32; the dense backward keeps several).
-AUTO_MIN_PAIRS = 256 * 256
-AUTO_DENSE_ELEMENTS = 2**24
+# impl="auto" (measured on CPU, float32, 1 thread, forward and forward+backward; docs/performance.md): what
+# decides is the total number of scores B * H * Lq * Lk, not the length. From 2**20 scores (4 MiB in float32) on,
+# the slab path takes 0.3-0.8x the dense path's time (e.g. (16, 12, 128, 128): 0.4-0.8x) and far less memory;
+# at 2**17-2**18 scores the two are on par (0.8-1.6x), and below it the slab path's fixed cost per slab loses.
+AUTO_MIN_SCORES = 2**20
 
 
 def prefer_chunked(batch: int, heads: int, q_len: int, k_len: int) -> bool:
-    """Whether ``impl="auto"`` should take the slab path for a ``(batch, heads, q_len, k_len)`` problem."""
-    return q_len * k_len >= AUTO_MIN_PAIRS or batch * heads * q_len * k_len >= AUTO_DENSE_ELEMENTS
+    """Whether ``impl="auto"`` should take the slab path: ``batch * heads * q_len * k_len >= AUTO_MIN_SCORES``."""
+    return batch * heads * q_len * k_len >= AUTO_MIN_SCORES
 
 
 def _row_groups(batch: int, heads: int, rows_per_group: int) -> list[tuple[slice, slice]]:
