@@ -178,9 +178,9 @@ def attention(
         return_weights: also return the ``(B, H, Lq, Lk)`` attention weights (after dropout); this
             materializes the weights.
         impl: ``"dense"`` (materialized scores), ``"chunked"`` (key-block streaming, memory linear in the
-            sequence length) or ``"auto"`` (chunked when a head has at least 256 x 256 query-key pairs or the
-            scores would hold 2**24 floats, and neither ``return_weights`` nor ``dropout_p > 0`` is asked;
-            see :func:`probattn.functional.streaming.prefer_chunked`). Ignored for ``"softmax"``.
+            sequence length) or ``"auto"`` (chunked from ``B * H * Lq * Lk >= 2**20`` scores when neither
+            ``return_weights`` nor ``dropout_p > 0`` is asked; see
+            :func:`probattn.functional.streaming.prefer_chunked`). Ignored for ``"softmax"``.
 
     Returns:
         ``out (B, H, Lq, Dv)``, or ``(out, weights)`` when ``return_weights``. Queries with no allowed key
@@ -217,8 +217,8 @@ def attention(
         return out
 
     groups = heads // kv_heads
-    # impl="auto": the key-block slab path where it is measured faster or the dense scores would be large, and
-    # only when neither the weights nor dropout (which need the materialized weights) are asked for
+    # impl="auto": the key-block slab path where it is measured faster (many scores), and only when neither the
+    # weights nor dropout (which need the materialized weights) are asked for
     auto_chunked = impl == "auto" and not return_weights and dropout_p == 0 and prefer_chunked(
         batch, heads, q_len, k_len)
     if normalization != "softmax" and (impl == "chunked" or auto_chunked):
