@@ -4,7 +4,7 @@ Model: token embedding + 6 ``torch.nn.TransformerEncoderLayer`` (width 384, 12 h
 dropout) whose attention is swapped for ``probattn.nn.MultiheadAttention`` with ``replace_attention``, mean
 pooling and a 2-way classifier; AdamW. One step = forward, loss (+ alignment term), backward, optimizer step.
 
-Mechanisms: ``softmax`` (the baseline), ``doubly`` and ``hybrid`` (``impl="chunked"``), ``repulsive_svgd``
+Mechanisms: ``softmax`` (the baseline), ``doubly`` and ``hybrid`` (``impl="auto"``), ``repulsive_svgd``
 (softmax attention + ``probattn.repulsive.RepulsiveHeads``, SVGD, rewriting head gradients in every
 optimizer step) and ``alignment_ct`` (softmax attention + ``probattn.alignment.attach_alignment(model, "ct")``).
 ``torch_softmax`` (the unmodified torch layers) is listed for reference.
@@ -52,7 +52,7 @@ def build(mechanism: str) -> tuple[nn.Module, torch.optim.Optimizer, bool]:
     torch.manual_seed(0)
     model = Encoder()
     if mechanism != "torch_softmax":
-        options = {"normalization": mechanism, "impl": "chunked"} if mechanism in ("doubly", "hybrid") else {}
+        options = {"normalization": mechanism} if mechanism in ("doubly", "hybrid") else {}
         replace_attention(model, **options)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     if mechanism == "repulsive_svgd":
