@@ -248,9 +248,10 @@ def _backward_rows(d_out, q, k_scaled, v, allowed, bias, alpha, out_dbl, out_sof
     def a_of(s: Tensor, t: int, j0: int, j1: int) -> Tensor:  # A^t = exp(S - c^t - rho^t), new tensor
         return (s - cs[t - 1][..., j0:j1]).sub_(rhos[t]).exp_()
 
-    def output_grads(s: Tensor, j0: int, j1: int) -> tuple[Tensor, Tensor, Tensor]:
-        """Consumes ``s``: A^k, g = colsum(A^k * (dP - D)) (G, H', 1, Bk) and A^kᵀ dO (G, H', Bk, Dv)."""
-        a = s.sub_(cs[-1][..., j0:j1]).sub_(rhos[-1]).exp_()
+    def output_grads(s: Tensor, j0: int, j1: int, centred: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """Consumes ``s`` (S, or S - c^k - rho^k when ``centred``): A^k, g = colsum(A^k * (dP - D)) (G, H', 1, Bk)
+        and A^kᵀ dO (G, H', Bk, Dv)."""
+        a = (s if centred else s.sub_(cs[-1][..., j0:j1]).sub_(rhos[-1])).exp_()
         t = torch.matmul(a.transpose(-1, -2), do_aug[..., : dv_dim + 1])
         g = (v[:, :, j0:j1] * t[..., :dv_dim]).sum(-1, keepdim=True).add_(t[..., dv_dim:]).transpose(-1, -2)
         return a, g, t[..., :dv_dim]
@@ -271,11 +272,16 @@ def _backward_rows(d_out, q, k_scaled, v, allowed, bias, alpha, out_dbl, out_sof
         drhos[t - 1] = drho_prev
 
     # Final sweep: dS = A^k * (dP - D) + sum_t P^t * dc^t + sum_(t<k) A^t * drho^t (+ the softmax branch).
+    # doubly needs only A = exp(S - c - rho): fold -c_j - rho_i into the score GEMM, [q, 1, -rho] [scale k, -c, 1]^T
+    centred = iters == 1 and not hybrid
+    if centred:
+        q_c = torch.cat([q, torch.ones_like(rhos[1]), -rhos[1]], dim=-1)
+        k_c = torch.cat([k_scaled, -cs[0].transpose(-1, -2), torch.ones_like(cs[0]).transpose(-1, -2)], dim=-1)
     dq = torch.zeros_like(q)
     dk = torch.empty_like(k_scaled)
     dv = torch.empty_like(v)
     for j0, j1 in blocks:
-        s = _slab(q, k_scaled, allowed, bias, j0, j1)
+        s = _slab(q_c, k_c, allowed, bias, j0, j1) if centred else _slab(q, k_scaled, allowed, bias, j0, j1)
         stage_terms = None
         if iters > 1:  # every dc^t and drho^t is known except dc^1, which is complete in this slab
             stage_terms = a_of(s, 1, j0, j1).mul_(drhos[1])
@@ -285,7 +291,7 @@ def _backward_rows(d_out, q, k_scaled, v, allowed, bias, alpha, out_dbl, out_sof
                 if 1 < t < iters:
                     stage_terms += a_of(s, t, j0, j1).mul_(drhos[t])
         a_soft = (s - rho_soft).exp_() if hybrid else None  # softmax branch A_s = exp(S - rho_s)
-        a, g, dv_block = output_grads(s, j0, j1)  # consumes s
+        a, g, dv_block = output_grads(s, j0, j1, centred)  # consumes s
         v_aug = [v[:, :, j0:j1], torch.ones_like(g.transpose(-1, -2))] + ([g.transpose(-1, -2)] if iters == 1 else [])
         dp = torch.matmul(do_aug, torch.cat(v_aug, dim=-1).transpose(-1, -2))  # dP - D (- exp(rho) g)
         if a_soft is not None:  # dS_s = alpha * A_s * (dP - D_s); the doubly branch is weighted by 1 - alpha
