@@ -94,19 +94,18 @@ def test_peak_memory_sees_a_large_allocation():
 
 
 @needs_data
-@pytest.mark.slow
 def test_reduced_compare_end_to_end_beats_the_majority_class(tmp_path):
-    """2 variants x 1 seed x 150 steps of real training; real numbers, real files."""
+    """2 variants x 1 seed x 150 steps of real training (the tiny preset); real numbers, real files."""
     code = main(["compare", "--variants", "softmax", "doubly", "--seeds", "0", "--max-steps", "150",
-                 "--ood-examples", "300", "--output", str(tmp_path)])
+                 "--ood-examples", "200", "--output", str(tmp_path)])
     assert code == 0
     assert {"results.md", "results.json", "reliability.png", "per_layer.png"} <= {p.name for p in tmp_path.iterdir()}
     result = json.loads((tmp_path / "results.json").read_text())
+    assert result["ood_examples"] == 200 and len(result["runs"]) == 2
     for variant in ("softmax", "doubly"):
         summary = result["summary"][variant]
         assert summary["accuracy_id"]["mean"] > result["majority_id"]
-        for key in ("ece_id", "nll_id", "brier_id", "ece_ood", "head_diversity", "explained_away", "kq_alignment",
-                    "ms_per_step"):
+        for key in ("ece_id", "nll_id", "brier_id", "accuracy_ood", "ece_ood", "head_diversity", "explained_away",
+                    "explained_away_0.1", "kq_alignment", "ms_per_step"):
             assert summary[key]["mean"] is not None and math.isfinite(summary[key]["mean"]), key
-    # doubly-normalized attention never leaves a key below 1% of its fair share
-    assert result["summary"]["doubly"]["explained_away"]["mean"] == 0.0
+    assert "**" in (tmp_path / "results.md").read_text()  # best per column marked

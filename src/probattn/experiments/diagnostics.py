@@ -10,7 +10,8 @@ Per layer it reports (:func:`layer_metrics`):
 
 * ``head_diversity``: mean pairwise Jensen–Shannon divergence between the heads' attention rows, in bits
   (``1 - mean_attention_similarity``; 0 = identical heads, 1 = disjoint);
-* ``explained_away``: fraction of real keys whose normalized incoming mass ``m~_j < 0.01`` (mean over heads);
+* ``explained_away`` / ``explained_away_0.1``: fraction of real keys whose normalized incoming mass
+  ``m~_j = (Σ_i A_ij)·N_k/N_q`` is below 0.01 / 0.1 of the fair share (mean over heads);
 * ``kq_alignment``: squared RBF-kernel MMD between each head's query cloud and key cloud (mean over heads);
 * ``lin_redundancy``: Lin et al.'s ``‖A Aᵀ − I‖_F`` with ``A`` the heads' rows for one query (mean).
 
@@ -146,7 +147,8 @@ def hop_statistics(model: nn.Module, encoded: Encoded, *, batch_size: int = 64,
 
 
 def layer_metrics(summary: dict[str, Any]) -> dict[str, float]:
-    """``head_diversity``, ``explained_away``, ``kq_alignment``, ``lin_redundancy`` of one layer summary.
+    """``head_diversity``, ``explained_away`` (τ = 0.01), ``explained_away_0.1``, ``kq_alignment``,
+    ``lin_redundancy`` of one layer summary.
 
     NaN for what was not measured.
     """
@@ -158,6 +160,7 @@ def layer_metrics(summary: dict[str, Any]) -> dict[str, float]:
     return {
         "head_diversity": 1.0 - similarity if similarity is not None else math.nan,
         "explained_away": mean(summary.get(f"explained_away_{EXPLAINED_AWAY_THRESHOLD:g}")),
+        "explained_away_0.1": mean(summary.get("explained_away_0.1")),
         "kq_alignment": mean(summary.get("qk_mmd2")),
         "lin_redundancy": float(summary.get("lin_redundancy", math.nan)),
     }
