@@ -31,6 +31,19 @@ def test_conditional_transport_matches_loop_reference_with_padding(cost, rho):
             assert got[bi, hi].item() == pytest.approx(want, rel=1e-10, abs=1e-12)
 
 
+@pytest.mark.parametrize("cost", ["cosine", "euclidean"])
+def test_conditional_transport_gradients_pass_gradcheck_with_padding(cost):
+    b, h, m, n, s = 2, 1, 4, 3, 3
+    inputs = [_features(b, h, size, s, seed=seed).requires_grad_() for seed, size in enumerate((m, n, m, n))]
+    qv = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)[:, None, :]
+    kv = torch.tensor([[1, 1, 1], [0, 1, 1]], dtype=torch.bool)[:, None, :]
+
+    def ct(fq, fk, nq, nk):
+        return conditional_transport(fq, fk, nq, nk, qv, kv, rho=0.3, cost=cost, temperature=0.5)
+
+    assert torch.autograd.gradcheck(ct, inputs)
+
+
 def test_hand_checkable_single_pair():
     # one query, one key at a right angle: both plans are 1, cosine cost 1 - 0 = 1, euclidean sqrt(2)
     fq = torch.tensor([[[1.0, 0.0]]], dtype=torch.float64)

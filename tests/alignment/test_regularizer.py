@@ -44,6 +44,19 @@ def test_appending_padding_never_changes_the_term(variant, axis):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("axis", ["tokens", "heads"])
+def test_gradients_are_finite_with_padding_at_initialisation(variant, axis):
+    """Padded vectors are zeroed; fresh networks (zero biases) map them to zero features: no NaN gradient."""
+    reg = _regularizer(variant, axis=axis)
+    q, k = (t.requires_grad_() for t in _qk())
+    valid = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]], dtype=torch.bool)
+    reg(q, k, query_valid=valid, key_valid=valid).backward()
+    grads = [g for g in (q.grad, k.grad, *(p.grad for p in reg.parameters())) if g is not None]  # gan: q detached
+    assert len(grads) >= 2 and all(torch.isfinite(g).all() for g in grads)
+    assert k.grad[1, :, 3:].abs().sum() == 0 and (q.grad is None or q.grad[1, :, 3:].abs().sum() == 0)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_grouped_keys_are_repeated_per_group(variant):
     reg = _regularizer(variant)
     q, k = _qk(h=4, h_kv=2)

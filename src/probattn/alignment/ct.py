@@ -79,7 +79,9 @@ def conditional_transport(
     if cost not in COSTS:
         raise ValueError(f"cost must be one of {COSTS}, got {cost!r}")
     if cost == "cosine":
-        weights = torch.exp((query_navigation @ key_navigation.transpose(-1, -2) - 1.0) / temperature)  # (*, m, n)
+        if temperature != 1.0:  # scale the (small) features, not the (m, n) similarities
+            query_navigation = query_navigation / temperature
+        weights = (query_navigation @ key_navigation.transpose(-1, -2)).exp_()  # exp(S / temperature) (*, m, n)
         backward, forward = _expected_cosine_cost(query_features, key_features, weights, query_valid, key_valid)
     else:
         key_given_query, query_given_key = transport_plans(
@@ -98,16 +100,20 @@ def _expected_cosine_cost(
 ) -> tuple[Tensor, Tensor]:
     """``sum_j pi(k_j|q_i) (1 - a_i.b_j)`` per query ``(*, m)`` and ``sum_i pi(q_i|k_j) (1 - a_i.b_j)`` per key ``(*, n)``.
 
-    ``weights = exp((S - 1) / temperature)`` ``(*, m, n)`` are the unnormalised plans (``S <= 1`` because
-    navigator features are unit vectors, so they cannot overflow). Neither normalised plan nor the cost matrix
-    is formed: ``sum_j pi(k_j|q_i) b_j = (E b)_i / (E 1)_i``. Both products come from one matrix product each
-    by appending a column of ones to the features; invalid points get all-zero rows there, so they carry no mass.
+    ``weights = exp(S / temperature)`` ``(*, m, n)`` are the unnormalised plans (``|S| <= 1`` because navigator
+    features are unit vectors and ``temperature >= 0.05``, so they lie in ``[e^-20, e^20]``: no overflow, no
+    underflow, and no max-shift pass is needed). Neither normalised plan nor the cost matrix is formed:
+    ``sum_j pi(k_j|q_i) b_j = (E b)_i / (E 1)_i``. Both products come from one matrix product each by appending
+    a column of ones to the features; invalid points get all-zero rows there, so they carry no mass.
     """
     to_keys = weights @ _append_ones(key_features, key_valid)  # (*, m, s + 1)
     to_queries = weights.transpose(-1, -2) @ _append_ones(query_features, query_valid)  # (*, n, s + 1)
     tiny = torch.finfo(weights.dtype).tiny
-    backward = 1 - (query_features * to_keys[..., :-1]).sum(-1) / to_keys[..., -1].clamp_min(tiny)
-    forward = 1 - (key_features * to_queries[..., :-1]).sum(-1) / to_queries[..., -1].clamp_min(tiny)
+    # split (not slice): its backward is one concatenation, a slice's is a zero tensor plus a copy per slice
+    key_sums, key_mass = to_keys.split([key_features.shape[-1], 1], dim=-1)
+    query_sums, query_mass = to_queries.split([query_features.shape[-1], 1], dim=-1)
+    backward = 1 - (query_features * key_sums).sum(-1) / key_mass.squeeze(-1).clamp_min(tiny)
+    forward = 1 - (key_features * query_sums).sum(-1) / query_mass.squeeze(-1).clamp_min(tiny)
     return backward, forward
 
 
@@ -138,13 +144,12 @@ class ConditionalTransport(nn.Module):
 
     def forward(self, q: Tensor, k: Tensor, query_valid: Tensor | None, key_valid: Tensor | None, axis: str) -> Tensor:
         """``q (B, H, Lq, d)``, ``k (B, H, Lk, d)``, validity ``(B, Lq)`` / ``(B, Lk)`` or None -> scalar CT."""
-        lq = q.shape[2]
-        both = torch.cat([q, k], dim=2)
-        features, navigation = self.critic(both), self.navigator(both)
-        fq, qv = as_sets(features[:, :, :lq], query_valid, axis)
-        fk, kv = as_sets(features[:, :, lq:], key_valid, axis)
-        nq, _ = as_sets(navigation[:, :, :lq], query_valid, axis)
-        nk, _ = as_sets(navigation[:, :, lq:], key_valid, axis)
+        lengths = [q.shape[2], k.shape[2]]
+        both = torch.cat([q, k], dim=2)  # one pass of each network over queries and keys
+        fq, fk = self.critic(both).split(lengths, dim=2)  # split: cheaper backward than two slices
+        nq, nk = self.navigator(both).split(lengths, dim=2)
+        (fq, qv), (fk, kv) = as_sets(fq, query_valid, axis), as_sets(fk, key_valid, axis)
+        nq, nk = as_sets(nq, query_valid, axis)[0], as_sets(nk, key_valid, axis)[0]
         per_set = conditional_transport(
             fq, fk, nq, nk, qv, kv, rho=self.rho, cost=self.cost, temperature=self.temperature
         )

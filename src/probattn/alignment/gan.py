@@ -35,12 +35,11 @@ class AdversarialMatching(nn.Module):
 
     def bce(self, q: Tensor, k: Tensor, query_valid: Tensor | None, key_valid: Tensor | None, axis: str) -> Tensor:
         """The discriminator's BCE averaged over comparison sets (scalar; ``2 ln 2`` at initialisation)."""
-        lq = q.shape[2]
         q_in = q if self.symmetric else q.detach()
-        logits = self.discriminator(torch.cat([q_in, k], dim=2)).squeeze(-1)  # (B, H, Lq+Lk)
+        q_logits, k_logits = self.discriminator(torch.cat([q_in, k], dim=2)).split([q.shape[2], k.shape[2]], dim=2)
         # softplus(x) = -log(1 - sigmoid(x)) (query labelled 0); softplus(-x) = -log sigmoid(x) (key labelled 1)
-        q_loss, qv = as_sets(F.softplus(logits[:, :, :lq])[..., None], query_valid, axis)
-        k_loss, kv = as_sets(F.softplus(-logits[:, :, lq:])[..., None], key_valid, axis)
+        q_loss, qv = as_sets(F.softplus(q_logits), query_valid, axis)  # (.., 1) last axis: a 1-d "point"
+        k_loss, kv = as_sets(F.softplus(-k_logits), key_valid, axis)
         per_set = masked_mean(q_loss.squeeze(-1), qv) + masked_mean(k_loss.squeeze(-1), kv)
         return mean_over_sets(per_set, qv, kv)
 
