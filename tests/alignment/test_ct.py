@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from probattn.alignment.ct import ConditionalTransport, conditional_transport, transport_plans
+from probattn.alignment.ct import ConditionalTransport, _PlanSums, conditional_transport, transport_plans
 from probattn.alignment.networks import normalize
 from probattn.alignment.sets import as_sets
 
@@ -42,6 +42,20 @@ def test_conditional_transport_gradients_pass_gradcheck_with_padding(cost):
         return conditional_transport(fq, fk, nq, nk, qv, kv, rho=0.3, cost=cost, temperature=0.5)
 
     assert torch.autograd.gradcheck(ct, inputs)
+
+
+def test_plan_sums_custom_backward_passes_gradcheck():
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, 3, 5, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    a = torch.randn(2, 3, 4, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    e = s.detach().exp()
+    to_keys, to_queries = _PlanSums.apply(s, b, a)
+    torch.testing.assert_close(to_keys, e @ b.detach())
+    torch.testing.assert_close(to_queries, e.transpose(-1, -2) @ a.detach())
+    assert torch.autograd.gradcheck(_PlanSums.apply, (s, b, a))
+    assert torch.autograd.gradcheck(lambda *x: _PlanSums.apply(*x)[0], (s, b, a))  # one output unused
+    assert torch.autograd.gradcheck(lambda *x: _PlanSums.apply(*x)[1], (s, b, a))
 
 
 def test_hand_checkable_single_pair():

@@ -81,8 +81,8 @@ def conditional_transport(
     if cost == "cosine":
         if temperature != 1.0:  # scale the (small) features, not the (m, n) similarities
             query_navigation = query_navigation / temperature
-        weights = (query_navigation @ key_navigation.transpose(-1, -2)).exp_()  # exp(S / temperature) (*, m, n)
-        backward, forward = _expected_cosine_cost(query_features, key_features, weights, query_valid, key_valid)
+        similarities = query_navigation @ key_navigation.transpose(-1, -2)  # S / temperature (*, m, n)
+        backward, forward = _expected_cosine_cost(query_features, key_features, similarities, query_valid, key_valid)
     else:
         key_given_query, query_given_key = transport_plans(
             query_navigation, key_navigation, query_valid, key_valid, temperature=temperature
@@ -96,25 +96,58 @@ def conditional_transport(
 
 
 def _expected_cosine_cost(
-    query_features: Tensor, key_features: Tensor, weights: Tensor, query_valid: Tensor | None, key_valid: Tensor | None
+    query_features: Tensor, key_features: Tensor, similarities: Tensor, query_valid: Tensor | None,
+    key_valid: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
     """``sum_j pi(k_j|q_i) (1 - a_i.b_j)`` per query ``(*, m)`` and ``sum_i pi(q_i|k_j) (1 - a_i.b_j)`` per key ``(*, n)``.
 
-    ``weights = exp(S / temperature)`` ``(*, m, n)`` are the unnormalised plans (``|S| <= 1`` because navigator
-    features are unit vectors and ``temperature >= 0.05``, so they lie in ``[e^-20, e^20]``: no overflow, no
-    underflow, and no max-shift pass is needed). Neither normalised plan nor the cost matrix is formed:
-    ``sum_j pi(k_j|q_i) b_j = (E b)_i / (E 1)_i``. Both products come from one matrix product each by appending
-    a column of ones to the features; invalid points get all-zero rows there, so they carry no mass.
+    ``similarities`` are the navigator logits ``S / temperature`` ``(*, m, n)``. Neither normalised plan nor the
+    cost matrix is formed: with ``E = exp(S / temperature)``, ``sum_j pi(k_j|q_i) b_j = (E b)_i / (E 1)_i``
+    (:class:`_PlanSums`, one matrix product per direction on features with a column of ones appended; invalid
+    points get all-zero rows there, so they carry no mass).
     """
-    to_keys = weights @ _append_ones(key_features, key_valid)  # (*, m, s + 1)
-    to_queries = weights.transpose(-1, -2) @ _append_ones(query_features, query_valid)  # (*, n, s + 1)
-    tiny = torch.finfo(weights.dtype).tiny
+    to_keys, to_queries = _PlanSums.apply(
+        similarities, _append_ones(key_features, key_valid), _append_ones(query_features, query_valid)
+    )  # (*, m, s + 1), (*, n, s + 1)
+    tiny = torch.finfo(similarities.dtype).tiny
     # split (not slice): its backward is one concatenation, a slice's is a zero tensor plus a copy per slice
     key_sums, key_mass = to_keys.split([key_features.shape[-1], 1], dim=-1)
     query_sums, query_mass = to_queries.split([query_features.shape[-1], 1], dim=-1)
     backward = 1 - (query_features * key_sums).sum(-1) / key_mass.squeeze(-1).clamp_min(tiny)
     forward = 1 - (key_features * query_sums).sum(-1) / query_mass.squeeze(-1).clamp_min(tiny)
     return backward, forward
+
+
+class _PlanSums(torch.autograd.Function):
+    """``(S (*, m, n), B (*, n, c), A (*, m, c)) -> (E @ B (*, m, c), E^T @ A (*, n, c))`` with ``E = exp(S)``.
+
+    ``|S| <= 1 / temperature <= 20`` (unit navigator features), so ``E`` needs no max-shift. The backward
+    forms ``dE = dU B^T + A dV^T`` as ONE matrix product ``[dU, A] @ [B, dV]^T`` (autograd would make two
+    thin products and add a transposed ``(m, n)`` tensor to a contiguous one) and multiplies by ``E`` in place.
+    """
+
+    @staticmethod
+    def forward(ctx, similarities: Tensor, key_values: Tensor, query_values: Tensor) -> tuple[Tensor, Tensor]:
+        weights = similarities.exp()
+        ctx.save_for_backward(weights, key_values, query_values)
+        return weights @ key_values, weights.transpose(-1, -2) @ query_values
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_to_keys: Tensor | None, grad_to_queries: Tensor | None):
+        weights, key_values, query_values = ctx.saved_tensors
+        grad_to_keys = torch.zeros_like(query_values) if grad_to_keys is None else grad_to_keys
+        grad_to_queries = torch.zeros_like(key_values) if grad_to_queries is None else grad_to_queries
+        grad_similarities = grad_keys = grad_queries = None
+        if ctx.needs_input_grad[0]:
+            left = torch.cat([grad_to_keys, query_values], dim=-1)  # (*, m, 2c)
+            right = torch.cat([key_values, grad_to_queries], dim=-1)  # (*, n, 2c)
+            grad_similarities = (left @ right.transpose(-1, -2)).mul_(weights)
+        if ctx.needs_input_grad[1]:
+            grad_keys = weights.transpose(-1, -2) @ grad_to_keys
+        if ctx.needs_input_grad[2]:
+            grad_queries = weights @ grad_to_queries
+        return grad_similarities, grad_keys, grad_queries
 
 
 def _append_ones(features: Tensor, valid: Tensor | None) -> Tensor:
