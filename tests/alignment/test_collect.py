@@ -69,6 +69,8 @@ def test_alignment_loss_errors_are_clear():
         attach_alignment(nn.Linear(2, 2))
     with pytest.raises(ValueError, match="out of range"):
         attach_alignment(tiny_model(), layers=[5])
+    with pytest.raises(ValueError, match="distance_batch"):
+        alignment_loss(model, distance_batch=-1)
 
 
 class Recorder:
