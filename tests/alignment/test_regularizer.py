@@ -57,6 +57,22 @@ def test_gradients_are_finite_with_padding_at_initialisation(variant, axis):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+def test_mixed_precision_autocast_computes_the_term_in_float32(variant):
+    torch.manual_seed(0)
+    reg = AlignmentRegularizer(8, variant=variant)
+    q, k = (t.bfloat16().requires_grad_() for t in _qk(dtype=torch.float32))  # what a bf16 model hands over
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        term = reg(q, k)
+    assert term.dtype == torch.float32
+    torch.testing.assert_close(term, reg(q.float(), k.float()))
+    term.backward()
+    assert k.grad.dtype == torch.bfloat16 and torch.isfinite(k.grad.float()).all()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        distance = alignment_distance(q, k)
+    torch.testing.assert_close(distance, alignment_distance(q.float(), k.float()))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_grouped_keys_are_repeated_per_group(variant):
     reg = _regularizer(variant)
     q, k = _qk(h=4, h_kv=2)

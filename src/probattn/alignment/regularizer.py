@@ -224,7 +224,10 @@ class AlignmentRegularizer(nn.Module):
         return self._term(*self.prepare(q, k, query_valid, key_valid))
 
     def _term(self, q: Tensor, k: Tensor, qv: Tensor | None, kv: Tensor | None) -> Tensor:
-        return sum(est(q, k, qv, kv, axis) for axis, est in self.estimators.items())  # type: ignore[return-value]
+        # Mixed-precision training: the tiny networks and the exponentials run in the regularizer's own dtype
+        # (float32 unless the model is float64), never in the autocast dtype.
+        with torch.autocast(q.device.type, enabled=False):
+            return sum(est(q, k, qv, kv, axis) for axis, est in self.estimators.items())  # type: ignore[return-value]
 
     def observe(self, q: Tensor, k: Tensor, *, query_valid: Tensor | None, key_valid: Tensor | None) -> None:
         """Called by :func:`probattn.nn.hooks.observe_qk` (training, grad enabled): compute and store the term."""
@@ -247,11 +250,12 @@ def alignment_distance(
     """Model-free diagnostic: squared MMD between each head's query and key clouds, mean over (sequence, head).
 
     ``q (B, H, Lq, d)``, ``k (B, H, Lk, d)`` (same number of heads), validity bool ``(B, Lq)`` / ``(B, Lk)``
-    (None = all real tokens).
+    (None = all real tokens). Computed in float32 (float64 for float64 inputs), also under autocast.
     """
     qs, qv = as_sets(q.float() if q.dtype != torch.float64 else q, query_valid, "tokens")
     ks, kv = as_sets(k.to(qs.dtype), key_valid, "tokens")
-    return mean_over_sets(mmd(qs, ks, qv, kv), qv, kv)
+    with torch.autocast(q.device.type, enabled=False):
+        return mean_over_sets(mmd(qs, ks, qv, kv), qv, kv)
 
 
 def _accept_missing_auxiliary_state(module: nn.Module, incompatible_keys) -> None:
