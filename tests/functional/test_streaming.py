@@ -224,7 +224,7 @@ def test_slab_shape_bounds(monkeypatch):
     assert slab_shape(1, 1, 10, 7) == (7, 1)  # never more keys than there are, never more rows
     assert slab_shape(16, 12, 128, 128) == (128, 16)  # short sequences: many rows per slab
     assert slab_shape(1, 8, 4096, 4096) == (64, 1)  # long queries shrink the block
-    assert slab_shape(2, 8, 2**16, 2**16) == (32, 1)  # never below MIN_BLOCK
+    assert slab_shape(2, 8, 2**16, 2**16) == (streaming.MIN_BLOCK, 1)  # never below MIN_BLOCK
 
 
 @pytest.mark.parametrize("rows_per_group", [1, 2, 3, 4, 7])
@@ -324,6 +324,7 @@ def test_chunked_memory_grows_linearly_in_length():
 
 def test_default_slab_shape_caps_the_slab(monkeypatch):
     monkeypatch.setattr(streaming, "SLAB_ELEMENTS", 2**14)
+    monkeypatch.setattr(streaming, "MIN_BLOCK", 32)
     largest, _ = _largest_and_saved("chunked", 512, block_size=None)
     assert largest <= 2**14  # (rows, Lq, block) = (1, 512, 32): one head per slab
 

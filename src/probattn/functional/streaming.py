@@ -46,11 +46,12 @@ NORMALIZATIONS = ("doubly", "hybrid", "sinkhorn")
 
 # Slab policy (measured on CPU, float32, see docs/performance.md): key blocks of KEY_BLOCK keys; a slab of at most
 # SLAB_ELEMENTS floats (1 MiB in float32, so it stays in cache and the extra memory stays a few slabs), formed from
-# as many (batch, head) rows as fit. Long queries shrink the block, never below MIN_BLOCK keys (narrower blocks make
-# the GEMMs inefficient: 32 keys ~1.3x and 16 keys ~1.8x the time of 64 keys at L = 2048-4096).
+# as many (batch, head) rows as fit. Long queries shrink the block, never below MIN_BLOCK keys: narrower blocks
+# make the GEMMs inefficient (32-key blocks: doubly forward+backward 1.72x SDPA at L = 8192, 64-key blocks: 1.41x
+# at L = 4096), so beyond L = 4096 a slab is one row of L x 64 floats.
 KEY_BLOCK = 128
 SLAB_ELEMENTS = 2**18
-MIN_BLOCK = 32
+MIN_BLOCK = 64
 
 _NEG_INF = float("-inf")
 
@@ -174,8 +175,11 @@ def _column_sweep(q, k_scaled, v, allowed, bias, rho_prev, block, soft):
         has_query = colsum > 0
         c_blocks.append(torch.where(has_query, top + colsum.log(), 0.0))
         inv = torch.where(has_query, colsum.reciprocal(), 0.0).transpose(-1, -2)  # (B, H, Bk, 1)
-        part = torch.matmul(e, inv if v_block is None else torch.cat([v_block * inv, inv], dim=-1))
-        total = part if total is None else total.add_(part)
+        rhs = inv if v_block is None else torch.cat([v_block * inv, inv], dim=-1)
+        if total is None:
+            total = torch.matmul(e, rhs)
+        else:  # accumulate in place: (G * H', Lq, Bk) @ (G * H', Bk, Dv + 1)
+            total.flatten(0, 1).baddbmm_(e.flatten(0, 1), rhs.flatten(0, 1))
     return torch.cat(c_blocks, dim=-1), total[..., -1:], None if v is None else total[..., :-1]
 
 
@@ -219,7 +223,7 @@ def _forward_rows(q, k_scaled, v, allowed, bias, iters, hybrid, block):
             has_key = row_sum > 0
             l_safe = torch.where(has_key, row_sum, 1.0)
             rho = torch.where(has_key, l_safe.log() + (0.0 if rho_prev is None else rho_prev), 0.0)
-            out_dbl = None if acc is None else torch.where(has_key, acc / l_safe, 0.0)
+            out_dbl = None if acc is None else acc.div_(l_safe)  # a row without keys has acc = 0
         cs.append(c)
         rhos.append(rho)
         rho_prev = rho
