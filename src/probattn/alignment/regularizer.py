@@ -230,9 +230,16 @@ class AlignmentRegularizer(nn.Module):
             return sum(est(q, k, qv, kv, axis) for axis, est in self.estimators.items())  # type: ignore[return-value]
 
     def observe(self, q: Tensor, k: Tensor, *, query_valid: Tensor | None, key_valid: Tensor | None) -> None:
-        """Called by :func:`probattn.nn.hooks.observe_qk` (training, grad enabled): compute and store the term."""
+        """Called by :func:`probattn.nn.hooks.observe_qk` (training, grad enabled): compute and store the term.
+
+        Inside a backward pass (activation checkpointing recomputing the layer) the term is recomputed, so that
+        the recomputation saves the same tensors as the original forward, but not stored: the term of the
+        original forward is the one in the loss.
+        """
         q, k, qv, kv = self.prepare(q, k, query_valid, key_valid)
-        self._observations.append(Observation(self._term(q, k, qv, kv), q.detach(), k.detach(), qv, kv))
+        term = self._term(q, k, qv, kv)
+        if not _in_backward():
+            self._observations.append(Observation(term, q.detach(), k.detach(), qv, kv))
 
     def pop_observations(self) -> list[Observation]:
         """Return the observations stored since the last call and forget them."""
@@ -241,6 +248,12 @@ class AlignmentRegularizer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, variant={self.variant!r}, axis={self.axis!r}, weight={self.weight}"
+
+
+def _in_backward() -> bool:
+    """True inside a backward pass (torch exposes this only privately; False if the hook is missing)."""
+    task_id = getattr(torch._C, "_current_graph_task_id", None)
+    return task_id is not None and task_id() != -1
 
 
 @torch.no_grad()
