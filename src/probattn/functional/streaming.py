@@ -2,7 +2,8 @@
 
 The dense paths materialize the ``(Lq, Lk)`` score matrix (and autograd keeps several copies of it for the
 backward). This module never does: it loops over **key blocks** ``J`` of ``block_size`` keys and keeps the whole
-query axis inside the block, so one slab ``S[:, :, :, J]`` has shape ``(B, H, Lq, block_size)``.
+query axis inside the block, so one slab ``S[rows, :, J]`` has shape ``(rows, Lq, block_size)``, for a group of
+``rows`` (batch, head) pairs chosen by :func:`slab_shape` (each group is an independent problem).
 
 With ``S = scale * q kᵀ + bias`` (pairs that may not attend are ``-inf``):
 
@@ -22,11 +23,12 @@ GEMMs per slab for doubly and hybrid). For doubly, with ``A = exp(Z - rho)``, ``
     dZ = A * (dP - D);  g = colsum(dZ);  dS = dZ - P * g
     dv = Aᵀ dO;  dk = scale * dSᵀ q;  dq = scale * dS k
 
-Sinkhorn's backward walks the potentials back (one extra pass per iteration, see ``_SlabAttention.backward``).
+Sinkhorn's backward walks the potentials back (one extra pass per iteration, see ``_backward_rows``).
 
-Peak extra memory is ``O(B * H * (Lq + Lk) * block_size)`` plus the ``O(B * H * L * D)`` inputs and outputs.
-Mask rules (``probattn.masks``): ``spec.allowed`` already folds padding and causality and ``spec.bias`` is a
-finite additive bias; both broadcast over ``B``/``H`` and are sliced per key block, never expanded. A padded
+Peak extra memory is a few slabs plus ``O(rows * (Lq + Lk) * D)`` per group, on top of the ``O(B * H * L * D)``
+inputs, outputs and gradients; nothing of size ``Lq * Lk`` per row is ever held. Mask rules
+(``probattn.masks``): ``spec.allowed`` already folds padding and causality and ``spec.bias`` is a finite additive
+bias; both broadcast over ``B``/``H`` and are sliced per row group and key block, never expanded. A padded
 query never enters a column statistic; a column with no allowed query gets ``c_j = 0``; a row with no allowed
 key outputs zeros and receives zero gradient; nothing ever becomes NaN.
 """
