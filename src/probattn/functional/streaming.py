@@ -49,8 +49,8 @@ NORMALIZATIONS = ("doubly", "hybrid", "sinkhorn")
 # Slab policy (measured on CPU, float32, see docs/performance.md): key blocks of KEY_BLOCK keys; a slab of at most
 # SLAB_ELEMENTS floats (1 MiB in float32, so it stays in cache and the extra memory stays a few slabs), formed from
 # as many (batch, head) rows as fit. Long queries shrink the block, never below MIN_BLOCK keys: narrower blocks
-# make the GEMMs inefficient (32-key blocks: doubly forward+backward 1.72x SDPA at L = 8192, 64-key blocks: 1.41x
-# at L = 4096), so beyond L = 4096 a slab is one row of L x 64 floats.
+# make the GEMMs inefficient (doubly forward+backward at L = 8192, 1 thread: 1.72x SDPA with 32-key blocks, 1.64x
+# with 64-key blocks in the next run), so beyond L = 4096 a slab is one row of L x 64 floats.
 KEY_BLOCK = 128
 SLAB_ELEMENTS = 2**18
 MIN_BLOCK = 64
