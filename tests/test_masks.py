@@ -86,9 +86,13 @@ def test_torch_mha_convention_is_inverted():
     assert torch.equal(mask, ~attn) and torch.equal(key_valid, ~kpm)
     mask3d, _ = from_torch_mha(torch.zeros(4, 2, 2, dtype=torch.bool), None, num_heads=2, batch=2)
     assert mask3d.shape == (2, 2, 2, 2)
-    float_kpm = torch.tensor([[0.0, float("-inf")]])
+    float_kpm = torch.tensor([[0.0, float("-inf")]])  # what nn.TransformerEncoderLayer passes down
     mask, key_valid = from_torch_mha(attn, float_kpm, num_heads=2, batch=1)
-    assert key_valid is None and torch.isinf(mask[0, 0, 0, 1]) and mask[0, 0, 1, 0] == 0
+    assert torch.equal(mask, ~attn) and torch.equal(key_valid, torch.tensor([[True, False]]))
+    biased_kpm = torch.tensor([[-0.5, float("-inf")]])  # finite entries stay an additive bias
+    mask, key_valid = from_torch_mha(None, biased_kpm, num_heads=2, batch=1)
+    assert torch.equal(key_valid, torch.tensor([[True, False]])) and mask.shape == (1, 1, 1, 2)
+    assert mask[0, 0, 0, 0] == -0.5 and mask[0, 0, 0, 1] == 0
     with pytest.raises(ValueError, match="batch \\* num_heads"):
         from_torch_mha(torch.zeros(3, 2, 2, dtype=torch.bool), None, num_heads=2, batch=2)
 

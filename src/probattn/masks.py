@@ -251,9 +251,10 @@ def from_torch_mha(
         num_heads, batch: to unflatten a ``(B*H, Lq, Lk)`` mask.
 
     Returns:
-        ``(attn_mask, key_padding_mask_or_bias)`` where ``attn_mask`` is bool True = may attend or float
-        additive of shape ``(Lq, Lk)`` / ``(B, H, Lq, Lk)``, and the second item is a bool ``(B, Lk)`` validity
-        mask (True = real key) or, for a float key padding mask, ``None`` with its bias folded into ``attn_mask``.
+        ``(attn_mask, key_valid)`` where ``attn_mask`` is bool True = may attend or float additive of shape
+        ``(Lq, Lk)`` / ``(B, H, Lq, Lk)``, and ``key_valid`` is a bool ``(B, Lk)`` validity mask (True = real key).
+        A float key padding mask gives its ``-inf`` entries as padding in ``key_valid`` and folds its finite
+        entries, if any is nonzero, into ``attn_mask``.
     """
     out_mask: Tensor | None = None
     if attn_mask is not None:
@@ -283,13 +284,20 @@ def from_torch_mha(
         if key_padding_mask.dtype == torch.bool:
             key_valid = ~key_padding_mask
         elif key_padding_mask.is_floating_point():
-            kb = key_padding_mask[:, None, None, :]
-            if out_mask is None:
-                out_mask = kb
-            elif out_mask.dtype == torch.bool:
-                out_mask = torch.zeros((), dtype=kb.dtype, device=kb.device).masked_fill(~out_mask, float("-inf")) + kb
-            else:
-                out_mask = out_mask + kb
+            # -inf entries are padding (torch.nn.TransformerEncoderLayer turns a bool mask into 0 / -inf): they
+            # become key validity, so that self-attention also knows which queries are padding; finite
+            # entries stay an additive bias.
+            padded = torch.isneginf(key_padding_mask)
+            key_valid = ~padded
+            finite = key_padding_mask.masked_fill(padded, 0.0)
+            if bool(finite.any()):
+                kb = finite[:, None, None, :]
+                if out_mask is None:
+                    out_mask = kb
+                elif out_mask.dtype == torch.bool:
+                    out_mask = torch.zeros((), dtype=kb.dtype, device=kb.device).masked_fill(~out_mask, float("-inf")) + kb
+                else:
+                    out_mask = out_mask + kb
         else:
             raise TypeError(f"key_padding_mask must be bool (True = padding) or float, got {key_padding_mask.dtype}")
     return out_mask, key_valid

@@ -140,6 +140,22 @@ def test_inside_transformer_encoder_training_and_eval_no_grad():
     assert doubly.layers[0].self_attn.in_proj_weight.grad is not None
 
 
+@pytest.mark.parametrize("normalization", ["doubly", "sinkhorn"])
+def test_padded_batch_in_transformer_encoder_equals_sequences_one_by_one(normalization):
+    """nn.TransformerEncoderLayer hands the attention a float (0 / -inf) padding mask: padded queries must
+    still stay out of the column normalization, so padding never changes the real tokens' outputs."""
+    torch.manual_seed(0)
+    model = replace_attention(_encoder(), normalization=normalization).eval()
+    lengths = [5, 3]
+    x = torch.randn(2, 5, 16)
+    pad = torch.arange(5)[None, :] >= torch.tensor(lengths)[:, None]  # True = padding (torch's convention)
+    with torch.no_grad():
+        batched = model(x, src_key_padding_mask=pad)
+        for i, n in enumerate(lengths):
+            alone = model(x[i : i + 1, :n])
+            torch.testing.assert_close(batched[i, :n], alone[0], atol=1e-5, rtol=1e-5)
+
+
 def _counting(fn, calls):
     def wrapped(*args, **kwargs):
         calls.append(1)
