@@ -2,7 +2,7 @@
 
 With no arguments: the variants softmax, doubly, hybrid, repulsive (SVGD) and alignment (CT) on Rotten
 Tomatoes (split by movie) with Amazon Fine Food reviews as the out-of-domain set, 3 seeds each, using the
-``tiny`` preset (a small encoder trained from scratch; sized to finish in about 10 minutes on 2 CPU cores).
+``tiny`` preset (a small encoder trained from scratch; 6 minutes on 2 shared CPU cores, see docs/experiments.md).
 
 For every (variant, seed) it trains with :func:`probattn.training.train`, then measures on the in-domain
 test split and on Amazon: accuracy, ECE (15 bins), NLL, Brier and reliability data; on the first 256 test
