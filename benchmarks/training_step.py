@@ -54,11 +54,11 @@ def build(mechanism: str) -> tuple[nn.Module, torch.optim.Optimizer, bool]:
     if mechanism != "torch_softmax":
         options = {"normalization": mechanism} if mechanism in ("doubly", "hybrid") else {}
         replace_attention(model, **options)
+    if mechanism == "alignment_ct":  # before the optimizer, so that it also trains the auxiliary networks
+        attach_alignment(model, "ct")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     if mechanism == "repulsive_svgd":
         RepulsiveHeads(model, method="svgd").attach(optimizer)
-    if mechanism == "alignment_ct":
-        attach_alignment(model, "ct")
     return model, optimizer, mechanism == "alignment_ct"
 
 

@@ -267,3 +267,17 @@ def test_bad_tensors_name_the_argument():
         attention(q.clone().fill_(math.nan), k, v)
     with pytest.raises(TypeError, match="attn_mask"):
         attention(q, k, v, attn_mask=[[True]])
+
+
+@pytest.mark.parametrize("normalization", ["softmax", "doubly", "hybrid", "sinkhorn"])
+@pytest.mark.parametrize("impl", ["dense", "chunked"])
+def test_non_finite_inputs_and_overflow_are_named(normalization, impl):
+    q, k, v = (torch.randn(1, 2, 5, 4) for _ in range(3))
+    for name in ("q", "k", "v"):
+        bad = dict(q=q, k=k, v=v)
+        bad[name] = bad[name].clone()
+        bad[name][0, 1, 2, 3] = math.inf
+        with pytest.raises(ValueError, match=f"^{name} contains NaN or infinite"):
+            attention(bad["q"], bad["k"], bad["v"], normalization=normalization, impl=impl)
+    with pytest.raises(ValueError, match="overflowed"):
+        attention(q * 1e30, k * 1e30, v, normalization=normalization, impl=impl)

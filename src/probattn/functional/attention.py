@@ -134,9 +134,17 @@ def _expand_kv(x: Tensor, groups: int) -> Tensor:
     return x[:, :, None].expand(b, h, groups, length, d).reshape(b, h * groups, length, d)
 
 
-def _check_finite(name: str, t: Tensor) -> None:
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} contains NaN or infinite values; attention inputs must be finite")
+def _checked_output(out: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Raise a clear error instead of returning a non-finite output (one pass over the output; the inputs are
+    inspected only to say what went wrong). Non-finite values at masked positions that cannot reach the
+    output are tolerated."""
+    if bool(torch.isfinite(out).all()):
+        return out
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} contains NaN or infinite values; attention inputs must be finite")
+    raise ValueError(f"the attention output is not finite: the q·k scores overflowed in {out.dtype} or wider "
+                     "(scale down q or k, or pass a smaller scale=)")
 
 
 def attention(
@@ -205,16 +213,13 @@ def attention(
                 f"normalization={normalization!r} with a single query gives uniform attention over the keys "
                 "(mean pooling); use 'softmax' for single-query pooling", UserWarning, stacklevel=2,
             )
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        _check_finite(name, t)
     scale = float(scale) if scale is not None else 1.0 / math.sqrt(dim)
     dropout_p = float(dropout_p)
 
     if normalization == "softmax" and not return_weights:
         causal_only = is_causal and attn_mask is None and spec.key_valid is None and spec.query_valid is None
         out = sdpa_attention(q, k, v, spec, scale=scale, dropout_p=dropout_p, causal_only=causal_only)
-        _check_finite("the attention output (scores overflowed; scale down q or k)", out)
-        return out
+        return _checked_output(out, q, k, v)
 
     groups = heads // kv_heads
     # impl="auto": the key-block slab path where it is measured faster (many scores), and only when neither the
@@ -226,13 +231,16 @@ def attention(
             raise ValueError("return_weights=True materializes the weights; use impl='dense' (or 'auto') for them")
         if dropout_p > 0:
             raise ValueError("dropout_p > 0 is not supported by impl='chunked'; use impl='dense'")
-        return chunked_attention(
+        out = chunked_attention(
             q, _expand_kv(k, groups), _expand_kv(v, groups), spec, scale=scale, normalization=normalization,
             hybrid_alpha=alpha, sinkhorn_iters=int(sinkhorn_iters),
         )
-    return _dense_attention(q, _expand_kv(k, groups), _expand_kv(v, groups), spec, normalization=normalization,
-                            scale=scale, dropout_p=dropout_p, alpha=alpha, sinkhorn_iters=int(sinkhorn_iters),
-                            return_weights=return_weights)
+        return _checked_output(out, q, k, v)
+    result = _dense_attention(q, _expand_kv(k, groups), _expand_kv(v, groups), spec, normalization=normalization,
+                              scale=scale, dropout_p=dropout_p, alpha=alpha, sinkhorn_iters=int(sinkhorn_iters),
+                              return_weights=return_weights)
+    _checked_output(result[0] if return_weights else result, q, k, v)
+    return result
 
 
 def _dense_attention(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec, *, normalization: str, scale: float,
@@ -243,7 +251,6 @@ def _dense_attention(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec, *, normali
     scores = torch.matmul(q.to(compute), k.to(compute).transpose(-1, -2)) * scale
     if spec.bias is not None:
         scores = scores + spec.bias.to(compute)
-    _check_finite("the attention scores (q·k overflowed; scale down q or k)", scores)
     if normalization == "softmax":
         weights = softmax_weights(scores, spec)
     elif normalization == "doubly":
