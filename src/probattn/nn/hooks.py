@@ -6,7 +6,10 @@ per-head queries and keys (after rotary embeddings, before the ``1/sqrt(d)`` sca
 
 * A regularizer attaches itself as the submodule ``module.probattn_alignment`` (so it is saved with the model,
   moved by ``.to()`` and synchronised by DDP) and exposes ``observe(q, k, *, query_valid, key_valid)``.
-  It is called only in training mode with grad enabled.
+  It is called only in training mode with grad enabled. Under activation checkpointing the recomputation
+  in backward calls it again; the non-reentrant ``torch.utils.checkpoint`` (``use_reentrant=False``, HF's
+  default) runs the first forward with grad and records the term, while the reentrant variant runs it under
+  ``no_grad``, so no term can be recorded there (``alignment_loss`` then raises).
 * A probe (diagnostics) is a plain object stored as ``module.probattn_probe`` with the same ``observe``
   method; it is called in every mode (diagnostics run in eval under ``torch.no_grad``).
 """
