@@ -108,4 +108,6 @@ def test_reduced_compare_end_to_end_beats_the_majority_class(tmp_path):
         for key in ("ece_id", "nll_id", "brier_id", "accuracy_ood", "ece_ood", "head_diversity", "explained_away",
                     "explained_away_0.1", "kq_alignment", "ms_per_step"):
             assert summary[key]["mean"] is not None and math.isfinite(summary[key]["mean"]), key
+    # doubly-normalized attention gives every key at least 1/N_q >= 1/32 of its fair share: nothing below 1%
+    assert result["summary"]["doubly"]["explained_away"]["mean"] == 0.0
     assert "**" in (tmp_path / "results.md").read_text()  # best per column marked
