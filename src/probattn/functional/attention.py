@@ -134,17 +134,24 @@ def _expand_kv(x: Tensor, groups: int) -> Tensor:
     return x[:, :, None].expand(b, h, groups, length, d).reshape(b, h * groups, length, d)
 
 
-def _checked_output(out: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Raise a clear error instead of returning a non-finite output (one pass over the output; the inputs are
-    inspected only to say what went wrong). Non-finite values at masked positions that cannot reach the
-    output are tolerated."""
-    if bool(torch.isfinite(out).all()):
-        return out
+def _all_finite(t: Tensor) -> bool:
+    """One read pass, no temporary of ``t``'s size: NaN propagates to both extremes and +-inf shows in one."""
+    low, high = torch.aminmax(t)
+    return bool(torch.isfinite(low) & torch.isfinite(high))
+
+
+def _check_inputs_finite(q: Tensor, k: Tensor, v: Tensor) -> None:
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if not bool(torch.isfinite(t).all()):
+        if not _all_finite(t):
             raise ValueError(f"{name} contains NaN or infinite values; attention inputs must be finite")
-    raise ValueError(f"the attention output is not finite: the q·k scores overflowed in {out.dtype} or wider "
-                     "(scale down q or k, or pass a smaller scale=)")
+
+
+def _checked_output(out: Tensor) -> Tensor:
+    """The output, or a clear error instead of a non-finite one (the inputs were finite: scores overflowed)."""
+    if not _all_finite(out):
+        raise ValueError(f"the attention output is not finite: the q·k scores overflowed in {out.dtype} or wider "
+                         "(scale down q or k, or pass a smaller scale=)")
+    return out
 
 
 def attention(
@@ -213,13 +220,14 @@ def attention(
                 f"normalization={normalization!r} with a single query gives uniform attention over the keys "
                 "(mean pooling); use 'softmax' for single-query pooling", UserWarning, stacklevel=2,
             )
+    _check_inputs_finite(q, k, v)
     scale = float(scale) if scale is not None else 1.0 / math.sqrt(dim)
     dropout_p = float(dropout_p)
 
     if normalization == "softmax" and not return_weights:
         causal_only = is_causal and attn_mask is None and spec.key_valid is None and spec.query_valid is None
         out = sdpa_attention(q, k, v, spec, scale=scale, dropout_p=dropout_p, causal_only=causal_only)
-        return _checked_output(out, q, k, v)
+        return _checked_output(out)
 
     groups = heads // kv_heads
     # impl="auto": the key-block slab path where it is measured faster (many scores), and only when neither the
@@ -235,11 +243,11 @@ def attention(
             q, _expand_kv(k, groups), _expand_kv(v, groups), spec, scale=scale, normalization=normalization,
             hybrid_alpha=alpha, sinkhorn_iters=int(sinkhorn_iters),
         )
-        return _checked_output(out, q, k, v)
+        return _checked_output(out)
     result = _dense_attention(q, _expand_kv(k, groups), _expand_kv(v, groups), spec, normalization=normalization,
                               scale=scale, dropout_p=dropout_p, alpha=alpha, sinkhorn_iters=int(sinkhorn_iters),
                               return_weights=return_weights)
-    _checked_output(result[0] if return_weights else result, q, k, v)
+    _checked_output(result[0] if return_weights else result)
     return result
 
 
