@@ -176,16 +176,17 @@ def test_attach_matches_the_module_device_and_float64():
     assert all(p.dtype == torch.float64 for p in reg.parameters())
 
 
+@pytest.mark.parametrize("normalization", ["softmax", "doubly"])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_padding_a_batch_does_not_change_the_terms_of_a_model(variant):
-    """Through probattn MultiheadAttention (doubly-normalized: the layer reports query validity too)."""
+def test_padding_a_batch_does_not_change_the_terms_of_a_model(variant, normalization):
+    """Through probattn MultiheadAttention: in self-attention the layer reports padded queries too."""
     x, _ = tiny_batch(n=2, length=5)
     padded = torch.cat([x, torch.randn(2, 3, 5, dtype=x.dtype)], dim=1)
     ignore = torch.zeros(2, 8, dtype=torch.bool)
     ignore[:, 5:] = True  # torch convention at the module boundary: True = padding
     terms = []
     for inputs, mask in ((x, None), (padded, ignore)):
-        model = tiny_model(normalization="doubly")
+        model = tiny_model(normalization=normalization)
         attach_alignment(model, variant)
         model(inputs, key_padding_mask=mask)
         terms.append(torch.tensor(alignment_loss(model)[1].terms))

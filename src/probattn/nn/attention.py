@@ -160,8 +160,11 @@ class MultiheadAttention(nn.MultiheadAttention):
         q = q.view(n, q_len, h, hd).transpose(1, 2)
         k = k.view(n, k.shape[1], h, hd).transpose(1, 2)
         v = v.view(n, v.shape[1], h, hd).transpose(1, 2)
-        query_valid = key_valid if (self_attention and self.normalization in COLUMN_NORMALIZED) else None
-        observe_qk(self, q, k, query_valid=query_valid, key_valid=key_valid)
+        # in self-attention the padded keys are the padded queries: observers (regularizers, probes) always get
+        # that; attention() needs it only for column statistics (softmax keeps torch's outputs at padded rows)
+        observed_query_valid = key_valid if self_attention else None
+        observe_qk(self, q, k, query_valid=observed_query_valid, key_valid=key_valid)
+        query_valid = observed_query_valid if self.normalization in COLUMN_NORMALIZED else None
         k, v, mask, key_valid = self._extra_keys(k, v, mask, key_valid, q_len)
 
         result = attention(
