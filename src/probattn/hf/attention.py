@@ -27,7 +27,7 @@ from transformers.masking_utils import sdpa_mask
 
 from probattn.functional import attention
 from probattn.masks import build_mask_spec, from_hf_attention_mask
-from probattn.nn.hooks import observe_qk
+from probattn.nn.hooks import is_observed, observe_qk
 
 ATTENTION_NAME = "probattn"
 SETTINGS_ATTR = "probattn_settings"
@@ -142,13 +142,14 @@ def probattn_attention(
     attn_mask, query_valid, is_causal = from_hf_attention_mask(
         attention_mask, is_causal=is_causal, batch=batch, q_len=q_len, k_len=k_len
     )
-    key_valid = None
-    if attn_mask is not None:
-        spec = build_mask_spec(batch=batch, heads=1, q_len=q_len, k_len=k_len, device=query.device,
-                               attn_mask=attn_mask, query_padding_mask=query_valid)
-        seen = spec.column_has_query()  # (B|1, 1, 1, Lk): keys some real query may attend to
-        key_valid = None if seen is None else seen.reshape(seen.shape[0], k_len).expand(batch, k_len)
-    observe_qk(module, query, key, query_valid=query_valid, key_valid=key_valid)
+    if is_observed(module):  # key validity costs a pass over the mask: only when a probe or regularizer reads it
+        key_valid = None
+        if attn_mask is not None:
+            spec = build_mask_spec(batch=batch, heads=1, q_len=q_len, k_len=k_len, device=query.device,
+                                   attn_mask=attn_mask, query_padding_mask=query_valid)
+            seen = spec.column_has_query()  # (B|1, 1, 1, Lk): keys some real query may attend to
+            key_valid = None if seen is None else seen.reshape(seen.shape[0], k_len).expand(batch, k_len)
+        observe_qk(module, query, key, query_valid=query_valid, key_valid=key_valid)
 
     hybrid_alpha = settings.hybrid_alpha
     if hybrid_alpha == "learned":

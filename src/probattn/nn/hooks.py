@@ -22,7 +22,14 @@ from torch import Tensor, nn
 REGULARIZER_ATTR = "probattn_alignment"
 PROBE_ATTR = "probattn_probe"
 
-__all__ = ["PROBE_ATTR", "REGULARIZER_ATTR", "observe_qk"]
+__all__ = ["PROBE_ATTR", "REGULARIZER_ATTR", "is_observed", "observe_qk"]
+
+
+def is_observed(module: nn.Module) -> bool:
+    """Whether :func:`observe_qk` would hand anything over now: lets a caller skip work only observers need."""
+    if getattr(module, PROBE_ATTR, None) is not None:
+        return True
+    return getattr(module, REGULARIZER_ATTR, None) is not None and module.training and torch.is_grad_enabled()
 
 
 def observe_qk(
