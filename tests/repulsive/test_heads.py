@@ -53,6 +53,23 @@ def test_step_equals_the_pure_function_on_each_set(probattn, method):
         torch.testing.assert_close(s.grads(), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_spos_noise_of_differently_shaped_sets_is_not_repeated():
+    """Sets of different shapes are rewritten in separate batches: each batch draws fresh noise in that step."""
+    torch.manual_seed(0)
+    modules = [nn.MultiheadAttention(8, 2), nn.MultiheadAttention(16, 2)]  # (2, 32) and (2, 128) particles
+    noises = []
+    for method in ("svgd", "spos"):
+        repulsive = RepulsiveHeads(modules, method=method, alpha=0.0, beta=1.0, grouping="qk_only")
+        for m in modules:
+            for p in m.parameters():
+                p.grad = torch.ones_like(p)
+        repulsive.step()
+        noises.append([s.grads().flatten() for s in repulsive.particle_sets])
+    xi = [(spos - svgd) for svgd, spos in zip(*noises)]  # stepsize 1, beta 1: G - sqrt(2)·ξ with G = 1
+    small, large = xi[0], xi[2]  # q of the first module, q of the second
+    assert not torch.allclose(small, large[: small.numel()])
+
+
 def train(model, repulsive_kwargs, *, steps=3, accumulation=1, scaler=None):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     repulsive = RepulsiveHeads(model, **repulsive_kwargs).attach(optimizer)

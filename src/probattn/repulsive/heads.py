@@ -202,6 +202,7 @@ class RepulsiveHeads:
             if grads is not None:
                 batches.setdefault((s.num_particles, s.size, grads.dtype, grads.device), []).append((s, grads))
         per_set: dict[str, dict[str, Any]] = {}
+        generators: dict[torch.device, torch.Generator] = {}  # seeded once per step: batches draw in turn
         for (m, _, _, device), members in batches.items():
             theta = torch.stack([s.weights() for s, _ in members])
             dtype = compute_dtype(theta)
@@ -210,7 +211,9 @@ class RepulsiveHeads:
             coef = self.stepsize / (m if self.normalize_by_M else 1)
             direction = fused_svgd(parts, grads, alpha=self.alpha, coef=coef, kernel_grad_div=self.kernel_grad_div)
             if self.method == "spos":
-                noise = spos_noise(grads, beta=self.beta, stepsize=self.stepsize, generator=self._generator(device))
+                if device not in generators:
+                    generators[device] = self._generator(device)
+                noise = spos_noise(grads, beta=self.beta, stepsize=self.stepsize, generator=generators[device])
                 direction.add_(noise, alpha=self.stepsize)
             stats = self._stats(parts, grads)
             for i, (s, _) in enumerate(members):
