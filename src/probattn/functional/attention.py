@@ -213,7 +213,8 @@ def attention(
         key_padding_mask=key_padding_mask, query_padding_mask=query_padding_mask, is_causal=is_causal,
     )
     if normalization in COLUMN_NORMALIZED:
-        if looks_causal(spec):
+        # padding alone is never causal (looks_causal would say so after several passes over the mask)
+        if (is_causal or attn_mask is not None) and looks_causal(spec):
             raise _causal_error(normalization)
         if q_len == 1:
             warnings.warn(
