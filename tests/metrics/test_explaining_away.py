@@ -68,6 +68,19 @@ def test_bad_input_names_the_argument():
         incoming_mass(torch.rand(1, 1, 3, 3), key_valid=torch.zeros(1, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="threshold"):
         explained_away_fraction(torch.rand(1, 1, 3), threshold=0)
+    with pytest.raises(ValueError, match="key_valid"):
+        explained_away_fraction(torch.rand(1, 1, 3), threshold=0.1, key_valid=torch.ones(1, 4, dtype=torch.bool))
+
+
+def test_key_valid_as_0_1_integers_reads_like_bool():
+    """Every function here reads padding masks through probattn.masks: 0/1 integers work everywhere."""
+    w = torch.rand(2, 2, 3, 4).softmax(-1)
+    as_bool = torch.tensor([[True, True, True, False], [True, True, False, False]])
+    mass = incoming_mass(w, key_valid=as_bool.long())
+    torch.testing.assert_close(mass, incoming_mass(w, key_valid=as_bool))
+    for fn in (lambda kv: explained_away_fraction(mass, threshold=0.5, key_valid=kv),
+               lambda kv: min_incoming_mass(mass, key_valid=kv)):
+        torch.testing.assert_close(fn(as_bool.long()), fn(as_bool))
 
 
 @settings(max_examples=30, deadline=None)

@@ -40,14 +40,10 @@ def incoming_mass(weights: Tensor, *, query_valid: Tensor | None = None, key_val
 def _key_mask(mass: Tensor, key_valid: Tensor | None) -> Tensor:
     if mass.dim() != 3:
         raise ValueError(f"mass must have shape (batch, heads, k_len), got {tuple(mass.shape)}")
-    if key_valid is None:
+    _, kv = validity(mass[:, :, None, :], None, key_valid)  # (B, H, 1, Lk): one query row per head
+    if kv is None:
         return torch.ones(mass.shape[0], 1, mass.shape[2], dtype=torch.bool, device=mass.device)
-    if key_valid.shape != (mass.shape[0], mass.shape[2]) or key_valid.dtype != torch.bool:
-        raise ValueError(
-            f"key_valid must be bool of shape (batch, k_len) = {(mass.shape[0], mass.shape[2])}, "
-            f"got {key_valid.dtype} {tuple(key_valid.shape)}"
-        )
-    return key_valid[:, None, :]
+    return kv[:, None, :]
 
 
 def explained_away_fraction(mass: Tensor, *, threshold: float, key_valid: Tensor | None = None) -> Tensor:
