@@ -29,6 +29,11 @@ from probattn.functional import attention
 from probattn.masks import build_mask_spec, from_hf_attention_mask
 from probattn.nn.hooks import is_observed, observe_qk
 
+try:  # transformers' output-capturing hooks (GPT-2 collects weights there); imported once, read every forward
+    from transformers.utils.output_capturing import _active_collector
+except ImportError:  # pragma: no cover - other transformers versions
+    _active_collector = None
+
 ATTENTION_NAME = "probattn"
 SETTINGS_ATTR = "probattn_settings"
 HYBRID_ATTR = "probattn_hybrid"
@@ -105,9 +110,7 @@ def _weights_requested(kwargs: dict) -> bool:
     """
     if kwargs.get("output_attentions"):
         return True
-    try:
-        from transformers.utils.output_capturing import _active_collector
-    except ImportError:  # pragma: no cover - other transformers versions
+    if _active_collector is None:  # pragma: no cover - other transformers versions
         return False
     collected = _active_collector.get()
     return bool(collected) and ("attentions" in collected or "cross_attentions" in collected)
