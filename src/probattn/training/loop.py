@@ -106,8 +106,8 @@ def _check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> 
 class _Guard:
     """Raises :class:`NonFiniteError` naming the step and the component that went non-finite."""
 
-    def __init__(self, ctx: D.Distributed, out: Path | None):
-        self.ctx, self.out, self.step, self.last_checkpoint = ctx, out, 0, None
+    def __init__(self, out: Path | None):
+        self.out, self.step, self.last_checkpoint = out, 0, None
 
     def fail(self, component: str, value: str) -> None:
         kept = (f"the last good checkpoint ({self.out / CHECKPOINT}, step {self.last_checkpoint}) is kept"
@@ -176,7 +176,7 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config))
-    guard = _Guard(ctx, out)
+    guard = _Guard(out)
     repulsive = None
     if config.repulsive:
         repulsive = RepulsiveHeads(model, method=config.repulsive, alpha=config.repulsive_alpha, seed=config.seed,
@@ -235,7 +235,7 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
         epoch, in_epoch = divmod(step, steps_per_epoch)
         if epoch != order_epoch:
             order, order_epoch = D.epoch_order(len(splits.train), seed=config.seed, epoch=epoch), epoch
-        sums = torch.zeros(2, dtype=torch.float64)
+        sums = torch.zeros(2, dtype=torch.float64, device=ctx.device)  # read back once per step, not per micro-batch
         for j, index in enumerate(D.micro_batches(order, in_epoch, batch_size=config.batch_size,
                                                   grad_accum=grad_accum, world_size=ctx.world_size,
                                                   rank=ctx.rank)):
@@ -254,8 +254,8 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
                 task = F.cross_entropy(logits.float(), labels[index].to(ctx.device))
                 align = alignment_loss(model, distance_batch=0)[0] if config.alignment else task.new_zeros(())
                 ((task + align) / grad_accum).backward()
-            sums += torch.stack([task.detach(), align.detach()]).double().cpu() / grad_accum
-        ctx.all_reduce_mean(sums)
+            sums += torch.stack([task.detach(), align.detach()]).double() / grad_accum
+        sums = ctx.all_reduce_mean(sums).cpu()
         guard.scalar("task loss", sums[0])
         guard.scalar("alignment term", sums[1])
         guard.gradients("gradient of the task loss" + (" + alignment term" if config.alignment else ""), params)
