@@ -74,9 +74,10 @@ def build_model(config: TrainConfig, train: TextClassificationData,
     The word vocabulary of ``tiny`` / ``self-attentive`` is built from ``train`` (or restored from
     ``tokenizer_state``).
     """
-    if config.model == "tiny":
+    if config.model in ("tiny", "self-attentive"):
         words = (WordTokenizer.from_state_dict(tokenizer_state) if tokenizer_state
                  else WordTokenizer.build(train.texts + (train.text_pairs or [])))
+    if config.model == "tiny":
         model = _tiny(config, train.num_labels, len(words))
         if config.alignment:
             from probattn.alignment import attach_alignment
@@ -89,8 +90,6 @@ def build_model(config: TrainConfig, train: TextClassificationData,
         if config.normalization != "softmax" or config.alignment:
             raise ValueError("--model self-attentive has no query/key attention: --normalization must be softmax "
                              "and --alignment off (use --repulsive, which acts on its hops)")
-        words = (WordTokenizer.from_state_dict(tokenizer_state) if tokenizer_state
-                 else WordTokenizer.build(train.texts + (train.text_pairs or [])))
         model = SelfAttentiveClassifier(len(words), train.num_labels, embed_dim=config.embed_dim,
                                         hidden=config.embed_dim, attention_hops=config.num_heads,
                                         attention_unit=config.embed_dim, mlp_hidden=2 * config.embed_dim,
