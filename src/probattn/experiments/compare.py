@@ -21,7 +21,6 @@ import ctypes
 import gc
 import json
 import math
-import re
 import shlex
 import sys
 import time
@@ -31,6 +30,7 @@ from typing import Any
 
 import torch
 
+from probattn.benchmarking import _reset_peak_rss, _status_kib
 from probattn.experiments import plots
 from probattn.experiments.diagnostics import collect_layer_statistics, layer_metrics
 from probattn.experiments.results import (
@@ -97,11 +97,6 @@ TABLES = {"In domain: Rotten Tomatoes test (held-out movies)": COLUMNS_IN_DOMAIN
 DIAGNOSTIC_EXAMPLES = 256
 
 
-def _status_kib(field: str) -> float:
-    match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
-    return float(match.group(1)) if match else math.nan
-
-
 @contextlib.contextmanager
 def peak_memory(device: torch.device) -> Iterator[dict[str, float]]:
     """Measure the peak memory of the enclosed code, in MiB, into the yielded dict's ``"mb"``.
@@ -116,17 +111,15 @@ def peak_memory(device: torch.device) -> Iterator[dict[str, float]]:
         yield box
         box["mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         return
-    start = math.nan
-    try:
-        gc.collect()
+    start = None
+    gc.collect()
+    with contextlib.suppress(OSError):  # not Linux/glibc, or /proc not writable: leave NaN
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-        Path("/proc/self/clear_refs").write_text("5")
-        start = _status_kib("VmRSS")
-    except OSError:  # not Linux/glibc, or /proc not writable: leave NaN
-        pass
+        start = _status_kib("VmRSS") if _reset_peak_rss() else None
     yield box
-    with contextlib.suppress(OSError):
-        box["mb"] = (_status_kib("VmHWM") - start) / 1024
+    end = _status_kib("VmHWM")
+    if start is not None and end is not None:
+        box["mb"] = (end - start) / 1024
 
 
 def _split_metrics(predictions, suffix: str) -> tuple[dict[str, float], dict[str, Any]]:
