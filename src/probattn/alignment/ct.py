@@ -173,7 +173,7 @@ class ConditionalTransport(nn.Module):
         super().__init__()
         self.critic = networks.critic(head_dim, hidden, groups, ascend=True)
         self.navigator = networks.navigator(head_dim, hidden, groups, ascend=navigator == "max")
-        self.rho, self.cost, self.navigator_mode, self.temperature = rho, cost, navigator, temperature
+        self.rho, self.cost, self.temperature = rho, cost, temperature
 
     def forward(self, q: Tensor, k: Tensor, query_valid: Tensor | None, key_valid: Tensor | None, axis: str) -> Tensor:
         """``q (B, H, Lq, d)``, ``k (B, H, Lk, d)``, validity ``(B, Lq)`` / ``(B, Lk)`` or None -> scalar CT."""
