@@ -20,6 +20,7 @@ with no allowed key outputs zeros.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -135,16 +136,20 @@ def _split_attn_mask(mask: Tensor) -> tuple[Tensor | None, Tensor | None]:
         raise TypeError(
             f"attn_mask must be bool (True = may attend) or floating point (additive), got {mask.dtype}"
         )
-    if bool(torch.isnan(mask).any()):
+    if mask.numel() == 0:
+        return None, None
+    # one read pass and one sync for the common cases: NaN propagates to both extremes, +inf shows in the max
+    low, high = torch.stack(torch.aminmax(mask)).tolist()
+    if math.isnan(low) or math.isnan(high):
         raise ValueError("attn_mask contains NaN; use -inf (or a bool mask) for pairs that may not attend")
-    blocked = mask <= torch.finfo(mask.dtype).min / 2  # includes -inf
-    if bool((mask == float("inf")).any()):
+    if high == math.inf:
         raise ValueError("attn_mask contains +inf; additive masks may only hold finite values or -inf")
-    allowed = None if not bool(blocked.any()) else ~blocked
-    bias = mask.masked_fill(blocked, 0.0) if allowed is not None else mask
-    if not bool((bias != 0).any()):
-        bias = None
-    return allowed, bias
+    threshold = torch.finfo(mask.dtype).min / 2
+    if low > threshold:  # nothing blocked: a pure bias (None when all zero)
+        return None, (mask if low != 0 or high != 0 else None)
+    blocked = mask <= threshold  # includes -inf
+    bias = mask.masked_fill(blocked, 0.0)
+    return ~blocked, (bias if bool((bias != 0).any()) else None)
 
 
 def _and(a: Tensor | None, b: Tensor | None) -> Tensor | None:
