@@ -37,10 +37,10 @@ def test_float_masks_split_into_allowed_and_bias():
     assert torch.equal(spec.bias[0, 0, 0], torch.tensor([0.0, -1.5, 0.0, 0.0]))
     additive = spec.additive(torch.float32)[0, 0, 0]
     assert additive[1] == -1.5 and torch.isinf(additive[2:]).all()
-    bias_only = _spec(attn_mask=torch.tensor([0.0, -1.5, 2.0, 0.0]))  # nothing blocked: a pure bias
+    bias_only = _spec(attn_mask=torch.tensor([[0.0, -1.5, 2.0, 0.0]]))  # nothing blocked: a pure bias
     assert bias_only.allowed is None and torch.equal(bias_only.bias.flatten(), torch.tensor([0.0, -1.5, 2.0, 0.0]))
     assert _spec(attn_mask=torch.zeros(4, 4)).is_trivial  # an all-zero additive mask masks nothing
-    nan_and_inf = torch.tensor([float("-inf"), float("nan"), float("inf"), 0.0])
+    nan_and_inf = torch.tensor([[float("-inf"), float("nan"), float("inf"), 0.0]])
     with pytest.raises(ValueError, match="NaN"):  # NaN is named first, whatever else the mask holds
         _spec(attn_mask=nan_and_inf)
 
