@@ -2,7 +2,8 @@
 
 Every attention implementation in probattn (``probattn.nn.MultiheadAttention`` and the Hugging Face
 attention function in ``probattn.hf``) calls :func:`observe_qk` once per forward with the projected, unscaled
-per-head queries and keys (after rotary embeddings, before the ``1/sqrt(d)`` scale).
+per-head queries and keys (after rotary embeddings, before the ``1/sqrt(d)`` scale); a caller may skip the
+call, and the work of preparing its arguments, when :func:`is_observed` says nothing is attached.
 
 * A regularizer attaches itself as the submodule ``module.probattn_alignment`` (so it is saved with the model,
   moved by ``.to()`` and synchronised by DDP) and exposes ``observe(q, k, *, query_valid, key_valid)``.
