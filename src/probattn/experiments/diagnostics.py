@@ -95,15 +95,15 @@ class _Probe:
 def _batches(model: nn.Module, encoded: Encoded, batch_size: int, max_examples: int) -> Iterator[tuple[Tensor, Tensor]]:
     """``(input_ids, valid)`` of the first ``max_examples`` inputs in batches, cut to each batch's longest, on the
     model's device, with the model in eval mode (its mode restored afterwards)."""
+    from probattn.training.modeling import batch_inputs
+
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
         n = min(max_examples, encoded.input_ids.shape[0])
         for start in range(0, n, batch_size):
-            mask = encoded.attention_mask[start:min(start + batch_size, n)]
-            width = int(mask.sum(1).max())
-            yield encoded.input_ids[start:start + mask.shape[0], :width].to(device), mask[:, :width].to(device)
+            yield batch_inputs(encoded, slice(start, min(start + batch_size, n)), device)
     finally:
         model.train(was_training)
 

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from probattn.data import Encoded, TextClassificationData
 from probattn.metrics.calibration import calibration
-from probattn.training.modeling import Encoder, forward_logits
+from probattn.training.modeling import Encoder, batch_inputs, forward_logits
 
 __all__ = ["Predictions", "evaluate_split", "predict", "predict_encoded"]
 
@@ -38,10 +38,7 @@ def predict_encoded(model: nn.Module, encoded: Encoded, labels: Tensor, *, batch
     chunks = []
     try:
         for start in range(0, len(labels), batch_size):
-            mask = encoded.attention_mask[start:start + batch_size]
-            width = int(mask.sum(1).max())  # drop columns that are padding in the whole batch
-            ids = encoded.input_ids[start:start + batch_size, :width].to(device)
-            logits = forward_logits(model, ids, mask[:, :width].to(device))
+            logits = forward_logits(model, *batch_inputs(encoded, slice(start, start + batch_size), device))
             chunks.append(torch.softmax(logits.float(), dim=-1).cpu())
     finally:
         model.train(was_training)

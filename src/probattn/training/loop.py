@@ -39,7 +39,13 @@ from probattn.training.checkpoint import (
 from probattn.training.config import TrainConfig
 from probattn.training.data import load_ood, load_splits
 from probattn.training.evaluate import Predictions, predict
-from probattn.training.modeling import Encoder, build_model, forward_logits, inference_state_dict
+from probattn.training.modeling import (
+    Encoder,
+    batch_inputs,
+    build_model,
+    forward_logits,
+    inference_state_dict,
+)
 from probattn.training.outputs import CHECKPOINT, prepare_output, write_run
 
 __all__ = ["NonFiniteError", "RunResult", "train"]
@@ -240,9 +246,7 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
                                                   grad_accum=grad_accum, world_size=ctx.world_size,
                                                   rank=ctx.rank)):
             torch.manual_seed(D.seed_for(config.seed, step, ctx.rank * grad_accum + j))
-            mask = encoded.attention_mask[index]
-            width = int(mask.sum(1).max())
-            ids, mask = encoded.input_ids[index, :width].to(ctx.device), mask[:, :width].to(ctx.device)
+            ids, mask = batch_inputs(encoded, index, ctx.device)
             sync = j == grad_accum - 1 or not ctx.enabled
             with contextlib.nullcontext() if sync else wrapped.no_sync():
                 try:

@@ -99,6 +99,15 @@ def build_model(config: TrainConfig, train: TextClassificationData,
     return model, Encoder(_hf_tokenize(tokenizer), config.max_length, {"kind": "minilm"})
 
 
+def batch_inputs(encoded: Encoded, rows: slice | Sequence[int],
+                 device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+    """``(input_ids, attention_mask)`` of ``encoded``'s ``rows``, cut to the batch's longest input (the columns that
+    are padding in every row are dropped), on ``device``."""
+    mask = encoded.attention_mask[rows]
+    width = int(mask.sum(1).max())
+    return encoded.input_ids[rows, :width].to(device), mask[:, :width].to(device)
+
+
 def forward_logits(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     """``(B, C)`` logits of any supported model."""
     out = model(input_ids=input_ids, attention_mask=attention_mask)
