@@ -29,6 +29,7 @@ from torch import Tensor
 
 from probattn.experiments.results import write_json
 from probattn.functional import attention
+from probattn.metrics import incoming_mass
 
 __all__ = ["GmmResult", "add_arguments", "attention_step", "em_step", "make_clusters", "run", "run_gmm"]
 
@@ -92,11 +93,6 @@ class GmmResult:
     masses: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
 
-def normalized_mass(weights: Tensor) -> Tensor:
-    """``m~_j = (sum_i A_ij) * N / M`` for weights ``(M, N)``; 1 is a key's fair share."""
-    return weights.sum(0) * weights.shape[1] / weights.shape[0]
-
-
 def run_gmm(
     sizes: Sequence[int] = (300, 60, 15),
     *,
@@ -125,7 +121,7 @@ def run_gmm(
             means = new_means
             path.append(means.clone())
         _, weights = attention_step(means, points, sigma2=sigma2, normalization=name)
-        mass = normalized_mass(weights)
+        mass = incoming_mass(weights[None, None])[0, 0]  # (N,): 1 is a point's fair share
         reached = (torch.cdist(centers, means).min(dim=1).values < 1.0).tolist()
         result.trajectories[name], result.masses[name] = torch.stack(path), mass
         result.per_normalization[name] = {
