@@ -5,8 +5,8 @@ improves accuracy and calibration (ECE) in domain and, more so, out of domain. A
 pretrained all-MiniLM-L6-v2 fine-tuned on Rotten Tomatoes (split by movie), tested on held-out movies and
 on Amazon Fine Food reviews (out of domain), for the variants ``softmax`` (plain fine-tuning), ``alignment``
 (CT, bidirectional conditional transport) and ``alignment-gan`` (adversarial), with ``λ = 0.01`` as in the
-authors' script. Fine-tuning MiniLM costs about 2.6 s per step at batch 32 on 2 CPU cores (measured in the
-research notes), so the budget is set by ``--max-steps`` and ``--seeds``.
+authors' script. Fine-tuning MiniLM took 0.9-1.6 s per step at batch 16 on 2 CPU cores (softmax, CT, GAN in
+docs/experiments.md), so the budget is set by ``--max-steps`` and ``--seeds``.
 
 Run it with ``probattn experiment alignment``; it is :func:`probattn.experiments.compare.compare` with the
 ``minilm`` preset.

@@ -71,10 +71,10 @@ def slab_shape(batch: int, heads: int, q_len: int, k_len: int) -> tuple[int, int
     return block, min(rows, batch * heads)
 
 
-# impl="auto" (measured on CPU, float32, 1 thread, forward and forward+backward; docs/performance.md): what
-# decides is the total number of scores B * H * Lq * Lk, not the length. From 2**20 scores (4 MiB in float32) on,
-# the slab path takes 0.3-0.8x the dense path's time (e.g. (16, 12, 128, 128): 0.4-0.8x) and far less memory;
-# at 2**17-2**18 scores the two are on par (0.8-1.6x), and below it the slab path's fixed cost per slab loses.
+# impl="auto": what decides is the total number of scores B * H * Lq * Lk, not the length. Measured by
+# benchmarks/impl_crossover.py (CPU, float32, 1 thread; docs/performance.md): from 2**21 scores on the slab path
+# took 0.22-0.86x the dense path's time (Sinkhorn at (16, 12, 128, 128) fwd+bwd: 1.00x) and far less memory; at
+# 2**19 the two are on par (0.71-1.23x); at 2**17 the slab path's fixed cost per slab loses (1.24-2.14x).
 AUTO_MIN_SCORES = 2**20
 
 
