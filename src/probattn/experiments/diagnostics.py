@@ -69,27 +69,19 @@ class _Probe:
     def __init__(self, module: nn.Module) -> None:
         self.module = module
         self.stats: AttentionStatistics | None = None
-        self.batch_valid: Tensor | None = None  # (B, L) real tokens of the current batch
 
     def observe(self, q: Tensor, k: Tensor, *, query_valid: Tensor | None, key_valid: Tensor | None) -> None:
         if self.stats is None:
             self.stats = AttentionStatistics(q.shape[1], thresholds=(0.1, EXPLAINED_AWAY_THRESHOLD))
-        # A layer fed a float padding mask (e.g. by torch.nn.TransformerEncoderLayer) reports no validity;
-        # in self-attention over the batch's tokens the batch's padding is the keys' and the queries' padding.
-        # The weights are recomputed exactly as the layer computed them (with the query validity it reported);
-        # the statistics count real tokens only.
-        attended_queries, counted_queries = query_valid, query_valid
-        batch_shape = (q.shape[0], q.shape[2])
-        if self.batch_valid is not None and tuple(self.batch_valid.shape) == batch_shape and q.shape[2] == k.shape[2]:
-            key_valid = self.batch_valid if key_valid is None else key_valid
-            counted_queries = self.batch_valid if query_valid is None else query_valid
+        # The layer reports which keys and (in self-attention) which queries are real, even when it was fed a
+        # float padding mask; the weights are recomputed as the layer computed them and only real tokens count.
         normalization, alpha, iters = _settings(self.module)
         q64, k64 = q.to(torch.float64), k.to(torch.float64)
         _, weights = attention(q64, k64, k64, normalization=normalization, hybrid_alpha=alpha,
                                sinkhorn_iters=iters, key_padding_mask=key_valid,
-                               query_padding_mask=attended_queries, return_weights=True)
-        self.stats.update_weights(weights, query_valid=counted_queries, key_valid=key_valid)
-        self.stats.update_qk(q64, k64, query_valid=counted_queries, key_valid=key_valid)
+                               query_padding_mask=query_valid, return_weights=True)
+        self.stats.update_weights(weights, query_valid=query_valid, key_valid=key_valid)
+        self.stats.update_qk(q64, k64, query_valid=query_valid, key_valid=key_valid)
 
 
 def _batches(model: nn.Module, encoded: Encoded, batch_size: int, max_examples: int) -> Iterator[tuple[Tensor, Tensor]]:
@@ -128,8 +120,6 @@ def collect_layer_statistics(model: nn.Module, encoded: Encoded, *, batch_size: 
     probes = [_Probe(m) for m in layers]
     with attached_probes(layers, probes):
         for ids, valid in _batches(model, encoded, batch_size, max_examples):
-            for probe in probes:
-                probe.batch_valid = valid
             forward_logits(model, ids, valid)
     return [p.stats.summary() if p.stats is not None else {} for p in probes]
 
