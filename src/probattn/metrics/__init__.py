@@ -12,6 +12,7 @@ from probattn.metrics.diversity import (
 )
 from probattn.metrics.entropy import attention_entropy
 from probattn.metrics.explaining_away import explained_away_fraction, incoming_mass, min_incoming_mass
+from probattn.metrics.significance import PairedComparison, mean_interval, paired_bootstrap
 from probattn.metrics.streaming import AttentionStatistics, MomentAccumulator
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "CalibrationAccumulator",
     "CalibrationResult",
     "MomentAccumulator",
+    "PairedComparison",
     "attention_entropy",
     "calibration",
     "explained_away_fraction",
@@ -26,10 +28,12 @@ __all__ = [
     "head_js_divergence",
     "incoming_mass",
     "lin_redundancy",
+    "mean_interval",
     "linear_cka",
     "mean_distance",
     "min_incoming_mass",
     "mmd_rbf",
+    "paired_bootstrap",
     "parameter_cosine_similarity",
     "qk_alignment",
 ]
