@@ -94,6 +94,11 @@ def test_general_bool_and_float_attn_masks(normalization):
     g = torch.Generator().manual_seed(0)
     allowed = torch.rand(3, 1, 6, 6, generator=g) > 0.4
     allowed[..., 0] = True  # every query sees at least one key
+    if normalization != "softmax":  # column normalization takes block-complete patterns only: packed documents
+        with pytest.raises(ValueError, match="attn_mask.*complete blocks"):
+            attention(q, k, v, normalization=normalization, attn_mask=allowed)
+        allowed = torch.randint(0, 3, (3, 1, 6, 1), generator=g) == torch.randint(0, 3, (3, 1, 1, 6), generator=g)
+        allowed[..., 0, :] = False  # and a query that sees nothing
     bias = torch.randn(3, 4, 6, 6, generator=g, dtype=torch.float64)
     additive = bias.masked_fill(~allowed, float("-inf"))
     out_bool = attention(q, k, v, normalization=normalization, attn_mask=allowed)
@@ -279,5 +284,32 @@ def test_non_finite_inputs_and_overflow_are_named(normalization, impl):
         bad[name][0, 1, 2, 3] = math.inf
         with pytest.raises(ValueError, match=f"^{name} contains NaN or infinite"):
             attention(bad["q"], bad["k"], bad["v"], normalization=normalization, impl=impl)
-    with pytest.raises(ValueError, match="overflowed"):
+    with pytest.raises(ValueError, match="scores may overflow.*scale"):
         attention(q * 1e30, k * 1e30, v, normalization=normalization, impl=impl)
+
+
+@pytest.mark.parametrize("normalization", ["doubly", "hybrid", "sinkhorn"])
+def test_huge_scores_have_one_outcome_on_every_path(normalization):
+    """Dense and chunked, forward and backward: both raise the same error, or both give finite, equal results.
+    (At 1e19 the chunked path used to return a finite output with NaN gradients while the dense one raised.)"""
+    for magnitude in (1e2, 1e8, 1e15, 1e17, 1e18, 1e19, 1e20):
+        for seed in range(3):
+            outcomes = []
+            for impl in ("dense", "chunked"):
+                g = torch.Generator().manual_seed(seed)
+                q, k = (torch.randn(2, 2, 5, 4, generator=g) * magnitude for _ in range(2))
+                v = torch.randn(2, 2, 5, 3, generator=g)
+                q, k, v = (t.requires_grad_() for t in (q, k, v))
+                try:
+                    out = attention(q, k, v, normalization=normalization, impl=impl)
+                except ValueError as error:
+                    assert "scores may overflow" in str(error)
+                    outcomes.append(None)
+                    continue
+                out.backward(torch.ones_like(out))
+                for t in (out, q.grad, k.grad, v.grad):
+                    assert torch.isfinite(t).all(), (magnitude, impl)
+                outcomes.append((out.detach(), v.grad))
+            assert (outcomes[0] is None) == (outcomes[1] is None), magnitude
+            if magnitude == 1e2:  # scores ~1e4: float32 resolves them to ~1e-3
+                torch.testing.assert_close(outcomes[0], outcomes[1], atol=2e-3, rtol=2e-3)
