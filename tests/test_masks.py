@@ -124,7 +124,7 @@ def test_block_complete_agrees_with_its_definition():
 
 def test_column_normalization_guard_names_the_mask():
     causal = torch.ones(4, 4, dtype=torch.bool).tril()
-    with pytest.raises(ValueError, match="attn_mask.*future.*normalization='softmax'"):
+    with pytest.raises(ValueError, match=r"attn_mask.*future.*normalization='softmax'"):
         check_column_normalizable(_spec(attn_mask=causal), "doubly")
     with pytest.raises(ValueError, match="is_causal=True"):
         check_column_normalizable(_spec(is_causal=True), "sinkhorn")

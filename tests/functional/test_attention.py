@@ -95,7 +95,7 @@ def test_general_bool_and_float_attn_masks(normalization):
     allowed = torch.rand(3, 1, 6, 6, generator=g) > 0.4
     allowed[..., 0] = True  # every query sees at least one key
     if normalization != "softmax":  # column normalization takes block-complete patterns only: packed documents
-        with pytest.raises(ValueError, match="attn_mask.*complete blocks"):
+        with pytest.raises(ValueError, match=r"attn_mask.*complete blocks"):
             attention(q, k, v, normalization=normalization, attn_mask=allowed)
         allowed = torch.randint(0, 3, (3, 1, 6, 1), generator=g) == torch.randint(0, 3, (3, 1, 1, 6), generator=g)
         allowed[..., 0, :] = False  # and a query that sees nothing
@@ -284,7 +284,7 @@ def test_non_finite_inputs_and_overflow_are_named(normalization, impl):
         bad[name][0, 1, 2, 3] = math.inf
         with pytest.raises(ValueError, match=f"^{name} contains NaN or infinite"):
             attention(bad["q"], bad["k"], bad["v"], normalization=normalization, impl=impl)
-    with pytest.raises(ValueError, match="scores may overflow.*scale"):
+    with pytest.raises(ValueError, match=r"scores may overflow.*scale"):
         attention(q * 1e30, k * 1e30, v, normalization=normalization, impl=impl)
 
 
