@@ -14,7 +14,7 @@ Conventions accepted here and turned into one :class:`MaskSpec`:
 * padding: ``key_padding_mask`` / ``query_padding_mask`` of shape ``(B, L)``, ``True`` (or 1) = a real token.
 * causality: ``is_causal=True`` (top-left aligned, as in ``scaled_dot_product_attention``).
 
-Semantics the attention kernels rely on (see ``docs/masks.md``):
+Semantics the attention kernels rely on (see ``docs/attention.md``):
 a pair ``(i, j)`` takes part iff ``query_valid[i] and key_valid[j] and allowed[i, j]`` (and ``j <= i`` when
 causal). Padded queries therefore never enter a column statistic, padded keys receive zero mass, and a query
 with no allowed key outputs zeros.
@@ -256,6 +256,19 @@ def build_mask_spec(
     )
 
 
+def _first_true(mask: Tensor, dim: int) -> Tensor:
+    """Index of the first True along ``dim`` (clamped into range where there is none), int64.
+
+    ``n - max(mask * (n - index))``: a multiply and a max, several times faster than ``argmax`` across rows.
+    """
+    n = mask.shape[dim]
+    dtype = torch.int16 if n < 2**15 else torch.int32
+    shape = [1] * mask.dim()
+    shape[dim] = n
+    weights = torch.arange(n, 0, -1, dtype=dtype, device=mask.device).view(shape)
+    return (n - (mask * weights).amax(dim=dim).long()).clamp_(max=n - 1)
+
+
 def is_block_complete(allowed: Tensor) -> bool:
     """Whether a bool pattern ``(..., Lq, Lk)`` is, in every leading slice, a disjoint union of complete blocks.
 
@@ -268,14 +281,15 @@ def is_block_complete(allowed: Tensor) -> bool:
     """
     if allowed.shape[-2] == 1 or allowed.shape[-1] == 1:  # all queries alike, or each sees all keys or none
         return True
-    u8 = allowed.to(torch.uint8)
-    first_query = u8.argmax(dim=-2)  # (..., Lk): first query that sees key j (0 when none does)
-    first_key = u8.argmax(dim=-1)  # (..., Lq)
-    row_count = u8.sum(dim=-1)  # (..., Lq)
-    rep_of_row = first_query.gather(-1, first_key)  # (..., Lq)
-    count_of_rep = row_count.gather(-1, first_query)  # (..., Lk)
-    bad = (first_query.unsqueeze(-2) != rep_of_row.unsqueeze(-1)) | (count_of_rep.unsqueeze(-2) != row_count.unsqueeze(-1))
-    return not bool((bad & allowed).any())
+    k_len = allowed.shape[-1]
+    first_query = _first_true(allowed, dim=-2)  # (..., Lk): first query that sees key j
+    first_key = _first_true(allowed, dim=-1)  # (..., Lq)
+    row_count = allowed.sum(dim=-1, dtype=torch.int32)  # (..., Lq)
+    # (a) and (b) as one comparison of codes r * (Lk + 1) + count: per row (..., Lq) and per key (..., Lk)
+    width = k_len + 1
+    row_code = first_query.gather(-1, first_key) * width + row_count
+    key_code = first_query * width + row_count.gather(-1, first_query)
+    return not bool(((row_code.unsqueeze(-1) != key_code.unsqueeze(-2)) & allowed).any())
 
 
 def check_column_normalizable(spec: MaskSpec, normalization: str) -> None:

@@ -391,7 +391,7 @@ def test_mask_values_are_read_in_their_own_dtype():
         # float64 -1e300 on float32 inputs: blocked (was a silent zero row / a wrong "overflowed" error)
         huge = torch.zeros(4, 4, dtype=torch.float64).masked_fill(~blocked_bool, -1e300)
         torch.testing.assert_close(attention(q, k, v, normalization=normalization, attn_mask=huge), expected)
-    with pytest.raises(ValueError, match="attn_mask holds finite values up to 1e.300"):
+    with pytest.raises(ValueError, match=r"attn_mask holds finite values up to 1e.300"):
         attention(q, k, v, attn_mask=torch.full((4, 4), 1e300, dtype=torch.float64))
 
 
@@ -411,5 +411,5 @@ def test_per_key_bias_warns_that_it_cancels(normalization):
 def test_nan_hybrid_alpha_is_named_as_nan():
     q, k, v = _case(25, lq=4, lk=4, h_kv=4)
     for alpha in (float("nan"), torch.tensor([0.5, float("nan"), 0.5, 0.5], dtype=torch.float64)):
-        with pytest.raises(ValueError, match="hybrid_alpha is NaN.*diverged"):
+        with pytest.raises(ValueError, match=r"hybrid_alpha is NaN.*diverged"):
             attention(q, k, v, normalization="hybrid", hybrid_alpha=alpha)

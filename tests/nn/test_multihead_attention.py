@@ -206,7 +206,7 @@ def test_wrong_input_dtype_is_named():
     x = torch.randn(2, 4, 8)
     with pytest.raises(TypeError, match=r"query has dtype torch.float64 .* parameters are torch.float32.*\.to\("):
         m(x.double(), x.double(), x.double())
-    with pytest.raises(TypeError, match="value has dtype torch.float16"):
+    with pytest.raises(TypeError, match=r"value has dtype torch.float16"):
         m(x, x, x.half())
     with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast converts the inputs itself
         out, _ = m(x.bfloat16(), x.bfloat16(), x.bfloat16())
