@@ -92,7 +92,7 @@ class MaskSpec:
 
         Column-normalized schemes cancel such a bias exactly: it changes nothing.
         """
-        if self.bias is None or self.q_len < 2:
+        if self.bias is None or self.q_len < 2 or torch.compiler.is_compiling():
             return False
         return self.bias.shape[-2] == 1 or bool((self.bias == self.bias[..., :1, :]).all())
 
@@ -308,6 +308,8 @@ def check_column_normalizable(spec: MaskSpec, normalization: str) -> None:
     """
     if spec.causal:
         reason = "is_causal=True"
+    elif torch.compiler.is_compiling():  # a data-dependent branch would break the graph: checked in eager runs
+        return
     elif spec.patterned and spec.allowed is not None and not is_block_complete(spec.allowed):
         reason = "this attn_mask (with the padding folded in)"
     else:
