@@ -28,7 +28,14 @@ def problems(draw):
     v = torch.randn(b, h_kv, lk, 2, generator=g, dtype=torch.float64)
     key_valid = torch.rand(b, lk, generator=g) > 0.3
     query_valid = torch.rand(b, lq, generator=g) > 0.3
-    allowed = torch.rand(b, 1, lq, lk, generator=g) > 0.2 if draw(st.booleans()) else None
+    kind = draw(st.sampled_from(["none", "blocks", "random"]))
+    allowed = None
+    if kind == "blocks":  # packed documents: the patterns column normalization accepts
+        labels = draw(st.integers(1, 3))
+        allowed = torch.randint(0, labels, (b, 1, lq, 1), generator=g) == torch.randint(0, labels, (b, 1, 1, lk),
+                                                                                         generator=g)
+    elif kind == "random":
+        allowed = torch.rand(b, 1, lq, lk, generator=g) > 0.2
     return q, k, v, scale, key_valid, query_valid, allowed
 
 
