@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from probattn.masks import build_mask_spec, from_hf_attention_mask, from_torch_mha, looks_causal
+from probattn.masks import (
+    MASKED_AT_OR_BELOW,
+    build_mask_spec,
+    check_column_normalizable,
+    from_hf_attention_mask,
+    from_torch_mha,
+    is_block_complete,
+)
 
 CPU = torch.device("cpu")
 
@@ -70,19 +77,80 @@ def test_bad_masks_name_the_argument(kwargs, match):
         _spec(**kwargs)
 
 
-def test_looks_causal():
+def _block_complete_by_definition(allowed: torch.Tensor) -> bool:
+    """Brute force over each 2-D slice: two queries that share a key see exactly the same keys."""
+    for pattern in allowed.reshape(-1, *allowed.shape[-2:]):
+        rows = [set(row.nonzero().flatten().tolist()) for row in pattern]
+        for a in rows:
+            for b in rows:
+                if a & b and a != b:
+                    return False
+    return True
+
+
+def test_block_complete_patterns():
     causal = torch.ones(4, 4, dtype=torch.bool).tril()
-    assert looks_causal(_spec(attn_mask=causal))
-    assert looks_causal(_spec(is_causal=True))
-    left_padded = causal & torch.tensor([[False, True, True, True]]).view(1, 1, 1, 4)
-    assert looks_causal(_spec(attn_mask=left_padded, sizes=dict(batch=1)))
-    window = causal & ~torch.ones(4, 4, dtype=torch.bool).tril(-2)  # causal local window
-    assert looks_causal(_spec(attn_mask=window))
-    assert not looks_causal(_spec(key_padding_mask=torch.tensor([[1, 0, 0, 0], [1, 1, 1, 1]])))
-    assert not looks_causal(_spec(attn_mask=torch.ones(4, 4, dtype=torch.bool)))
-    strictly_lower = torch.ones(4, 4, dtype=torch.bool).tril(-1)  # no self-attention: not a causal mask
-    assert not looks_causal(_spec(attn_mask=strictly_lower))
-    assert not looks_causal(_spec(attn_mask=torch.ones(2, 3, dtype=torch.bool).tril(), sizes=dict(q_len=2, k_len=3)))
+    assert not is_block_complete(causal)
+    assert not is_block_complete(causal & torch.tensor([True, True, True, False]))  # + right padding
+    assert not is_block_complete(torch.nn.functional.pad(causal, (0, 1), value=True))  # + a zero-attention key
+    assert not is_block_complete(causal & ~torch.ones(4, 4, dtype=torch.bool).tril(-2))  # causal window
+    assert not is_block_complete((torch.arange(4)[:, None] - torch.arange(4)).abs() <= 1)  # symmetric window
+    assert is_block_complete(torch.ones(4, 4, dtype=torch.bool))
+    packed = torch.block_diag(torch.ones(2, 3), torch.ones(2, 1)).bool()  # two packed documents
+    assert is_block_complete(packed) and is_block_complete(packed[[2, 0, 3, 1]][:, [3, 1, 0, 2]])
+    padded = torch.tensor([True, True, False, True])
+    assert is_block_complete(padded[:, None] & padded[None, :])
+    assert is_block_complete(torch.zeros(3, 4, dtype=torch.bool))
+
+
+def test_block_complete_agrees_with_its_definition():
+    g = torch.Generator().manual_seed(0)
+    seen = {True: 0, False: 0}
+    for _ in range(400):
+        lq, lk = (int(x) for x in torch.randint(1, 6, (2,), generator=g))
+        if torch.rand((), generator=g) < 0.5:  # random blocks: labels per query and key, some rows/cols dropped
+            n = int(torch.randint(1, 4, (), generator=g))
+            pattern = torch.randint(0, n, (lq, 1), generator=g) == torch.randint(0, n, (1, lk), generator=g)
+            pattern &= torch.rand(lq, 1, generator=g) > 0.2
+            if torch.rand((), generator=g) < 0.3:  # and sometimes one flipped pair
+                pattern[torch.randint(0, lq, ()), torch.randint(0, lk, ())] ^= True
+        else:
+            pattern = torch.rand(2, lq, lk, generator=g) > 0.5
+        expected = _block_complete_by_definition(pattern)
+        assert is_block_complete(pattern) == expected, pattern
+        seen[expected] += 1
+    assert min(seen.values()) > 50  # both outcomes well covered
+
+
+def test_column_normalization_guard_names_the_mask():
+    causal = torch.ones(4, 4, dtype=torch.bool).tril()
+    with pytest.raises(ValueError, match=r"attn_mask.*future.*normalization='softmax'"):
+        check_column_normalizable(_spec(attn_mask=causal), "doubly")
+    with pytest.raises(ValueError, match="is_causal=True"):
+        check_column_normalizable(_spec(is_causal=True), "sinkhorn")
+    check_column_normalizable(_spec(key_padding_mask=torch.tensor([[1, 0, 0, 0], [1, 1, 1, 1]])), "doubly")
+    check_column_normalizable(_spec(attn_mask=torch.ones(4, 4, dtype=torch.bool)), "doubly")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("value", [float("-inf"), -1e4, -1e9, "min"])
+def test_very_negative_finite_entries_are_masked_in_their_own_dtype(dtype, value):
+    value = torch.finfo(dtype).min if value == "min" else value
+    mask = torch.tensor([[0.0, -3.0, value, 0.0]]).to(dtype)  # -1e9 is -inf in float16: masked either way
+    spec = _spec(attn_mask=mask)
+    assert torch.equal(spec.allowed.flatten(), torch.tensor([True, True, False, True]))
+    assert spec.bias.flatten().tolist() == [0.0, -3.0, 0.0, 0.0] and spec.bias_absmax == 3.0
+    near = _spec(attn_mask=torch.tensor([[0.0, MASKED_AT_OR_BELOW / 2]]).to(dtype), sizes=dict(k_len=2))
+    assert near.allowed is None  # -5000 is a bias
+    huge = _spec(attn_mask=torch.tensor([[0.0, -1e300]], dtype=torch.float64), sizes=dict(k_len=2))
+    assert torch.equal(huge.allowed.flatten(), torch.tensor([True, False])) and huge.bias is None
+
+
+def test_per_key_bias_is_recognised():
+    assert _spec(attn_mask=torch.tensor([[0.0, -3.0, 1.0, 0.0]])).bias_is_per_key()
+    assert _spec(attn_mask=torch.tensor([0.0, -3.0, 1.0, 0.0]).expand(4, 4)).bias_is_per_key()
+    assert not _spec(attn_mask=torch.randn(4, 4)).bias_is_per_key()
+    assert not _spec(attn_mask=torch.tensor([[0.0, -1e4, 0.0, 0.0]])).bias_is_per_key()  # a mask, not a bias
 
 
 def test_torch_mha_convention_is_inverted():
@@ -95,6 +163,9 @@ def test_torch_mha_convention_is_inverted():
     float_kpm = torch.tensor([[0.0, float("-inf")]])  # what nn.TransformerEncoderLayer passes down
     mask, key_valid = from_torch_mha(attn, float_kpm, num_heads=2, batch=1)
     assert torch.equal(mask, ~attn) and torch.equal(key_valid, torch.tensor([[True, False]]))
+    bert_kpm = torch.tensor([[0.0, -10000.0]])  # BERT's old convention is padding too
+    mask, key_valid = from_torch_mha(None, bert_kpm, num_heads=2, batch=1)
+    assert mask is None and torch.equal(key_valid, torch.tensor([[True, False]]))
     biased_kpm = torch.tensor([[-0.5, float("-inf")]])  # finite entries stay an additive bias
     mask, key_valid = from_torch_mha(None, biased_kpm, num_heads=2, batch=1)
     assert torch.equal(key_valid, torch.tensor([[True, False]])) and mask.shape == (1, 1, 1, 2)

@@ -5,14 +5,16 @@ Every other part of probattn asks this module; nothing else reads a mask's dtype
 Conventions accepted here and turned into one :class:`MaskSpec`:
 
 * probattn / SDPA / Hugging Face ``sdpa_mask`` booleans: ``True`` = may attend.
-* float additive masks (SDPA, Hugging Face ``eager_mask``): added to the scores. Entries equal to ``-inf``
-  or at most ``finfo(dtype).min / 2`` mean "not allowed" (that is how Hugging Face writes them); every other
-  entry is a finite bias.
+* float additive masks (SDPA, Hugging Face ``eager_mask``): added to the scores. Entries at most
+  :data:`MASKED_AT_OR_BELOW` (``-1e4``, compared in the mask's own dtype, so ``-inf``, ``-1e9``, BERT's
+  ``-10000`` and Hugging Face's ``finfo.min`` all count) mean "not allowed", for every normalization; every
+  other entry is a finite bias. (Under the column-normalized schemes a finite bias that depends on the key
+  only cancels exactly, so a "soft" padding bias would silently do nothing: hence one threshold for all.)
 * ``torch.nn.MultiheadAttention`` booleans (``True`` = ignore): converted by :func:`from_torch_mha` only.
 * padding: ``key_padding_mask`` / ``query_padding_mask`` of shape ``(B, L)``, ``True`` (or 1) = a real token.
 * causality: ``is_causal=True`` (top-left aligned, as in ``scaled_dot_product_attention``).
 
-Semantics the attention kernels rely on (see ``docs/masks.md``):
+Semantics the attention kernels rely on (see ``docs/attention.md``):
 a pair ``(i, j)`` takes part iff ``query_valid[i] and key_valid[j] and allowed[i, j]`` (and ``j <= i`` when
 causal). Padded queries therefore never enter a column statistic, padded keys receive zero mass, and a query
 with no allowed key outputs zeros.
@@ -27,12 +29,20 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "MASKED_AT_OR_BELOW",
     "MaskSpec",
+    "blocked",
     "build_mask_spec",
+    "check_column_normalizable",
     "from_hf_attention_mask",
     "from_torch_mha",
-    "looks_causal",
+    "is_block_complete",
 ]
+
+# Additive mask entries at or below this value mean "may not attend". exp(-1e4) is 0 in every float dtype
+# (float64 underflows below -745), so under softmax such an entry already carried no weight next to any key
+# within ~700 of the row's best; BERT's original masks used exactly -10000.0, Hugging Face uses finfo.min.
+MASKED_AT_OR_BELOW = -1e4
 
 
 @dataclass(frozen=True)
@@ -43,10 +53,13 @@ class MaskSpec:
         batch, heads, q_len, k_len: the attention problem's sizes ``(B, H, Lq, Lk)``.
         allowed: bool ``(B|1, H|1, Lq, Lk)``, True = may attend; ``None`` when every pair is allowed.
             Already folds in ``query_valid``, ``key_valid`` and causality.
-        bias: float ``(B|1, H|1, Lq, Lk)`` finite additive bias, or ``None``.
+        bias: float ``(B|1, H|1, Lq, Lk)`` finite additive bias (every entry above ``MASKED_AT_OR_BELOW``), or
+            ``None``; kept in the mask's dtype.
         query_valid: bool ``(B, Lq)`` (``None`` = all valid). Queries that are padding.
         key_valid: bool ``(B, Lk)`` (``None`` = all valid). Keys that are padding.
         causal: whether a causal (``j <= i``) restriction is part of ``allowed``.
+        bias_absmax: largest ``|bias|`` (0 without a bias); lets callers refuse a bias their dtype cannot hold.
+        patterned: whether ``attn_mask`` blocked some pair (padding alone never does).
     """
 
     batch: int
@@ -58,6 +71,8 @@ class MaskSpec:
     query_valid: Tensor | None = None
     key_valid: Tensor | None = None
     causal: bool = False
+    bias_absmax: float = 0.0
+    patterned: bool = False
 
     @property
     def is_trivial(self) -> bool:
@@ -71,6 +86,15 @@ class MaskSpec:
     def column_has_query(self) -> Tensor | None:
         """bool ``(B|1, H|1, 1, Lk)``: whether each key is visible to at least one query (None = all)."""
         return None if self.allowed is None else self.allowed.any(dim=-2, keepdim=True)
+
+    def bias_is_per_key(self) -> bool:
+        """Whether the finite bias is the same for every query (depends on the key only).
+
+        Column-normalized schemes cancel such a bias exactly: it changes nothing.
+        """
+        if self.bias is None or self.q_len < 2 or torch.compiler.is_compiling():
+            return False
+        return self.bias.shape[-2] == 1 or bool((self.bias == self.bias[..., :1, :]).all())
 
     def additive(self, dtype: torch.dtype) -> Tensor | None:
         """Float mask ``(B|1, H|1, Lq, Lk)`` for ``scaled_dot_product_attention``: bias, -inf where not allowed."""
@@ -128,28 +152,35 @@ def _broadcast_check(name: str, mask: Tensor, target: tuple[int, int, int, int])
     return m4
 
 
-def _split_attn_mask(mask: Tensor) -> tuple[Tensor | None, Tensor | None]:
-    """Split an attn_mask into (allowed bool, finite bias) following the module conventions."""
+def blocked(mask: Tensor) -> Tensor:
+    """bool: where a float additive mask means "may not attend" (``<= MASKED_AT_OR_BELOW`` in its own dtype)."""
+    return mask <= MASKED_AT_OR_BELOW  # the Python scalar is rounded to mask.dtype (bfloat16: -9984)
+
+
+def _split_attn_mask(mask: Tensor) -> tuple[Tensor | None, Tensor | None, float]:
+    """Split an attn_mask into (allowed bool, finite bias, max |bias|) following the module conventions."""
     if mask.dtype == torch.bool:
-        return mask, None
+        return mask, None, 0.0
     if not mask.is_floating_point():
         raise TypeError(
             f"attn_mask must be bool (True = may attend) or floating point (additive), got {mask.dtype}"
         )
     if mask.numel() == 0:
-        return None, None
+        return None, None, 0.0
     # one read pass and one sync for the common cases: NaN propagates to both extremes, +inf shows in the max
     low, high = torch.stack(torch.aminmax(mask)).tolist()
     if math.isnan(low) or math.isnan(high):
         raise ValueError("attn_mask contains NaN; use -inf (or a bool mask) for pairs that may not attend")
     if high == math.inf:
         raise ValueError("attn_mask contains +inf; additive masks may only hold finite values or -inf")
-    threshold = torch.finfo(mask.dtype).min / 2
+    threshold = torch.tensor(MASKED_AT_OR_BELOW, dtype=mask.dtype).item()  # in the mask's own dtype
     if low > threshold:  # nothing blocked: a pure bias (None when all zero)
-        return None, (mask if low != 0 or high != 0 else None)
-    blocked = mask <= threshold  # includes -inf
-    bias = mask.masked_fill(blocked, 0.0)
-    return ~blocked, (bias if bool((bias != 0).any()) else None)
+        return None, (mask if low != 0 or high != 0 else None), max(-low, high)
+    is_blocked = blocked(mask)
+    bias = mask.masked_fill(is_blocked, 0.0)
+    if high <= threshold or not bool((bias != 0).any()):
+        return ~is_blocked, None, 0.0
+    return ~is_blocked, bias, float(bias.abs().max())
 
 
 def _and(a: Tensor | None, b: Tensor | None) -> Tensor | None:
@@ -193,6 +224,7 @@ def build_mask_spec(
 
     allowed: Tensor | None = None
     bias: Tensor | None = None
+    bias_absmax = 0.0
     if attn_mask is not None:
         attn_mask = _check_tensor("attn_mask", attn_mask)
         if attn_mask.device != device:
@@ -200,7 +232,8 @@ def build_mask_spec(
                 f"attn_mask is on {attn_mask.device} but the inputs are on {device}; move it with .to({str(device)!r})"
             )
         m4 = _broadcast_check("attn_mask", attn_mask, target)
-        allowed, bias = _split_attn_mask(m4)
+        allowed, bias, bias_absmax = _split_attn_mask(m4)
+    patterned = allowed is not None
     if is_causal:
         causal = torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril()
         allowed = _and(allowed, causal.view(1, 1, q_len, k_len))
@@ -218,31 +251,77 @@ def build_mask_spec(
         query_valid=query_valid,
         key_valid=key_valid,
         causal=is_causal,
+        bias_absmax=bias_absmax,
+        patterned=patterned,
     )
 
 
-def looks_causal(spec: MaskSpec) -> bool:
-    """Whether the allowed pattern is causal: ``is_causal``, or a lower-triangular ``attn_mask``.
+def _first_true(mask: Tensor, dim: int) -> Tensor:
+    """Index of the first True along ``dim`` (clamped into range where there is none), int64.
 
-    A pattern counts as causal when every query that attends to anything attends to its own position, and no
-    pair ``j > i`` is allowed between positions that take part (padding, local windows and causal + padding
-    masks as Hugging Face builds them all fit). A pure padding mask is not causal. Only square problems
-    (``Lq == Lk > 1``) can be causal in this sense.
+    ``n - max(mask * (n - index))``: a multiply and a max, several times faster than ``argmax`` across rows.
+    """
+    n = mask.shape[dim]
+    dtype = torch.int16 if n < 2**15 else torch.int32
+    shape = [1] * mask.dim()
+    shape[dim] = n
+    weights = torch.arange(n, 0, -1, dtype=dtype, device=mask.device).view(shape)
+    return (n - (mask * weights).amax(dim=dim).long()).clamp_(max=n - 1)
+
+
+def is_block_complete(allowed: Tensor) -> bool:
+    """Whether a bool pattern ``(..., Lq, Lk)`` is, in every leading slice, a disjoint union of complete blocks.
+
+    That is: any two queries that may attend to a common key may attend to exactly the same keys (queries
+    and keys with no allowed pair are ignored). Exact, with ``O(Lq * Lk)`` work: with ``r(j)`` the first
+    query that sees key ``j``, the pattern is block-complete iff for every allowed ``(i, j)`` (a) ``r(j)``
+    equals ``r`` of row ``i``'s first key and (b) row ``i`` sees as many keys as row ``r(j)``. (By (a) and
+    connectivity every key of a component has the same ``r = r*``, so row ``r*`` sees the whole component;
+    (b) then makes every row of the component see all of it.)
+    """
+    if allowed.shape[-2] == 1 or allowed.shape[-1] == 1:  # all queries alike, or each sees all keys or none
+        return True
+    k_len = allowed.shape[-1]
+    first_query = _first_true(allowed, dim=-2)  # (..., Lk): first query that sees key j
+    first_key = _first_true(allowed, dim=-1)  # (..., Lq)
+    row_count = allowed.sum(dim=-1, dtype=torch.int32)  # (..., Lq)
+    # (a) and (b) as one comparison of codes r * (Lk + 1) + count: per row (..., Lq) and per key (..., Lk)
+    width = k_len + 1
+    row_code = first_query.gather(-1, first_key) * width + row_count
+    key_code = first_query * width + row_count.gather(-1, first_query)
+    return not bool(((row_code.unsqueeze(-1) != key_code.unsqueeze(-2)) & allowed).any())
+
+
+def check_column_normalizable(spec: MaskSpec, normalization: str) -> None:
+    """Refuse a mask under which a column-normalized scheme would leak what the mask hides.
+
+    Under ``doubly``, ``hybrid`` and ``sinkhorn`` query ``i``'s output depends on every query that shares a
+    visible key with it (through that key's column statistic). The mask hides from query ``i`` every key it
+    may not attend to, and every query that may attend to such a key. Both stay invisible to ``i`` exactly
+    when the allowed pattern (padding folded in) is block-complete (:func:`is_block_complete`): full
+    attention, padding on either axis, block-diagonal packing, per-head blocks. Causal masks (``is_causal``,
+    lower-triangular in any spelling, with or without padding or extra always-visible keys), sliding windows
+    and general sparse patterns are not, and raise.
+
+    Raises:
+        ValueError naming ``attn_mask`` / ``is_causal`` and pointing to ``normalization='softmax'``.
     """
     if spec.causal:
-        return True
-    if spec.allowed is None or spec.q_len != spec.k_len or spec.q_len < 2:
-        return False
-    n = spec.q_len
-    allowed = spec.allowed
-    q_used = allowed.any(dim=-1)  # (B|1, H|1, Lq)
-    k_used = allowed.any(dim=-2)  # (B|1, H|1, Lk)
-    upper = torch.ones(n, n, dtype=torch.bool, device=allowed.device).triu(1)
-    candidate = q_used.unsqueeze(-1) & k_used.unsqueeze(-2) & upper  # pairs i < j between used positions
-    if not bool(candidate.any()) or bool((allowed & candidate).any()):
-        return False
-    diagonal = torch.diagonal(allowed, dim1=-2, dim2=-1)
-    return bool((diagonal | ~q_used).all())
+        reason = "is_causal=True"
+    elif torch.compiler.is_compiling():  # a data-dependent branch would break the graph: checked in eager runs
+        return
+    elif spec.patterned and spec.allowed is not None and not is_block_complete(spec.allowed):
+        reason = "this attn_mask (with the padding folded in)"
+    else:
+        return
+    raise ValueError(
+        f"normalization={normalization!r} normalizes each key's column over every query that sees it, so query "
+        f"i's output depends on all queries that share a key with it. Under {reason} such queries see keys "
+        "that query i may not see (under a causal mask: future tokens i' > i), so their information would leak "
+        "into query i and a KV cache could not work. Column-normalized schemes accept only masks whose allowed "
+        "pattern is a union of complete blocks (full attention, padding, block-diagonal packing; see "
+        "docs/attention.md). Use normalization='softmax' for causal (decoder) or sliding-window attention."
+    )
 
 
 def from_torch_mha(
@@ -289,10 +368,10 @@ def from_torch_mha(
         if key_padding_mask.dtype == torch.bool:
             key_valid = ~key_padding_mask
         elif key_padding_mask.is_floating_point():
-            # -inf entries are padding (torch.nn.TransformerEncoderLayer turns a bool mask into 0 / -inf): they
+            # -inf (and <= -1e4) entries are padding (torch.nn.TransformerEncoderLayer writes 0 / -inf): they
             # become key validity, so that self-attention also knows which queries are padding; finite
             # entries stay an additive bias.
-            padded = torch.isneginf(key_padding_mask)
+            padded = blocked(key_padding_mask)
             key_valid = ~padded
             finite = key_padding_mask.masked_fill(padded, 0.0)
             if bool(finite.any()):
@@ -330,6 +409,6 @@ def from_hf_attention_mask(
         if attention_mask.dtype == torch.bool:
             query_valid = diag
         else:
-            query_valid = diag > torch.finfo(attention_mask.dtype).min / 2
+            query_valid = ~blocked(diag)
         query_valid = query_valid.expand(batch, q_len)
     return attention_mask, query_valid, is_causal

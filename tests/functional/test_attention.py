@@ -7,6 +7,7 @@ reference computed from the same inputs.
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -94,6 +95,11 @@ def test_general_bool_and_float_attn_masks(normalization):
     g = torch.Generator().manual_seed(0)
     allowed = torch.rand(3, 1, 6, 6, generator=g) > 0.4
     allowed[..., 0] = True  # every query sees at least one key
+    if normalization != "softmax":  # column normalization takes block-complete patterns only: packed documents
+        with pytest.raises(ValueError, match=r"attn_mask.*complete blocks"):
+            attention(q, k, v, normalization=normalization, attn_mask=allowed)
+        allowed = torch.randint(0, 3, (3, 1, 6, 1), generator=g) == torch.randint(0, 3, (3, 1, 1, 6), generator=g)
+        allowed[..., 0, :] = False  # and a query that sees nothing
     bias = torch.randn(3, 4, 6, 6, generator=g, dtype=torch.float64)
     additive = bias.masked_fill(~allowed, float("-inf"))
     out_bool = attention(q, k, v, normalization=normalization, attn_mask=allowed)
@@ -217,9 +223,12 @@ def test_single_query_warns_about_mean_pooling():
 
 def test_dropout_applies_to_weights():
     q, k, v = _case(15, lq=6, lk=6, h_kv=4)
+    _, clean = attention(q, k, v, normalization="doubly", return_weights=True)
     torch.manual_seed(0)
     out, w = attention(q, k, v, normalization="doubly", dropout_p=0.5, return_weights=True)
-    assert ((w == 0) | (w > 0)).all() and (w == 0).any()
+    dropped = w == 0
+    assert 0.3 < dropped.double().mean() < 0.7  # about half of the weights dropped
+    torch.testing.assert_close(w[~dropped], clean[~dropped] / 0.5)  # the others scaled by 1 / (1 - p)
     torch.testing.assert_close(out, w @ v)
 
 
@@ -279,5 +288,128 @@ def test_non_finite_inputs_and_overflow_are_named(normalization, impl):
         bad[name][0, 1, 2, 3] = math.inf
         with pytest.raises(ValueError, match=f"^{name} contains NaN or infinite"):
             attention(bad["q"], bad["k"], bad["v"], normalization=normalization, impl=impl)
-    with pytest.raises(ValueError, match="overflowed"):
+    with pytest.raises(ValueError, match=r"scores may overflow.*scale"):
         attention(q * 1e30, k * 1e30, v, normalization=normalization, impl=impl)
+
+
+@pytest.mark.parametrize("normalization", ["doubly", "hybrid", "sinkhorn"])
+def test_huge_scores_have_one_outcome_on_every_path(normalization):
+    """Dense and chunked, forward and backward: both raise the same error, or both give finite, equal results.
+    (At 1e19 the chunked path used to return a finite output with NaN gradients while the dense one raised.)"""
+    for magnitude in (1e2, 1e8, 1e15, 1e17, 1e18, 1e19, 1e20):
+        for seed in range(3):
+            outcomes = []
+            for impl in ("dense", "chunked"):
+                g = torch.Generator().manual_seed(seed)
+                q, k = (torch.randn(2, 2, 5, 4, generator=g) * magnitude for _ in range(2))
+                v = torch.randn(2, 2, 5, 3, generator=g)
+                q, k, v = (t.requires_grad_() for t in (q, k, v))
+                try:
+                    out = attention(q, k, v, normalization=normalization, impl=impl)
+                except ValueError as error:
+                    assert "scores may overflow" in str(error)
+                    outcomes.append(None)
+                    continue
+                out.backward(torch.ones_like(out))
+                for t in (out, q.grad, k.grad, v.grad):
+                    assert torch.isfinite(t).all(), (magnitude, impl)
+                outcomes.append((out.detach(), v.grad))
+            assert (outcomes[0] is None) == (outcomes[1] is None), magnitude
+            if magnitude == 1e2:  # scores ~1e4: float32 resolves them to ~1e-3
+                torch.testing.assert_close(outcomes[0], outcomes[1], atol=2e-3, rtol=2e-3)
+
+
+def _future_moves_past(normalization, **masks):
+    """How far query 1's output moves when only token 3 (query, key and value) changes; 4 tokens."""
+    q, k, v = _case(20, b=1, h=4, h_kv=4, lq=4, lk=4)
+    q2, k2, v2 = q.clone(), k.clone(), v.clone()
+    for t in (q2, k2, v2):
+        t[..., 3, :] += 1.0
+    a = attention(q, k, v, normalization=normalization, **masks)
+    b = attention(q2, k2, v2, normalization=normalization, **masks)
+    return (a[:, -1, 1] - b[:, -1, 1]).abs().max().item()  # the last head (causal in every spelling)
+
+
+CAUSAL = torch.ones(4, 4, dtype=torch.bool).tril()
+CAUSAL_SPELLINGS = {
+    "bool + right padding as key_padding_mask": dict(attn_mask=CAUSAL,
+                                                     key_padding_mask=torch.tensor([[True, True, True, False]])),
+    "float -1e9": dict(attn_mask=torch.zeros(4, 4, dtype=torch.float64).masked_fill(~CAUSAL, -1e9)),
+    "float -1e4 (BERT)": dict(attn_mask=torch.zeros(4, 4).masked_fill(~CAUSAL, -1e4)),
+    "float finfo.min, per head (head 0 full)": dict(
+        attn_mask=torch.zeros(1, 4, 4, 4).masked_fill(~CAUSAL, torch.finfo().min).index_fill(1, torch.tensor(0), 0)),
+    "bool + an extra always-visible key (add_zero_attn)": dict(
+        attn_mask=F.pad(CAUSAL, (0, 1), value=True)),
+}
+
+
+@pytest.mark.parametrize("normalization", ["doubly", "hybrid", "sinkhorn"])
+@pytest.mark.parametrize("spelling", list(CAUSAL_SPELLINGS))
+def test_causal_guard_holds_for_every_spelling(normalization, spelling):
+    masks = dict(CAUSAL_SPELLINGS[spelling])
+    if "extra" in spelling:
+        q, k, v = _case(21, b=1, h=1, h_kv=1, lq=4, lk=5)
+        with pytest.raises(ValueError, match=r"attn_mask.*future.*normalization='softmax'"):
+            attention(q, k, v, normalization=normalization, **masks)
+        return
+    assert _future_moves_past("softmax", **masks) < 1e-12  # softmax is causal under every spelling
+    with pytest.raises(ValueError, match=r"attn_mask.*future.*normalization='softmax'"):
+        _future_moves_past(normalization, **masks)
+
+
+@pytest.mark.parametrize("impl", ["dense", "chunked"])
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
+@pytest.mark.parametrize("value", [-1e4, -1e9, -1e30])
+def test_very_negative_finite_padding_masks_for_every_normalization(impl, normalization, value):
+    """A key padded with -1e4 (BERT's convention) or -1e9 gets no attention: column normalization used to
+    cancel such a per-key value exactly and give the padded key [0.057, 0.357, 0.456, 0.114]."""
+    q, k, v = _case(22, lq=4, lk=5, h_kv=4)
+    valid = _lengths_mask([5, 3, 4], 5)
+    additive = torch.zeros(3, 1, 1, 5, dtype=torch.float64).masked_fill(~valid[:, None, None, :], value)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "per-key bias has no effect" warning: this is a mask
+        out = attention(q, k, v, normalization=normalization, attn_mask=additive, impl=impl)
+    expected = attention(q, k, v, normalization=normalization, key_padding_mask=valid, impl=impl)
+    torch.testing.assert_close(out, expected, **TOL[torch.float64])
+    if impl == "dense":
+        _, w = attention(q, k, v, normalization=normalization, attn_mask=additive, return_weights=True)
+        assert (w.masked_select(~valid[:, None, None, :]) == 0).all()
+
+
+def test_mask_values_are_read_in_their_own_dtype():
+    q, k, v = _case(23, b=1, lq=4, lk=4, h_kv=4, dtype=torch.float32)
+    row_blocked = torch.zeros(4, 4)
+    row_blocked[1] = -1e9  # float32 mask on float16 inputs: used to give zeros, and uniform weights in float32
+    blocked_bool = torch.ones(4, 4, dtype=torch.bool)
+    blocked_bool[1] = False
+    for normalization in NORMALIZATIONS:
+        expected = attention(q, k, v, normalization=normalization, attn_mask=blocked_bool)
+        half = attention(q.half(), k.half(), v.half(), normalization=normalization, attn_mask=row_blocked)
+        torch.testing.assert_close(half.float(), expected, atol=2e-2, rtol=2e-2)
+        full = attention(q, k, v, normalization=normalization, attn_mask=row_blocked)
+        torch.testing.assert_close(full, expected)
+        # float64 -1e300 on float32 inputs: blocked (was a silent zero row / a wrong "overflowed" error)
+        huge = torch.zeros(4, 4, dtype=torch.float64).masked_fill(~blocked_bool, -1e300)
+        torch.testing.assert_close(attention(q, k, v, normalization=normalization, attn_mask=huge), expected)
+    with pytest.raises(ValueError, match=r"attn_mask holds finite values up to 1e.300"):
+        attention(q, k, v, attn_mask=torch.full((4, 4), 1e300, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("normalization", ["doubly", "hybrid", "sinkhorn"])
+def test_per_key_bias_warns_that_it_cancels(normalization):
+    q, k, v = _case(24, lq=4, lk=5, h_kv=4)
+    per_key = torch.tensor([0.0, -2.0, 3.0, 0.5, -1.0], dtype=torch.float64)
+    with pytest.warns(UserWarning, match="cancels such a bias exactly"):
+        out = attention(q, k, v, normalization=normalization, attn_mask=per_key.expand(4, 5))
+    if normalization == "doubly":  # what the warning says: no effect at all
+        torch.testing.assert_close(out, attention(q, k, v, normalization=normalization), **TOL[torch.float64])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        attention(q, k, v, normalization=normalization, attn_mask=torch.randn(4, 5, dtype=torch.float64))
+
+
+def test_nan_hybrid_alpha_is_named_as_nan():
+    q, k, v = _case(25, lq=4, lk=4, h_kv=4)
+    for alpha in (float("nan"), torch.tensor([0.5, float("nan"), 0.5, 0.5], dtype=torch.float64)):
+        with pytest.raises(ValueError, match=r"hybrid_alpha is NaN.*diverged"):
+            attention(q, k, v, normalization="hybrid", hybrid_alpha=alpha)

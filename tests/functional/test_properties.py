@@ -7,7 +7,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from probattn.functional import attention
-from probattn.masks import build_mask_spec, looks_causal
+from probattn.masks import build_mask_spec, is_block_complete
 
 SETTINGS = settings(max_examples=40, deadline=None)
 
@@ -28,7 +28,14 @@ def problems(draw):
     v = torch.randn(b, h_kv, lk, 2, generator=g, dtype=torch.float64)
     key_valid = torch.rand(b, lk, generator=g) > 0.3
     query_valid = torch.rand(b, lq, generator=g) > 0.3
-    allowed = torch.rand(b, 1, lq, lk, generator=g) > 0.2 if draw(st.booleans()) else None
+    kind = draw(st.sampled_from(["none", "blocks", "random"]))
+    allowed = None
+    if kind == "blocks":  # packed documents: the patterns column normalization accepts
+        labels = draw(st.integers(1, 3))
+        allowed = torch.randint(0, labels, (b, 1, lq, 1), generator=g) == torch.randint(0, labels, (b, 1, 1, lk),
+                                                                                         generator=g)
+    elif kind == "random":
+        allowed = torch.rand(b, 1, lq, lk, generator=g) > 0.2
     return q, k, v, scale, key_valid, query_valid, allowed
 
 
@@ -36,7 +43,8 @@ def _attend(problem, normalization):
     q, k, v, scale, key_valid, query_valid, allowed = problem
     spec = build_mask_spec(batch=q.shape[0], heads=q.shape[1], q_len=q.shape[2], k_len=k.shape[2], device=q.device,
                            attn_mask=allowed, key_padding_mask=key_valid, query_padding_mask=query_valid)
-    assume(normalization == "softmax" or not looks_causal(spec))  # a random mask can be lower-triangular
+    # column-normalized schemes refuse patterns that are not block-complete (they would leak hidden keys)
+    assume(normalization == "softmax" or spec.allowed is None or is_block_complete(spec.allowed))
     return attention(q, k, v, normalization=normalization, scale=scale, key_padding_mask=key_valid,
                      query_padding_mask=query_valid, attn_mask=allowed, return_weights=True)
 

@@ -185,3 +185,57 @@ def test_nested_tensors_get_a_clear_error():
     nested = torch.nested.nested_tensor([torch.randn(3, 8), torch.randn(2, 8)])
     with pytest.raises(ValueError, match="enable_nested_tensor=False"):
         m(nested, nested, nested)
+
+
+@pytest.mark.parametrize("extra", [dict(add_zero_attn=True), dict(add_bias_kv=True)])
+@pytest.mark.parametrize("normalization", ["doubly", "hybrid", "sinkhorn"])
+def test_extra_keys_do_not_bypass_the_causal_guard(extra, normalization):
+    """add_zero_attn / add_bias_kv make the problem (L, L + 1); a causal mask must still be refused."""
+    m = MultiheadAttention(8, 2, batch_first=True, normalization=normalization, **extra)
+    x = torch.randn(2, 4, 8)
+    causal = nn.Transformer.generate_square_subsequent_mask(4)  # float, -inf above the diagonal
+    with pytest.raises(ValueError, match=r"attn_mask.*future"):
+        m(x, x, x, attn_mask=causal)
+    with pytest.raises(ValueError, match=r"attn_mask.*future"):
+        m(x, x, x, attn_mask=causal.isinf(), key_padding_mask=torch.tensor([[False] * 4, [False] * 3 + [True]]))
+    m(x, x, x, key_padding_mask=torch.tensor([[False] * 4, [False] * 3 + [True]]))  # padding alone is fine
+
+
+def test_wrong_input_dtype_is_named():
+    m = MultiheadAttention(8, 2, batch_first=True)
+    x = torch.randn(2, 4, 8)
+    with pytest.raises(TypeError, match=r"query has dtype torch.float64 .* parameters are torch.float32.*\.to\("):
+        m(x.double(), x.double(), x.double())
+    with pytest.raises(TypeError, match=r"value has dtype torch.float16"):
+        m(x, x, x.half())
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast converts the inputs itself
+        out, _ = m(x.bfloat16(), x.bfloat16(), x.bfloat16())
+    assert torch.isfinite(out).all()
+
+
+def test_a_diverged_learned_hybrid_weight_is_reported_as_nan():
+    m = MultiheadAttention(8, 2, batch_first=True, normalization="hybrid", hybrid_alpha="learned")
+    with torch.no_grad():
+        m.hybrid_logit[1] = float("nan")
+    x = torch.randn(2, 4, 8)
+    with pytest.raises(ValueError, match=r"hybrid_logit .* NaN in heads \[1\].*diverged"):
+        m(x, x, x)
+
+
+@pytest.mark.parametrize("normalization", ["softmax", "doubly", "hybrid", "sinkhorn"])
+@pytest.mark.parametrize("hybrid_alpha", [0.3, "learned"])
+def test_state_dict_round_trip_into_a_differently_initialised_module(normalization, hybrid_alpha):
+    """Load into a module built from another seed: outputs agree only if every parameter was carried."""
+    torch.manual_seed(0)
+    source = MultiheadAttention(8, 2, batch_first=True, add_bias_kv=True, normalization=normalization,
+                                hybrid_alpha=hybrid_alpha).eval()
+    if source.hybrid_logit is not None:
+        with torch.no_grad():
+            source.hybrid_logit.copy_(torch.tensor([1.5, -2.0]))
+    torch.manual_seed(1)
+    target = MultiheadAttention(8, 2, batch_first=True, add_bias_kv=True, normalization=normalization,
+                                hybrid_alpha=hybrid_alpha).eval()
+    x = torch.randn(2, 5, 8)
+    assert not torch.allclose(target(x, x, x)[0], source(x, x, x)[0])  # the check below can fail
+    target.load_state_dict(source.state_dict())
+    torch.testing.assert_close(target(x, x, x)[0], source(x, x, x)[0], rtol=0, atol=0)

@@ -25,7 +25,7 @@ from probattn.functional.doubly import doubly_weights, hybrid_weights
 from probattn.functional.sinkhorn import sinkhorn_weights
 from probattn.functional.softmax import sdpa_attention, softmax_weights
 from probattn.functional.streaming import chunked_attention, prefer_chunked
-from probattn.masks import MaskSpec, build_mask_spec, looks_causal
+from probattn.masks import MASKED_AT_OR_BELOW, MaskSpec, build_mask_spec, check_column_normalizable
 
 NORMALIZATIONS: tuple[str, ...] = ("softmax", "doubly", "hybrid", "sinkhorn")
 COLUMN_NORMALIZED: frozenset[str] = frozenset({"doubly", "hybrid", "sinkhorn"})
@@ -70,6 +70,10 @@ def _check_qkv(q: object, k: object, v: object) -> tuple[int, int, int, int, int
     return batch, heads, q_len, k_len, kv_heads, dim
 
 
+_ALPHA_NAN = ("hybrid_alpha is NaN; a learned weight (sigmoid of a logit) gets there when its logit diverged: "
+              "lower the learning rate, clip gradients, or restart from an earlier checkpoint")
+
+
 def check_hybrid_alpha(hybrid_alpha: object, heads: int) -> float | Tensor:
     """Validate ``hybrid_alpha``: a number in [0, 1], or a tensor of such values broadcastable per head.
 
@@ -91,10 +95,15 @@ def check_hybrid_alpha(hybrid_alpha: object, heads: int) -> float | Tensor:
                 f"hybrid_alpha tensor must have shape (), ({heads},) or (B|1, {heads}|1, 1, 1), got {tuple(a.shape)}"
             )
         with torch.no_grad():
-            if bool(((a < 0) | (a > 1) | torch.isnan(a)).any()):
-                raise ValueError("hybrid_alpha values must lie in [0, 1] (use torch.sigmoid for a learned weight)")
+            has_nan, out_of_range = torch.stack([torch.isnan(a).any(), ((a < 0) | (a > 1)).any()]).tolist()
+        if has_nan:
+            raise ValueError(_ALPHA_NAN)
+        if out_of_range:
+            raise ValueError("hybrid_alpha values must lie in [0, 1] (use torch.sigmoid for a learned weight)")
         return a
     value = float(hybrid_alpha)
+    if math.isnan(value):
+        raise ValueError(_ALPHA_NAN)
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"hybrid_alpha must lie in [0, 1], got {value}")
     return value
@@ -118,14 +127,6 @@ def _check_options(normalization: object, dropout_p: object, scale: object, sink
         raise TypeError(f"return_weights must be a bool, got {type(return_weights).__name__}")
 
 
-def _causal_error(normalization: str) -> ValueError:
-    return ValueError(
-        f"normalization={normalization!r} normalizes each key's column over all queries, so with a causal mask "
-        "query i would see information from future queries (i' > i) through the column statistics: it leaks "
-        "the future and cannot use a KV cache. Use normalization='softmax' for causal (decoder) attention."
-    )
-
-
 def _expand_kv(x: Tensor, groups: int) -> Tensor:
     """``(B, H_kv, L, D) -> (B, H_kv * groups, L, D)``: query head h reads key/value head h // groups."""
     if groups == 1:
@@ -140,10 +141,39 @@ def _all_finite(t: Tensor) -> bool:
     return bool(torch.isfinite(low) & torch.isfinite(high))
 
 
-def _check_inputs_finite(q: Tensor, k: Tensor, v: Tensor) -> None:
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not _all_finite(t):
-            raise ValueError(f"{name} contains NaN or infinite values; attention inputs must be finite")
+def _max_abs(name: str, t: Tensor) -> float:
+    """``max |t|`` after checking that ``t`` is finite (one read pass, one sync)."""
+    low, high = torch.stack(torch.aminmax(t)).tolist()
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError(f"{name} contains NaN or infinite values; attention inputs must be finite")
+    return max(-low, high)
+
+
+def _check_ranges(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec, scale: float, normalization: str) -> None:
+    """Finite inputs, and scores / bias that the computing dtype holds with room to spare.
+
+    The same bound decides for every path (dense, chunked, forward and backward): ``|scale * q.k| <= |scale| * D
+    * max|q| * max|k|`` must stay below ``finfo(compute).max / 2**16`` (float32: 5.2e33), so no score,
+    log-normalizer or gradient product overflows anywhere. Skipped under ``torch.compile`` (data-dependent).
+    """
+    if torch.compiler.is_compiling():
+        return
+    q_max, k_max = _max_abs("q", q), _max_abs("k", k)
+    _max_abs("v", v)
+    compute = torch.float64 if q.dtype == torch.float64 else torch.float32
+    bound = abs(scale) * q.shape[-1] * q_max * k_max
+    limit = torch.finfo(compute).max / 2**16
+    if bound > limit:
+        raise ValueError(
+            f"the q·k scores may overflow: |scale| * head_dim * max|q| * max|k| = {bound:.3g} exceeds {limit:.3g} "
+            f"({compute}); scale down q or k, or pass a smaller scale="
+        )
+    bias_dtype = q.dtype if normalization == "softmax" else compute
+    if spec.bias_absmax > torch.finfo(bias_dtype).max / 2:
+        raise ValueError(
+            f"attn_mask holds finite values up to {spec.bias_absmax:.3g} in magnitude, more than {bias_dtype} holds "
+            f"safely ({torch.finfo(bias_dtype).max / 2:.3g}); pass a smaller bias, or -inf / a bool mask to block pairs"
+        )
 
 
 def _checked_output(out: Tensor) -> Tensor:
@@ -203,7 +233,8 @@ def attention(
 
     Raises:
         TypeError, ValueError: for bad arguments (the message names the argument); ValueError when a
-        column-normalized scheme meets a causal mask.
+        column-normalized scheme meets a mask that is not block-complete (causal, sliding window, sparse:
+        see :func:`probattn.masks.check_column_normalizable`).
     """
     batch, heads, q_len, k_len, kv_heads, dim = _check_qkv(q, k, v)
     _check_options(normalization, dropout_p, scale, sinkhorn_iters, impl, return_weights)
@@ -213,16 +244,21 @@ def attention(
         key_padding_mask=key_padding_mask, query_padding_mask=query_padding_mask, is_causal=is_causal,
     )
     if normalization in COLUMN_NORMALIZED:
-        # padding alone is never causal (looks_causal would say so after several passes over the mask)
-        if (is_causal or attn_mask is not None) and looks_causal(spec):
-            raise _causal_error(normalization)
+        check_column_normalizable(spec, normalization)  # padding alone costs nothing here
+        if spec.bias_is_per_key():
+            warnings.warn(
+                f"attn_mask's finite entries depend on the key only (the same for every query): "
+                f"normalization={normalization!r} cancels such a bias exactly, so it has no effect. To exclude keys "
+                f"use key_padding_mask, a bool mask, -inf or entries <= {MASKED_AT_OR_BELOW:g}",
+                UserWarning, stacklevel=2,
+            )
         if q_len == 1:
             warnings.warn(
                 f"normalization={normalization!r} with a single query gives uniform attention over the keys "
                 "(mean pooling); use 'softmax' for single-query pooling", UserWarning, stacklevel=2,
             )
-    _check_inputs_finite(q, k, v)
     scale = float(scale) if scale is not None else 1.0 / math.sqrt(dim)
+    _check_ranges(q, k, v, spec, scale, normalization)
     dropout_p = float(dropout_p)
 
     if normalization == "softmax" and not return_weights:
@@ -257,7 +293,7 @@ def _dense_attention(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec, *, normali
                      return_weights: bool) -> Tensor | tuple[Tensor, Tensor]:
     """Materialized path: scores ``(B, H, Lq, Lk)`` in float32 (float64 stays float64)."""
     compute = torch.float64 if q.dtype == torch.float64 else torch.float32
-    scores = torch.matmul(q.to(compute), k.to(compute).transpose(-1, -2)) * scale
+    scores = torch.matmul(q.to(compute), (k.to(compute) * scale).transpose(-1, -2))  # as the chunked path
     if spec.bias is not None:
         scores = scores + spec.bias.to(compute)
     if normalization == "softmax":

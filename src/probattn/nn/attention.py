@@ -109,8 +109,32 @@ class MultiheadAttention(nn.MultiheadAttention):
                 f"hybrid_alpha={alpha}, sinkhorn_iters={self.sinkhorn_iters}, batch_first={self.batch_first}")
 
     def current_hybrid_alpha(self) -> float | Tensor:
-        """The softmax weight of the hybrid: the float, or ``sigmoid(hybrid_logit)`` of shape ``(H,)``."""
-        return torch.sigmoid(self.hybrid_logit) if self.hybrid_logit is not None else self.hybrid_alpha
+        """The softmax weight of the hybrid: the float, or ``sigmoid(hybrid_logit)`` of shape ``(H,)``.
+
+        Raises:
+            ValueError when the learned ``hybrid_logit`` is NaN (training diverged).
+        """
+        if self.hybrid_logit is None:
+            return self.hybrid_alpha
+        if bool(torch.isnan(self.hybrid_logit.detach()).any()):
+            heads = torch.isnan(self.hybrid_logit.detach()).nonzero().flatten().tolist()
+            raise ValueError(
+                f"hybrid_logit (the learned hybrid weight, alpha = sigmoid(hybrid_logit)) is NaN in heads {heads}: "
+                "training diverged; lower the learning rate, clip gradients, or restart from an earlier checkpoint"
+            )
+        return torch.sigmoid(self.hybrid_logit)
+
+    def _check_dtypes(self, query: Tensor, key: Tensor, value: Tensor) -> None:
+        """The inputs must have the parameters' dtype (as F.linear needs), unless autocast converts them."""
+        weight = self.in_proj_weight if self._qkv_same_embed_dim else self.q_proj_weight
+        if torch.is_autocast_enabled(query.device.type):
+            return
+        for name, x in (("query", query), ("key", key), ("value", value)):
+            if x.dtype != weight.dtype:
+                raise TypeError(
+                    f"{name} has dtype {x.dtype} but this MultiheadAttention's parameters are {weight.dtype}; "
+                    f"convert the inputs ({name}.to({weight.dtype})) or the module (module.to({x.dtype}))"
+                )
 
     def _project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Input projections of batch-first ``(N, L, E)`` tensors."""
@@ -153,6 +177,7 @@ class MultiheadAttention(nn.MultiheadAttention):
         n, q_len, _ = query.shape
         if query.shape[-1] != self.embed_dim:
             raise ValueError(f"query's last dimension must be embed_dim={self.embed_dim}, got {query.shape[-1]}")
+        self._check_dtypes(query, key, value)
         h, hd = self.num_heads, self.head_dim
 
         mask, key_valid = from_torch_mha(attn_mask, key_padding_mask, num_heads=h, batch=n)
