@@ -287,7 +287,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             raise _legacy_error(path / LEGACY_CHECKPOINT)
         raise FileNotFoundError(f"no checkpoint in {path} (a run with --output writes checkpoint-<step> "
                                 f"directories)")
-    (step, newest), earlier = found[-1], found[:-1]
+    newest, earlier = found[-1][1], found[:-1]
     try:
         return _load_one(newest)
     except CheckpointError as exc:
