@@ -154,8 +154,38 @@ def test_bad_arguments_are_named():
         with pytest.raises(ValueError, match=word):
             RepulsiveHeads(model, **kwargs)
     optimizer = torch.optim.SGD(model.layers[0].linear1.parameters(), lr=0.1)
-    with pytest.raises(ValueError, match="optimizer does not update"):
+    with pytest.raises(ValueError, match=r"optimizer does not update the trainable attention parameters of .*layers\.0\.self_attn\.q.*or freeze them"):
         RepulsiveHeads(model).attach(optimizer)
+
+
+@pytest.mark.parametrize("when", ["before construction", "before attach"])
+def test_frozen_attention_parameters_do_not_repel(when):
+    """Layer 0's attention frozen, layer 1's bias frozen: the optimizer holds only the trainable parameters."""
+    model = encoder()
+    frozen = [model.layers[0].self_attn.in_proj_weight, model.layers[0].self_attn.in_proj_bias,
+              model.layers[1].self_attn.in_proj_bias]
+
+    def freeze():
+        for p in frozen:
+            p.requires_grad_(False)
+
+    if when == "before construction":
+        freeze()
+    repulsive = RepulsiveHeads(model, alpha=0.1, include_bias=True)
+    if when == "before attach":
+        freeze()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
+    repulsive.attach(optimizer)
+    assert [s.name for s in repulsive.particle_sets] == [f"layers.1.self_attn.{r}" for r in "qkv"]
+    loss_of(model, *batch()).backward()
+    weight = model.layers[1].self_attn.in_proj_weight
+    theta, grads = weight.detach().clone(), weight.grad.clone()
+    optimizer.step()
+    for i in range(3):  # particles: the rows of head h of projection i, weight only (the frozen bias is left out)
+        rows = slice(i * E, (i + 1) * E)
+        expected = svgd_direction(theta[rows].reshape(H, -1), grads[rows].reshape(H, -1), alpha=0.1)
+        torch.testing.assert_close(weight.grad[rows].reshape(H, -1), expected, rtol=1e-5, atol=1e-6)
+    assert all(p.grad is None for p in frozen)
 
 
 def test_stats_missing_grads_and_non_finite_fallback():
