@@ -39,6 +39,8 @@ def mmd_reference(x: Tensor, y: Tensor, bandwidths) -> float:
         return float(((a - b) ** 2).sum())
 
     scale = sum(d2(a, b) for a in x for b in y) / (len(x) * len(y))
+    size = (sum(float((a**2).sum()) for a in x) / len(x) + sum(float((b**2).sum()) for b in y) / len(y)) / 2
+    scale = max(scale, 1e-3 * size + torch.finfo(x.dtype).eps)  # the floor for coinciding clouds
 
     def k(a, b):
         return sum(math.exp(-d2(a, b) / (c * scale)) for c in bandwidths) / len(bandwidths)
