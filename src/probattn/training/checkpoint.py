@@ -29,7 +29,8 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-__all__ = ["CheckpointError", "CheckpointWriteError", "atomic_write", "capture_rng_state", "file_digest",
+__all__ = ["CheckpointError", "CheckpointWriteError", "atomic_write", "capture_rng_state", "checkpoint_dir",
+           "file_digest",
            "find_checkpoints", "load_checkpoint", "pack", "read_verified", "restore_rng_state",
            "save_checkpoint", "unpack", "write_json"]
 
@@ -168,6 +169,11 @@ def read_verified(path: Path, expected: str, *, what: str) -> bytes:
 
 
 # -- checkpoints -----------------------------------------------------------------------------------------------
+def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
+    """Where the checkpoint of ``step`` lives: ``run_dir/checkpoint-<step, 8 digits>``."""
+    return Path(run_dir) / f"checkpoint-{step:08d}"
+
+
 def find_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     """``[(step, directory), ...]`` of the checkpoints in ``run_dir``, oldest first."""
     run_dir = Path(run_dir)
@@ -195,7 +201,10 @@ def save_checkpoint(run_dir: str | Path, state: dict[str, Any], *, step: int, ke
     run_dir = Path(run_dir)
     json_state, tensors = pack(state)  # a TypeError here touches no file
     run_dir.mkdir(parents=True, exist_ok=True)
-    final = run_dir / f"checkpoint-{step:08d}"
+    for stale in run_dir.glob(".checkpoint-*"):  # left by a writer that was killed (one writer per run)
+        if stale.is_dir() and stale.suffix in (".tmp", ".old"):
+            shutil.rmtree(stale, ignore_errors=True)
+    final = checkpoint_dir(run_dir, step)
     tmp: Path | None = None
     try:
         from safetensors.torch import save as safetensors_bytes

@@ -34,6 +34,7 @@ from probattn.repulsive import RepulsiveHeads
 from probattn.training import distributed as D
 from probattn.training.checkpoint import (
     capture_rng_state,
+    checkpoint_dir,
     find_checkpoints,
     load_checkpoint,
     restore_rng_state,
@@ -241,7 +242,7 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
             return
         D.assert_in_sync(ctx, model)
         if ctx.is_main:
-            guard.last_path = save_checkpoint(out, {
+            save_checkpoint(out, {
                 "step": step, "config": config.to_dict(), "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "repulsive": repulsive.state_dict() if repulsive is not None else None,
@@ -252,7 +253,7 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
                          "sha256": data_digest, "order": torch.from_numpy(order)},
             }, step=step)
         ctx.barrier()
-        guard.last_checkpoint = step
+        guard.last_checkpoint, guard.last_path = step, checkpoint_dir(out, step)
 
     grad_accum, order, order_epoch, seconds = config.grad_accum, None, -1, 0.0
     if saved is not None:  # continue the saved epoch in the saved order
