@@ -66,6 +66,8 @@ def test_kill_during_checkpoint_write_keeps_previous(tmp_path):
     state = load_checkpoint(tmp_path)
     assert state["step"] == 1 and torch.equal(state["weights"], torch.arange(5.0))
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # the torn temporary directory
+    save_checkpoint(tmp_path, {"step": 3}, step=3)  # the next save removes it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-00000001", "checkpoint-00000003"]
 
 
 def test_unstorable_state_writes_nothing_and_keeps_previous(tmp_path):
