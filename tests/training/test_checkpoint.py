@@ -149,18 +149,50 @@ def test_flipped_byte_in_saved_model_is_refused(small_config, tmp_path):
         load_trained(tmp_path)
 
 
-def test_disk_full_during_a_checkpoint_keeps_the_previous_one(small_config, tmp_path, monkeypatch):
-    real, full = os.fsync, {"on": False}
+class _Disk:
+    """Simulates a full disk: once ``full``, every write to a file opened for writing raises ENOSPC."""
 
-    def fsync(fd):
-        if full["on"]:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(fd)
+    def __init__(self, monkeypatch):
+        self.full = False
+        disk = self
+
+        class File:
+            def __init__(self, handle):
+                self._handle = handle
+
+            def write(self, data):
+                if disk.full:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                return self._handle.write(data)
+
+            def __getattr__(self, name):
+                return getattr(self._handle, name)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self._handle.close()
+
+        def wrap(real):
+            def opener(file, mode="r", *args, **kwargs):
+                handle = real(file, mode, *args, **kwargs)
+                return File(handle) if any(c in mode for c in "wax") else handle
+
+            return opener
+
+        import builtins
+
+        monkeypatch.setattr(builtins, "open", wrap(builtins.open))
+        monkeypatch.setattr(os, "fdopen", wrap(os.fdopen))
+
+
+def test_disk_full_during_a_checkpoint_keeps_the_previous_one(small_config, tmp_path, monkeypatch):
+    disk = _Disk(monkeypatch)
 
     def fill_disk(record):
-        full["on"] = record["step"] >= 3  # the disk fills up after the checkpoint of step 2
+        disk.full = record["step"] >= 3  # the disk fills up after the checkpoint of step 2
 
-    monkeypatch.setattr(os, "fsync", fsync)
     out = tmp_path / "r"
     config = small_config.replace(output=str(out), checkpoint_every=2, max_steps=6)
     with pytest.raises(CheckpointWriteError, match=r"could not write the checkpoint of step 4 to \S+ \(No space left "
@@ -169,20 +201,18 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(small_config, tmp_
         train(config, progress=False, on_step=fill_disk)
     assert load_checkpoint(out)["step"] == 2
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint-00000002"]  # no temporary directory left
-    full["on"] = False
+    disk.full = False
     assert train(config.replace(resume=True), progress=False).history[-1]["step"] == 6
 
 
 def test_disk_full_is_one_line_from_the_cli(small_config, tmp_path, monkeypatch, capsys):
     from probattn.cli import main
 
-    def fsync(fd):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    _Disk(monkeypatch).full = True
     code = main(["train", "--data", small_config.data, "--text-column", "text", "--label-column", "label",
                  "--embed-dim", "16", "--num-layers", "1", "--max-steps", "1", "--batch-size", "8",
                  "--output", str(tmp_path / "r"), "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("probattn train: error: could not write the checkpoint of step 1 to ")
     assert "No space left on device" in err and "no earlier checkpoint existed" in err

@@ -230,9 +230,11 @@ def save_checkpoint(run_dir: str | Path, state: dict[str, Any], *, step: int, ke
         previous = [p for _, p in find_checkpoints(run_dir) if p != final]
         kept = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint existed"
         hint = "free some disk space" if exc.errno == errno.ENOSPC else "fix the cause"
-        raise CheckpointWriteError(exc.errno, f"could not write the checkpoint of step {step} to {run_dir} "
-                                   f"({exc.strerror or exc}); {kept}. {hint.capitalize()}, then continue with "
-                                   f"--resume") from exc
+        error = CheckpointWriteError(f"could not write the checkpoint of step {step} to {run_dir} "
+                                     f"({exc.strerror or exc}); {kept}. {hint.capitalize()}, then continue with "
+                                     f"--resume")
+        error.errno = exc.errno
+        raise error from exc
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
