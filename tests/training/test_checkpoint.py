@@ -216,3 +216,14 @@ def test_disk_full_is_one_line_from_the_cli(small_config, tmp_path, monkeypatch,
     assert code == 2 and len(err.splitlines()) == 1
     assert err.startswith("probattn train: error: could not write the checkpoint of step 1 to ")
     assert "No space left on device" in err and "no earlier checkpoint existed" in err
+
+
+@pytest.mark.parametrize("manifest", ["not json", "[1, 2]", '{"format": 2, "sha256": [1]}',
+                                      '{"format": 1, "sha256": {}}'])
+def test_damaged_manifest_is_a_clear_error(tmp_path, manifest):
+    directory = save_checkpoint(tmp_path, {"step": 1}, step=1)
+    (directory / "manifest.json").write_text(manifest)
+    with pytest.raises(CheckpointError, match=r"checkpoint-00000001 (is unreadable: manifest\.json is missing or "
+                                              r"damaged|has format 1; this probattn reads format 2).*no earlier good "
+                                              r"checkpoint is left"):
+        load_checkpoint(tmp_path)

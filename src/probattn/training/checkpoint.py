@@ -258,6 +258,8 @@ def _load_one(directory: Path) -> dict[str, Any]:
     try:
         manifest = json.loads((directory / MANIFEST).read_text())
         digests = manifest["sha256"]
+        if not isinstance(digests, dict):
+            raise TypeError(f"sha256 is a {type(digests).__name__}, not an object")
         if manifest.get("format") != FORMAT:
             raise CheckpointError(f"checkpoint {directory} has format {manifest.get('format')!r}; this probattn "
                                   f"reads format {FORMAT}")
