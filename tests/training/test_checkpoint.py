@@ -227,3 +227,12 @@ def test_damaged_manifest_is_a_clear_error(tmp_path, manifest):
                                               r"damaged|has format 1; this probattn reads format 2).*no earlier good "
                                               r"checkpoint is left"):
         load_checkpoint(tmp_path)
+
+
+def test_tied_weights_views_and_empty_tensors_round_trip(tmp_path):
+    w = torch.arange(12.0).reshape(3, 4)
+    state = {"a": w, "tied": w, "rows": w[1:], "transposed": w.t(), "empty": torch.zeros(0), "scalar": torch.tensor(2)}
+    save_checkpoint(tmp_path, state, step=1)
+    back = load_checkpoint(tmp_path)
+    for name, value in state.items():
+        assert torch.equal(back[name], value) and back[name].dtype == value.dtype, name

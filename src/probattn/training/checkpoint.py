@@ -29,10 +29,23 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-__all__ = ["CheckpointError", "CheckpointWriteError", "atomic_write", "capture_rng_state", "checkpoint_dir",
-           "file_digest",
-           "find_checkpoints", "load_checkpoint", "pack", "read_verified", "restore_rng_state",
-           "save_checkpoint", "unpack", "write_json"]
+__all__ = [
+    "CheckpointError",
+    "CheckpointWriteError",
+    "atomic_write",
+    "capture_rng_state",
+    "checkpoint_dir",
+    "file_digest",
+    "find_checkpoints",
+    "load_checkpoint",
+    "pack",
+    "read_verified",
+    "restore_rng_state",
+    "save_checkpoint",
+    "tensors_to_bytes",
+    "unpack",
+    "write_json",
+]
 
 FORMAT = 2
 TENSORS, STATE, MANIFEST = "tensors.safetensors", "state.json", "manifest.json"
@@ -94,7 +107,7 @@ def write_json(path: str | Path, value: Any) -> Path:
 # -- state <-> JSON + tensors ----------------------------------------------------------------------------------
 def pack(value: Any) -> tuple[Any, dict[str, torch.Tensor]]:
     """``(json_value, tensors)``: ``value`` with every tensor / numpy array replaced by a reference into
-    ``tensors`` (CPU copies), tuples and dicts with non-string keys tagged so that :func:`unpack` restores them
+    ``tensors`` (on CPU; not copied), tuples and dicts with non-string keys tagged so that :func:`unpack` restores them
     exactly. Anything else (an arbitrary object) is a ``TypeError``: a checkpoint holds data, not code."""
     tensors: dict[str, torch.Tensor] = {}
 
@@ -103,7 +116,7 @@ def pack(value: Any) -> tuple[Any, dict[str, torch.Tensor]]:
             return v
         if isinstance(v, torch.Tensor):
             name = f"t{len(tensors)}"
-            tensors[name] = v.detach().to("cpu", copy=True).contiguous()
+            tensors[name] = v.detach().cpu()
             return {"__tensor__": name}
         if isinstance(v, np.ndarray):
             if v.dtype.kind not in "biuf" or v.dtype.itemsize > 8 or v.dtype == np.uint64:
@@ -147,6 +160,23 @@ def unpack(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 def _hashable(key: Any) -> Any:
     return tuple(key) if isinstance(key, list) else key
+
+
+def tensors_to_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
+    """``tensors`` serialized by safetensors; non-contiguous tensors and tensors sharing storage with an earlier
+    one (tied weights, views) are copied first, the rest are written without a copy."""
+    from safetensors.torch import save
+
+    seen: set[int] = set()
+    ready = {}
+    for name, t in tensors.items():
+        t = t.detach().cpu()
+        pointer = t.untyped_storage().data_ptr()
+        if not t.is_contiguous() or (pointer in seen and t.numel()):
+            t = t.clone(memory_format=torch.contiguous_format)
+        seen.add(t.untyped_storage().data_ptr())
+        ready[name] = t
+    return save(ready)
 
 
 # -- digests ---------------------------------------------------------------------------------------------------
@@ -206,12 +236,10 @@ def save_checkpoint(run_dir: str | Path, state: dict[str, Any], *, step: int, ke
             shutil.rmtree(stale, ignore_errors=True)
     final = checkpoint_dir(run_dir, step)
     tmp: Path | None = None
+    files = {TENSORS: tensors_to_bytes(tensors), STATE: _json_bytes(json_state)}
     try:
-        from safetensors.torch import save as safetensors_bytes
-
         tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=f".{final.name}.", suffix=".tmp"))
         os.chmod(tmp, 0o777 & ~_UMASK)
-        files = {TENSORS: safetensors_bytes(tensors), STATE: _json_bytes(json_state)}
         for name, data in files.items():
             _write_file(tmp / name, data)
         manifest = {"format": FORMAT, "step": step, "sha256": {n: file_digest(d) for n, d in files.items()}}

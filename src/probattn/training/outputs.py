@@ -21,6 +21,7 @@ from probattn.training.checkpoint import (
     atomic_write,
     file_digest,
     find_checkpoints,
+    tensors_to_bytes,
     write_json,
 )
 from probattn.training.config import TrainConfig
@@ -74,9 +75,7 @@ def prepare_output(config: TrainConfig, ctx: Distributed) -> Path | None:
 def write_run(out: Path, *, config: TrainConfig, metrics: dict[str, Any], history: list[dict[str, Any]],
               label_names: tuple[str, ...], state_dict: dict[str, torch.Tensor], tokenizer: dict[str, Any]) -> None:
     """Write the finished run (``metrics.json`` last, every file atomically)."""
-    from safetensors.torch import save as safetensors_bytes
-
-    weights = safetensors_bytes({k: v.detach().to("cpu", copy=True).contiguous() for k, v in state_dict.items()})
+    weights = tensors_to_bytes(state_dict)
     atomic_write(out / MODEL, lambda handle: handle.write(weights))
     write_json(out / MODEL_INFO, {"format": FORMAT, "config": config.to_dict(), "label_names": list(label_names),
                                   "tokenizer": tokenizer, "sha256": {MODEL: file_digest(weights)}})
