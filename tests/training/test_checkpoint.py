@@ -6,8 +6,6 @@ import errno
 import json
 import os
 import random
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -56,8 +54,7 @@ def _payload_file(path, marker) -> None:
 def test_payload_is_live(tmp_path):
     """The payload really runs when unpickled (else the tests below would prove nothing)."""
     _payload_file(tmp_path / "p.pt", tmp_path / "ran")
-    subprocess.run([sys.executable, "-c", f"import torch; torch.load({str(tmp_path / 'p.pt')!r}, weights_only=False)"],
-                   check=False, capture_output=True)
+    torch.load(tmp_path / "p.pt", weights_only=False)  # what probattn 0.1 did: runs `touch ran`
     assert (tmp_path / "ran").exists()
 
 
