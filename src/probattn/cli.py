@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args._run(args) or 0)
-    except (ValueError, TypeError, ImportError, FileNotFoundError, PermissionError) as exc:
+    except (ValueError, TypeError, ImportError, OSError) as exc:  # OSError: disk full, no permission, no file
         if getattr(args, "debug", False):
             raise
         print(f"probattn {args.command}: error: {exc}", file=sys.stderr)

@@ -15,8 +15,12 @@ def ct_reference(fq, fk, nq, nk, *, rho: float, cost: str, temperature: float) -
     s = [[0.0] * n for _ in range(m)]
     for i in range(m):
         for j in range(n):
-            cos = float(fq[i] @ fk[j])
-            c[i][j] = 1 - cos if cost == "cosine" else math.sqrt(max(2 - 2 * cos, 1e-8))
+            a, b = fq[i].tolist(), fk[j].tolist()
+            if cost == "cosine":  # 1 - cos of the angle, from the definition
+                norms = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
+                c[i][j] = 1 - sum(x * y for x, y in zip(a, b)) / norms
+            else:  # the distance itself, coordinate by coordinate
+                c[i][j] = math.sqrt(sum((x - y) ** 2 for x, y in zip(a, b)))
             s[i][j] = float(nq[i] @ nk[j]) / temperature
     backward = 0.0
     for i in range(m):
@@ -35,6 +39,8 @@ def mmd_reference(x: Tensor, y: Tensor, bandwidths) -> float:
         return float(((a - b) ** 2).sum())
 
     scale = sum(d2(a, b) for a in x for b in y) / (len(x) * len(y))
+    size = (sum(float((a**2).sum()) for a in x) / len(x) + sum(float((b**2).sum()) for b in y) / len(y)) / 2
+    scale = max(scale, 1e-3 * size + torch.finfo(x.dtype).eps)  # the floor for coinciding clouds
 
     def k(a, b):
         return sum(math.exp(-d2(a, b) / (c * scale)) for c in bandwidths) / len(bandwidths)

@@ -40,6 +40,25 @@ def test_mmd_matches_loop_reference_and_ignores_padding():
         assert got[b].item() == pytest.approx(mmd_reference(x[b][xv[b]], y[b][yv[b]], BANDWIDTHS), rel=1e-10)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cloud", ["one point", "six copies of one point", "tiny spread far from 0"])
+def test_mmd_gradients_stay_bounded_when_keys_equal_queries(cloud, dtype):
+    """At its own optimum (keys == queries) the bandwidth must not collapse to 0 (once: |grad| 1e+30, inf, NaN)."""
+    g = torch.Generator().manual_seed(0)
+    point = torch.randn(1, 1, 8, generator=g, dtype=torch.float64)
+    points = {"one point": point, "six copies of one point": point.expand(1, 6, 8),
+              "tiny spread far from 0": 10 + 1e-4 * torch.randn(1, 6, 8, generator=g, dtype=torch.float64)}[cloud]
+    x, y = (points.to(dtype).clone().requires_grad_() for _ in range(2))
+    value = mmd(x, y, None, None).sum()
+    value.backward()
+    assert abs(value.item()) < 1e-5
+    for grad in (x.grad, y.grad):
+        assert torch.isfinite(grad).all() and grad.abs().max() < 1e-3
+    # the floor is relative to the data's size: the same cloud scaled by 1000 gives the same (scaled) picture
+    big = mmd(1000 * points, 1000 * points + 1e-2, None, None)
+    assert big.item() == pytest.approx(mmd(points, points + 1e-5, None, None).item(), rel=1e-4)
+
+
 def test_entropic_ot_value_and_gradient_match_unrolled_autograd():
     x = _points(7, 3, seed=2).requires_grad_()
     y = _points(6, 3, seed=3, shift=1.0)

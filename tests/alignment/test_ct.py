@@ -2,15 +2,16 @@ import pytest
 import torch
 
 from probattn.alignment.ct import ConditionalTransport, _PlanSums, conditional_transport, transport_plans
-from probattn.alignment.networks import normalize
 from probattn.alignment.sets import as_sets
 
 from ._reference import ct_reference
 
 
 def _features(*shape, seed):
+    """Exactly unit-length float64 features (the input conditional_transport expects)."""
     g = torch.Generator().manual_seed(seed)
-    return normalize(torch.randn(*shape, generator=g, dtype=torch.float64))
+    x = torch.randn(*shape, generator=g, dtype=torch.float64)
+    return x / x.norm(dim=-1, keepdim=True)
 
 
 @pytest.mark.parametrize("cost", ["cosine", "euclidean"])

@@ -101,3 +101,27 @@ def test_unknown_suffix_and_missing_file(tmp_path):
         read_table(tmp_path / "d.xlsx")
     with pytest.raises(FileNotFoundError, match="no such file"):
         read_table(tmp_path / "nope.csv")
+
+
+def test_none_and_na_are_strings_but_empty_cells_are_missing(tmp_path):
+    data = load_file(write_csv(tmp_path, "t,y\nNone,NA\nNA,None\nnull,NA\n"), text_column="t", label_column="y")
+    assert data.texts == ["None", "NA", "null"] and data.label_names == ("NA", "None")
+    assert data.labels == [0, 1, 0]
+    jsonl = tmp_path / "na.jsonl"
+    jsonl.write_text('{"t": "NA", "y": "None"}\n{"t": "None", "y": "NaN"}\n')
+    assert load_file(jsonl, text_column="t", label_column="y").label_names == ("NaN", "None")
+    with pytest.raises(ValueError, match=r"--label-column 'y' is missing in row 2"):
+        load_file(write_csv(tmp_path, "t,y\na,NA\nb,\nc,None\n", "e.csv"), text_column="t", label_column="y")
+    with pytest.raises(ValueError, match=r"--text-column 't' is empty or missing in row 2"):
+        load_file(write_csv(tmp_path, "t,y\na,NA\n,x\n", "f.csv"), text_column="t", label_column="y")
+
+
+def test_bad_jsonl_line_is_named_by_number(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"t": "a", "y": 1}\n\n{"t": "b", "y": 0}\n{"t": "c", "y": 1\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl: could not read it as JSONL: line 4 is not valid JSON "
+                                         r"\(Expecting ',' delimiter at column 18\); fix or delete that line"):
+        load_file(bad, text_column="t", label_column="y")
+    bad.write_text('{"t": "a", "y": 1}\n[1, 2]\n')
+    with pytest.raises(ValueError, match=r"line 2 is a JSON list, not an object"):
+        load_file(bad, text_column="t", label_column="y")

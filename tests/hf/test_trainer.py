@@ -15,6 +15,7 @@ from transformers import Trainer as HFTrainer
 
 from probattn.alignment import alignment_loss
 from probattn.hf import RepulsiveCallback, Trainer, convert, load_pretrained, repulsive_heads
+from probattn.repulsive import RepulsiveHeads
 
 pytestmark = pytest.mark.hf
 REGULARIZER_LOGS = ("probattn/alignment", "probattn/alignment_term", "probattn/repulsion_ratio")
@@ -85,6 +86,44 @@ def test_alignment_term_is_scaled_like_the_task_loss_under_accumulation(tmp_path
     # with num_items_in_batch the Trainer does not divide by the accumulation steps, so the term is divided here
     expected = task + (term / 4 if num_items is not None else term)
     torch.testing.assert_close(total, expected)
+
+
+def _params_after(tmp_path, scaler, **args):
+    model = _tiny_classifier(normalization="softmax")
+    repulsive = RepulsiveHeads(model, alpha=1.0, clip="after")
+    trainer = Trainer(model=model, args=_args(tmp_path, max_steps=3, gradient_accumulation_steps=1, **args),
+                      train_dataset=_Tokens(), repulsive=repulsive)
+    # fp16 AMP needs a GPU; its loss scaling is simulated on CPU with a real GradScaler in accelerate's place
+    # (the math stays float32, and scaling by 2^12 is exact, so only the order of unscaling can differ)
+    trainer.accelerator.scaler = scaler
+    trainer.train()
+    assert repulsive.num_steps == 3
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_repulsion_sees_unscaled_gradients_under_a_grad_scaler_without_clipping(tmp_path):
+    """max_grad_norm=0: the Trainer never unscales before the callback (its clipping is what unscales; that path
+    needs accelerate's native AMP, i.e. a GPU, and is covered by test_unscale_gradients_divides_once)."""
+    plain = _params_after(tmp_path, None, max_grad_norm=0.0)
+    scaled = _params_after(tmp_path, torch.amp.GradScaler("cpu", init_scale=2.0**12), max_grad_norm=0.0)
+    torch.testing.assert_close(scaled, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_unscale_gradients_divides_once():
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    from probattn.hf.trainer import unscale_gradients
+
+    weight = torch.nn.Parameter(torch.ones(3))
+    scaler = torch.amp.GradScaler("cpu", init_scale=8.0)
+    optimizer = AcceleratedOptimizer(torch.optim.SGD([weight], lr=0.1), device_placement=False, scaler=scaler)
+    scaler.scale((weight * torch.tensor([1.0, 2.0, 3.0])).sum()).backward()
+    torch.testing.assert_close(weight.grad, torch.tensor([8.0, 16.0, 24.0]))
+    unscale_gradients(optimizer)
+    torch.testing.assert_close(weight.grad, torch.tensor([1.0, 2.0, 3.0]))
+    unscale_gradients(optimizer)  # already unscaled this step (e.g. by the Trainer's clipping): left alone
+    torch.testing.assert_close(weight.grad, torch.tensor([1.0, 2.0, 3.0]))
+    unscale_gradients(AcceleratedOptimizer(torch.optim.SGD([weight], lr=0.1), device_placement=False))  # no scaler
 
 
 def test_repulsive_callback_refuses_clipping_before_the_rewrite():

@@ -180,19 +180,21 @@ def test_translation_invariant_and_finite(m, p, shift, seed):
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "error"),
+    ("kwargs", "error", "match"),
     [
-        (dict(particles=torch.zeros(3, 2), grads=torch.zeros(3, 3)), ValueError),
-        (dict(particles=torch.zeros(6), grads=torch.zeros(6)), ValueError),
-        (dict(particles=torch.zeros(3, 2, dtype=torch.long), grads=torch.zeros(3, 2, dtype=torch.long)), TypeError),
-        (dict(alpha=-1.0), ValueError),
-        (dict(stepsize=0.0), ValueError),
-        (dict(median="upper"), ValueError),
-        (dict(kernel_grad_div="h3"), ValueError),
-        (dict(bandwidth=-1.0), ValueError),
+        (dict(particles=torch.zeros(3, 2), grads=torch.zeros(3, 3)), ValueError,
+         r"particles \(3, 2\) and grads \(3, 3\) must have the same shape"),
+        (dict(particles=torch.zeros(6), grads=torch.zeros(6)), ValueError, r"particles must be \(M, P\) or \(B, M, P\)"),
+        (dict(particles=torch.zeros(3, 2, dtype=torch.long), grads=torch.zeros(3, 2, dtype=torch.long)), TypeError,
+         "particles and grads must be floating-point"),
+        (dict(alpha=-1.0), ValueError, r"alpha must be a finite number >= 0, got -1\.0"),
+        (dict(stepsize=0.0), ValueError, r"stepsize must be a finite number > 0, got 0\.0"),
+        (dict(median="upper"), ValueError, "median must be 'true' or 'lower', got 'upper'"),
+        (dict(kernel_grad_div="h3"), ValueError, "kernel_grad_div must be 'h2' or 'h', got 'h3'"),
+        (dict(bandwidth=-1.0), ValueError, r"bandwidth must be 'median' or a positive number h, got -1\.0"),
     ],
 )
-def test_bad_input_is_named(kwargs, error):
+def test_bad_input_is_named(kwargs, error, match):
     args = dict(particles=torch.randn(3, 2), grads=torch.randn(3, 2), alpha=0.1) | kwargs
-    with pytest.raises(error):
+    with pytest.raises(error, match=match):
         svgd_direction(**args)

@@ -40,17 +40,23 @@ def test_step_equals_the_pure_function_on_each_set(probattn, method):
     loss_of(model, *batch()).backward()
     repulsive = RepulsiveHeads(model, method=method, alpha=0.1, stepsize=0.5, beta=0.3, seed=11)
     assert [s.name for s in repulsive.particle_sets] == [f"layers.{i}.self_attn.{r}" for i in range(2) for r in "qkv"]
-    before = [(s.weights().clone(), s.grads().clone()) for s in repulsive.particle_sets]
+    weights = [m.self_attn.in_proj_weight for m in model.layers]
+    d = E // H
+
+    def particles(w, r):  # built here, not by probattn's views: head h of projection r = rows r·E + h·d ... + d
+        return torch.stack([w[r * E + h * d: r * E + (h + 1) * d].flatten() for h in range(H)]).clone()
+
+    before = [(particles(w.detach(), r), particles(w.grad, r)) for w in weights for r in range(3)]
     generator = torch.Generator().manual_seed(11 * 1_000_003)  # noise of step 0, drawn for the batch in set order
     xi = torch.randn(len(before), H, before[0][0].shape[1], generator=generator)
     repulsive.step()
-    for i, (s, (theta, grads)) in enumerate(zip(repulsive.particle_sets, before)):
+    for i, (theta, grads) in enumerate(before):
         if method == "svgd":
             expected = svgd_direction(theta, grads, alpha=0.1, stepsize=0.5)
         else:
             noise = 0.5 * (0.3 * grads - (2 * 0.3 / 0.5) ** 0.5 * grads.abs().flatten().median() * xi[i])
             expected = 0.5 * svgd_direction(theta, grads, alpha=0.1) + noise
-        torch.testing.assert_close(s.grads(), expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(particles(weights[i // 3].grad, i % 3), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_spos_noise_of_differently_shaped_sets_is_not_repeated():
@@ -136,9 +142,25 @@ def test_layer_selection_and_presets():
     ]
     with pytest.raises(ValueError, match="out of range"):
         RepulsiveHeads(model, layers=[3])
-    for name in PRESETS:
-        repulsive = RepulsiveHeads.from_preset(model, name)
-        assert repulsive.alpha == PRESETS[name].alpha and repulsive.stepsize == PRESETS[name].stepsize
+    # the table of research/repulsive.md §8, written out here (not read from PRESETS):
+    # name: (method, alpha, stepsize, normalize_by_M, median, kernel_grad_div, layers)
+    table = {
+        "fairseq_iwslt": ("svgd", 0.01, 0.01, True, "lower", "h2", None),
+        "fairseq_wmt": ("svgd", 0.01, 0.1, True, "lower", "h2", None),
+        "electra_small": ("svgd", 0.1, 0.01, True, "true", "h2", (0,)),
+        "lin2017_yelp": ("svgd", 1.0, 1.0, True, "lower", "h", None),
+        "lin2017_age": ("svgd", 0.01, 1.0, True, "lower", "h", None),
+        "lin2017_snli": ("svgd", 0.005, 1.0, True, "lower", "h", None),
+        "recommended": ("svgd", 0.01, 1.0, True, "true", "h2", None),
+    }
+    assert set(PRESETS) == set(table)
+    for name, (method, alpha, stepsize, by_m, median, div, layers) in table.items():
+        r = RepulsiveHeads.from_preset(model, name)
+        assert (r.method, r.alpha, r.stepsize, r.normalize_by_M, r.median, r.kernel_grad_div) == (
+            method, alpha, stepsize, by_m, median, div), name
+        assert r.module_names == ([f"layers.{i}.self_attn" for i in layers] if layers else
+                                  [f"layers.{i}.self_attn" for i in range(3)]), name
+        assert {s.name.rsplit(".", 1)[1] for s in r.particle_sets} == {"q", "k", "v"}, name  # Q/K/V separate
     assert RepulsiveHeads.from_preset(model, "electra_small").module_names == ["layers.0.self_attn"]
     assert RepulsiveHeads.from_preset(model, "fairseq_iwslt", method="spos").method == "spos"
     with pytest.raises(ValueError, match="unknown preset"):
@@ -154,8 +176,38 @@ def test_bad_arguments_are_named():
         with pytest.raises(ValueError, match=word):
             RepulsiveHeads(model, **kwargs)
     optimizer = torch.optim.SGD(model.layers[0].linear1.parameters(), lr=0.1)
-    with pytest.raises(ValueError, match="optimizer does not update"):
+    with pytest.raises(ValueError, match=r"optimizer does not update the trainable attention parameters of .*layers\.0\.self_attn\.q.*or freeze them"):
         RepulsiveHeads(model).attach(optimizer)
+
+
+@pytest.mark.parametrize("when", ["before construction", "before attach"])
+def test_frozen_attention_parameters_do_not_repel(when):
+    """Layer 0's attention frozen, layer 1's bias frozen: the optimizer holds only the trainable parameters."""
+    model = encoder()
+    frozen = [model.layers[0].self_attn.in_proj_weight, model.layers[0].self_attn.in_proj_bias,
+              model.layers[1].self_attn.in_proj_bias]
+
+    def freeze():
+        for p in frozen:
+            p.requires_grad_(False)
+
+    if when == "before construction":
+        freeze()
+    repulsive = RepulsiveHeads(model, alpha=0.1, include_bias=True)
+    if when == "before attach":
+        freeze()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
+    repulsive.attach(optimizer)
+    assert [s.name for s in repulsive.particle_sets] == [f"layers.1.self_attn.{r}" for r in "qkv"]
+    loss_of(model, *batch()).backward()
+    weight = model.layers[1].self_attn.in_proj_weight
+    theta, grads = weight.detach().clone(), weight.grad.clone()
+    optimizer.step()
+    for i in range(3):  # particles: the rows of head h of projection i, weight only (the frozen bias is left out)
+        rows = slice(i * E, (i + 1) * E)
+        expected = svgd_direction(theta[rows].reshape(H, -1), grads[rows].reshape(H, -1), alpha=0.1)
+        torch.testing.assert_close(weight.grad[rows].reshape(H, -1), expected, rtol=1e-5, atol=1e-6)
+    assert all(p.grad is None for p in frozen)
 
 
 def test_stats_missing_grads_and_non_finite_fallback():

@@ -51,8 +51,11 @@ def _rank(rank: int, port: int, config: TrainConfig, out: str) -> None:
 
 
 @pytest.mark.distributed
-def test_two_gloo_processes_match_one_process(small_config, tmp_path):
-    config = small_config.replace(alignment="ct", repulsive="spos", max_steps=4, checkpoint_every=2)
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_two_gloo_processes_match_one_process(small_config, tmp_path, grad_accum):
+    """2 processes with --grad-accum G = 1 process with --grad-accum 2G (up to summation order, not bitwise)."""
+    config = small_config.replace(alignment="ct", repulsive="spos", max_steps=4, checkpoint_every=2,
+                                  grad_accum=grad_accum)
     torch.optim.AdamW([torch.zeros(1, requires_grad=True)])  # import torch._dynamo once, before forking
     port = _free_port()
     processes = [FORK.Process(target=_rank, args=(r, port, config.replace(output=str(tmp_path / "ddp")), str(tmp_path)))
@@ -63,7 +66,8 @@ def test_two_gloo_processes_match_one_process(small_config, tmp_path):
         p.join(timeout=300)
     assert [p.exitcode for p in processes] == [0, 0]
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
-    single = train(config.replace(grad_accum=2, output=str(tmp_path / "one")), progress=False).model.state_dict()
+    single = train(config.replace(grad_accum=2 * grad_accum, output=str(tmp_path / "one")),
+                   progress=False).model.state_dict()
     for name, value in single.items():
         assert torch.equal(rank0[name], rank1[name]), name
         torch.testing.assert_close(rank0[name], value, atol=1e-6, rtol=0, msg=name)

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from probattn.training import TrainConfig, train
-from probattn.training.checkpoint import load_checkpoint, save_checkpoint
+from probattn.training import checkpoint as ckpt
+from probattn.training.checkpoint import find_checkpoints, load_checkpoint, save_checkpoint
 
 FORK = multiprocessing.get_context("fork")  # the child inherits the imports: no interpreter start-up
 
@@ -29,14 +30,14 @@ def test_sigkill_then_resume_matches_uninterrupted(small_config, tmp_path):
     process = FORK.Process(target=_slow_train, args=(config.replace(output=str(killed)),))
     process.start()
     deadline = time.monotonic() + 120
-    while not (killed / "checkpoint.pt").exists():
+    while not find_checkpoints(killed):
         assert process.is_alive(), f"the run exited early with code {process.exitcode}"
         assert time.monotonic() < deadline, "no checkpoint within 120 s"
         time.sleep(0.02)
     os.kill(process.pid, signal.SIGKILL)
     process.join()
     assert process.exitcode == -signal.SIGKILL
-    stopped_at = load_checkpoint(killed / "checkpoint.pt")["step"]
+    stopped_at = load_checkpoint(killed)["step"]
     assert stopped_at < 12 and not (killed / "metrics.json").exists()
 
     resumed = train(config.replace(output=str(killed), resume=True), progress=False)
@@ -47,39 +48,38 @@ def test_sigkill_then_resume_matches_uninterrupted(small_config, tmp_path):
 
 
 def _torn_save(path) -> None:
-    def torn(obj, handle):  # write part of a checkpoint, then die before the rename
-        handle.write(b"PK\x03\x04" + b"x" * 4096)
-        handle.flush()
+    def torn(file, data):  # write part of a checkpoint file, then die before the rename
+        with open(file, "wb") as handle:
+            handle.write(data[: len(data) // 2])
         os.kill(os.getpid(), signal.SIGKILL)
 
-    torch.save = torn
-    save_checkpoint(path, {"step": 2, "weights": torch.zeros(5)})
+    ckpt._write_file = torn
+    save_checkpoint(path, {"step": 2, "weights": torch.zeros(5)}, step=2)
 
 
 def test_kill_during_checkpoint_write_keeps_previous(tmp_path):
-    path = tmp_path / "checkpoint.pt"
-    save_checkpoint(path, {"step": 1, "weights": torch.arange(5.0)})
-    process = FORK.Process(target=_torn_save, args=(path,))
+    save_checkpoint(tmp_path, {"step": 1, "weights": torch.arange(5.0)}, step=1)
+    process = FORK.Process(target=_torn_save, args=(tmp_path,))
     process.start()
     process.join()
     assert process.exitcode == -signal.SIGKILL
-    state = load_checkpoint(path)
+    state = load_checkpoint(tmp_path)
     assert state["step"] == 1 and torch.equal(state["weights"], torch.arange(5.0))
-    assert any(p.name.startswith(".checkpoint.pt.") for p in tmp_path.iterdir())  # the torn temporary file
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # the torn temporary directory
+    save_checkpoint(tmp_path, {"step": 3}, step=3)  # the next save removes it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-00000001", "checkpoint-00000003"]
 
 
-def test_failed_write_removes_temporary_and_keeps_file(tmp_path):
-    path = tmp_path / "c.pt"
-    save_checkpoint(path, {"step": 1})
+def test_unstorable_state_writes_nothing_and_keeps_previous(tmp_path):
+    save_checkpoint(tmp_path, {"step": 1}, step=1)
 
-    class Unpicklable:
-        def __reduce__(self):
-            raise RuntimeError("cannot pickle")
+    class Code:
+        pass
 
-    with pytest.raises(RuntimeError, match="cannot pickle"):
-        save_checkpoint(path, {"step": 2, "bad": Unpicklable()})
-    assert load_checkpoint(path)["step"] == 1
-    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+    with pytest.raises(TypeError, match=r"state\.bad: cannot store a Code in a checkpoint"):
+        save_checkpoint(tmp_path, {"step": 2, "bad": Code()}, step=2)
+    assert load_checkpoint(tmp_path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-00000001"]
 
 
 def test_config_round_trips_through_json():

@@ -44,7 +44,7 @@ def test_run_writes_metrics_model_and_reloads(small_config, tmp_path):
     reloaded = predict(model, encode, result.splits.test)
     torch.testing.assert_close(reloaded.probs, again.probs)
     assert again.labels.tolist() == result.splits.test.labels
-    assert (out / "checkpoint.pt").is_file() and json.loads((out / "config.json").read_text())["alignment"] == "ct"
+    assert (out / "checkpoint-00000006" / "tensors.safetensors").is_file() and json.loads((out / "config.json").read_text())["alignment"] == "ct"
 
 
 def test_grad_accumulation_matches_one_big_batch(small_config):
@@ -76,7 +76,7 @@ def test_interrupted_then_resumed_is_bit_identical(small_config, tmp_path):
 
     with pytest.raises(Stop):
         train(config.replace(output=str(tmp_path / "b")), progress=False, on_step=interrupt)
-    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["step"] == 4
+    assert load_checkpoint(tmp_path / "b")["step"] == 4
     resumed = train(config.replace(output=str(tmp_path / "b"), resume=True), progress=False)
     assert_equal_params(params(full.model), params(resumed.model))
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in full.history]
@@ -121,7 +121,7 @@ def test_exploding_lr_names_step_and_task_loss(small_config, tmp_path):
     config = small_config.replace(lr=1e30, max_grad_norm=0.0, checkpoint_every=1, output=str(out))
     with pytest.raises(NonFiniteError, match=r"step 2: non-finite forward pass.*last good checkpoint.*step 1\)"):
         train(config, progress=False)
-    assert load_checkpoint(out / "checkpoint.pt")["step"] == 1
+    assert load_checkpoint(out)["step"] == 1
     assert not (out / "metrics.json").exists()
 
 
@@ -197,6 +197,20 @@ def test_resume_refuses_changed_data(small_config, tmp_path, sample_csv):
         train(config, progress=False, on_step=interrupt)
     data.write_text("\n".join(sample_csv.read_text().splitlines()[:100]) + "\n")
     with pytest.raises(ValueError, match=r"the training data changed since the checkpoint \(140 examples then"):
+        train(config.replace(resume=True), progress=False)
+
+
+def test_resume_after_the_data_gained_a_class_is_the_data_error(small_config, tmp_path, sample_csv):
+    data = tmp_path / "data.csv"
+    data.write_text(sample_csv.read_text())
+    config = small_config.replace(data=str(data), output=str(tmp_path / "r"), checkpoint_every=2, max_steps=4)
+    with pytest.raises(Stop):
+        train(config, progress=False, on_step=lambda record: (_ for _ in ()).throw(Stop) if record["step"] == 3 else 0)
+    header, *rows = sample_csv.read_text().splitlines()
+    rows[0] = rows[0].rsplit(",", 1)[0] + ",2"  # same rows, one more class
+    data.write_text("\n".join([header, *rows]) + "\n")
+    with pytest.raises(ValueError, match=r"the training data changed since the checkpoint \(labels \['0', '1'\] then, "
+                                         r"\['0', '1', '2'\] now\); resume on the same data or start a new run"):
         train(config.replace(resume=True), progress=False)
 
 

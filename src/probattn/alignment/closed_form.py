@@ -5,7 +5,8 @@ These are extensions for ablations (the authors' release never ran them):
 * :func:`mmd`: squared maximum mean discrepancy with a sum of RBF kernels,
   ``MMD^2 = E k(q, q') + E k(k, k') - 2 E k(q, k)`` (biased V-statistic of the empirical measures, >= 0) with
   ``k(x, y) = mean_c exp(-||x - y||^2 / (c * s))``, ``c`` in ``bandwidths`` and ``s`` the mean squared
-  query-key distance of the set (not differentiated).
+  query-key distance of the set (not differentiated), at least ``1e-3`` times the mean squared norm of the
+  points (so that coinciding clouds keep a finite bandwidth and bounded gradients).
 * :func:`sinkhorn_divergence`: debiased entropic optimal transport with squared Euclidean cost,
   ``S = OT_eps(q, k) - OT_eps(q, q) / 2 - OT_eps(k, k) / 2``, ``eps = epsilon * s``. Potentials come from
   log-domain Sinkhorn iterations without autograd (epsilon-scaling: the blur starts at the largest cost and
@@ -36,15 +37,25 @@ def _weights(valid: Tensor | None, shape: torch.Size, dtype: torch.dtype, device
     return w / w.sum(-1, keepdim=True)
 
 
+SCALE_FLOOR = 1e-3
+
+
 @torch.no_grad()
 def _scale(x: Tensor, y: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """Mean squared distance ``E_a E_b ||x - y||^2 = E_a ||x||^2 + E_b ||y||^2 - 2 E_a x . E_b y`` ``(*, 1, 1)``.
+    """Mean squared distance ``s = E_a E_b ||x - y||^2`` ``(*, 1, 1)``, floored relative to the data's size.
 
-    Not differentiated (the bandwidth is a constant of each step), and no distance matrix is formed.
+    Computed centred, ``s = Var_a x + Var_b y + ||E_a x - E_b y||^2`` (no cancellation when the clouds sit far
+    from the origin), and at least ``SCALE_FLOOR * (E_a ||x||^2 + E_b ||y||^2) / 2`` (+ the dtype's epsilon): when
+    the query and key clouds coincide in one point (the distances' own optimum) ``s`` is 0, and a bandwidth of 0
+    would turn rounding noise into gradients of 1e+30. Not differentiated (the bandwidth is a constant of each
+    step), and no distance matrix is formed.
     """
     mean_x, mean_y = (a[..., None] * x).sum(-2), (b[..., None] * y).sum(-2)
-    s = (a * x.pow(2).sum(-1)).sum(-1) + (b * y.pow(2).sum(-1)).sum(-1) - 2 * (mean_x * mean_y).sum(-1)
-    return s.clamp_min(torch.finfo(x.dtype).tiny)[..., None, None]
+    var_x = (a * (x - mean_x[..., None, :]).pow(2).sum(-1)).sum(-1)
+    var_y = (b * (y - mean_y[..., None, :]).pow(2).sum(-1)).sum(-1)
+    s = var_x + var_y + (mean_x - mean_y).pow(2).sum(-1)
+    size = ((a * x.pow(2).sum(-1)).sum(-1) + (b * y.pow(2).sum(-1)).sum(-1)) / 2
+    return torch.maximum(s, SCALE_FLOOR * size + torch.finfo(x.dtype).eps)[..., None, None]
 
 
 def mmd(x: Tensor, y: Tensor, x_valid: Tensor | None, y_valid: Tensor | None, *, bandwidths: tuple[float, ...] = BANDWIDTHS) -> Tensor:

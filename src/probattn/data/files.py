@@ -2,11 +2,16 @@
 
 Every problem with the file is a ``ValueError`` that names the file, the column and the rows involved:
 a missing column (the existing columns are listed), an empty file, a single class, missing or non-text
-values, labels that are neither integers nor strings, or rows pandas cannot parse.
+values, labels that are neither integers nor strings, rows pandas cannot parse, or a JSONL line that is not
+a JSON object (named by its line number).
+
+Only an empty CSV cell (or a JSON ``null``) is missing: a text or label written ``None``, ``NA``, ``NaN``,
+``null`` ... is that string, not pandas' missing value.
 """
 
 from __future__ import annotations
 
+import json
 import numbers
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,9 +45,9 @@ def read_table(path: str | Path):
         raise ValueError(f"--data {path}: the file is empty")
     try:
         if kind in ("csv", "tsv"):
-            frame = pd.read_csv(path, sep="," if kind == "csv" else "\t")
+            frame = pd.read_csv(path, sep="," if kind == "csv" else "\t", keep_default_na=False, na_values=[""])
         elif kind == "jsonl":
-            frame = pd.read_json(path, lines=True)
+            frame = pd.DataFrame.from_records(_jsonl_records(path))
         else:
             frame = pd.read_parquet(path)
     except pd.errors.EmptyDataError as exc:
@@ -55,6 +60,25 @@ def read_table(path: str | Path):
     if len(frame) == 0:
         raise ValueError(f"--data {path}: the file has no rows (columns: {', '.join(map(str, frame.columns))})")
     return frame
+
+
+def _jsonl_records(path: Path) -> list[dict]:
+    """One JSON object per non-blank line; a bad line is a ``ValueError`` naming its (1-based) line number."""
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line.rstrip("\r\n"))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"line {number} is not valid JSON ({exc.msg} at column {exc.colno}); fix or "
+                                 f"delete that line") from exc
+            if not isinstance(record, dict):
+                raise ValueError(f"line {number} is a JSON {type(record).__name__}, not an object like "
+                                 f"{{\"text\": ..., \"label\": ...}}")
+            records.append(record)
+    return records
 
 
 def _rows(mask) -> str:

@@ -9,7 +9,9 @@
   ``Trainer.training_step``) the term is divided by the number of accumulation steps, otherwise the
   Trainer divides it together with the task loss;
 * rewrites the attention heads' gradients with SVGD / SPOS through :class:`RepulsiveCallback` in
-  ``on_pre_optimizer_step``: after the Trainer's gradient clipping, once per optimizer step;
+  ``on_pre_optimizer_step``: after the Trainer's gradient clipping, once per optimizer step, on unscaled
+  gradients (under fp16 the callback unscales them first when the Trainer did not clip, ``max_grad_norm=0``;
+  only the Trainer's clipping unscales);
 * logs the means since the last log as ``probattn/alignment``, ``probattn/alignment_term``,
   ``probattn/alignment_distance`` and ``probattn/repulsion_ratio``, ``probattn/repulsive_bandwidth``
   (``trainer.state.log_history``).
@@ -25,6 +27,8 @@ from typing import Any
 
 import torch
 import transformers
+from accelerate.optimizer import AcceleratedOptimizer
+from torch.amp.grad_scaler import OptState
 from transformers import TrainerCallback
 
 from probattn.alignment import alignment_loss, attached_regularizers
@@ -52,6 +56,24 @@ class _Means:
         return out
 
 
+def unscale_gradients(optimizer: torch.optim.Optimizer | None) -> None:
+    """Divide the gradients by the fp16 loss scale now, if they still carry it.
+
+    ``optimizer`` is what the Trainer passes to its callbacks (accelerate's ``AcceleratedOptimizer``, whose
+    ``scaler`` is the ``GradScaler`` under fp16). The Trainer unscales only inside its gradient clipping; this
+    does it for the rest, once per step (``GradScaler.unscale_``: ``scaler.step`` then does not unscale again and
+    still skips a step whose gradients overflowed). Without a scaler, or when already unscaled, nothing happens.
+    """
+    scaler = getattr(optimizer, "scaler", None)
+    if scaler is None or not scaler.is_enabled():
+        return
+    inner = optimizer
+    while isinstance(inner, AcceleratedOptimizer):
+        inner = inner.optimizer
+    if scaler._per_optimizer_states[id(inner)]["stage"] is not OptState.UNSCALED:  # GradScaler's own record
+        scaler.unscale_(inner)
+
+
 class RepulsiveCallback(TrainerCallback):
     """Run ``repulsive.step()`` in ``on_pre_optimizer_step`` (after clipping, once per optimizer step).
 
@@ -69,6 +91,7 @@ class RepulsiveCallback(TrainerCallback):
         self.means = _Means()
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        unscale_gradients(kwargs.get("optimizer"))  # the rewrite must see true gradients (fp16 without clipping)
         stats = self.repulsive.step()
         for key in ("repulsion_ratio", "bandwidth"):
             value = stats.get(key)

@@ -68,6 +68,18 @@ def _select(found: list, layers: LayerFilter) -> list:
     return [found[i % n] for i in sorted({i % n for i in layers})]
 
 
+def _without_frozen(sets: list[ParticleSet]) -> list[ParticleSet]:
+    """``sets`` without the head slices of frozen parameters (a set with nothing trainable left is dropped)."""
+    kept = []
+    for s in sets:
+        trainable = [piece for piece in s.slices if piece.param.requires_grad]
+        if len(trainable) == len(s.slices):
+            kept.append(s)
+        elif trainable:
+            kept.append(ParticleSet(s.name, trainable))
+    return kept
+
+
 class RepulsiveHeads:
     """SVGD / SPOS over the heads of the attention modules in ``model_or_modules`` (see module doc).
 
@@ -136,7 +148,7 @@ class RepulsiveHeads:
             for name, _, projections in found
             for s in build_particle_sets(name or "model", projections, grouping=grouping, include_bias=include_bias)
         ]
-        self.particle_sets: list[ParticleSet] = [s for s in sets if s.num_particles >= 2]  # M = 1: nothing to do
+        self.particle_sets: list[ParticleSet] = _without_frozen([s for s in sets if s.num_particles >= 2])  # M = 1: none
         self._model_params = list(model_or_modules.parameters()) if isinstance(model_or_modules, nn.Module) else []
         self.num_steps = 0
         self.last_stats: dict[str, Any] = {}
@@ -155,13 +167,21 @@ class RepulsiveHeads:
 
     # -- hooking into an optimizer -------------------------------------------------------------------------------
     def attach(self, optimizer: Optimizer) -> RepulsiveHeads:
-        """Run :meth:`step` inside every ``optimizer.step()``, before the update. Returns ``self``."""
+        """Run :meth:`step` inside every ``optimizer.step()``, before the update. Returns ``self``.
+
+        Frozen parameters (``requires_grad=False``) do not repel: they leave their particle sets here (a set
+        left with no parameter is dropped). Every trainable attention parameter must be in ``optimizer``.
+        """
         if self._handle is not None:
             raise RuntimeError("RepulsiveHeads is already attached; call detach() first")
+        self.particle_sets = _without_frozen(self.particle_sets)
         in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
         missing = sorted({s.name for s in self.particle_sets for p in s.params if id(p) not in in_optimizer})
         if missing:
-            raise ValueError(f"optimizer does not update the attention parameters of {missing}: add them to it")
+            raise ValueError(f"optimizer does not update the trainable attention parameters of {missing}: add them "
+                             f"to it, or freeze them (param.requires_grad_(False)); frozen parameters do not repel")
+        if not self.particle_sets:
+            warnings.warn("RepulsiveHeads: every attention parameter is frozen; nothing will repel", stacklevel=2)
         self._optimizer = optimizer
         self._handle = optimizer.register_step_pre_hook(self._pre_step_hook)
         return self

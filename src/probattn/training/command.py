@@ -43,7 +43,7 @@ _OPTIONS: list[tuple[str, type, str]] = [
     ("warmup_steps", int, "linear warm-up steps (then linear decay to 0)"),
     ("max_grad_norm", float, "clip the gradient norm (0 = off)"),
     ("eval_batch_size", int, "batch size for evaluation"),
-    ("output", str, "run directory: checkpoints, model.pt, metrics.json"),
+    ("output", str, "run directory: checkpoints, model.safetensors + model.json, metrics.json"),
     ("checkpoint_every", int, "write a checkpoint every N steps (and always at the end)"),
     ("device", str, "auto (default), cpu or cuda[:N]"),
 ]

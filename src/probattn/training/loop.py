@@ -11,6 +11,8 @@ the end an atomic checkpoint; at the end validation / test / OOD metrics, a save
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import re
 import resource
 import sys
@@ -32,6 +34,8 @@ from probattn.repulsive import RepulsiveHeads
 from probattn.training import distributed as D
 from probattn.training.checkpoint import (
     capture_rng_state,
+    checkpoint_dir,
+    find_checkpoints,
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
@@ -46,7 +50,7 @@ from probattn.training.modeling import (
     forward_logits,
     inference_state_dict,
 )
-from probattn.training.outputs import CHECKPOINT, prepare_output, write_run
+from probattn.training.outputs import has_checkpoint, prepare_output, write_run
 
 __all__ = ["NonFiniteError", "RunResult", "train"]
 
@@ -98,6 +102,29 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB: process peak RSS
 
 
+def _data_digest(data: TextClassificationData) -> str:
+    """sha256 of the training texts, text pairs and labels (a resumed run must see the same data)."""
+    digest = hashlib.sha256()
+    for value in (data.texts, data.text_pairs or [], data.labels, list(data.label_names)):
+        digest.update(json.dumps(value).encode())
+    return digest.hexdigest()
+
+
+def _check_same_data(saved: dict[str, Any], train: TextClassificationData, steps_per_epoch: int) -> None:
+    """The documented "training data changed" error, before any saved tensor meets a model of another shape."""
+    position, then = saved["data"], tuple(saved["label_names"])
+    if then != tuple(train.label_names):
+        change = f"labels {list(then)} then, {list(train.label_names)} now"
+    elif position["num_examples"] != len(train) or position["steps_per_epoch"] != steps_per_epoch:
+        change = f"{position['num_examples']} examples then, {len(train)} now"
+    elif position.get("sha256") != _data_digest(train):
+        change = "same size, different texts or labels"
+    else:
+        return
+    raise ValueError(f"--resume: the training data changed since the checkpoint ({change}); resume on the same "
+                     f"data or start a new run (--overwrite or another --output)")
+
+
 def _check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
     before = TrainConfig.from_dict(saved["config"], source=str(path))
     diff = before.differences(config)
@@ -112,11 +139,11 @@ def _check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> 
 class _Guard:
     """Raises :class:`NonFiniteError` naming the step and the component that went non-finite."""
 
-    def __init__(self, out: Path | None):
-        self.out, self.step, self.last_checkpoint = out, 0, None
+    def __init__(self):
+        self.step, self.last_checkpoint, self.last_path = 0, None, None
 
     def fail(self, component: str, value: str) -> None:
-        kept = (f"the last good checkpoint ({self.out / CHECKPOINT}, step {self.last_checkpoint}) is kept"
+        kept = (f"the last good checkpoint ({self.last_path}, step {self.last_checkpoint}) is kept"
                 if self.last_checkpoint is not None else "no checkpoint was written")
         raise NonFiniteError(f"step {self.step}: non-finite {component} ({value}); training stopped and {kept}. "
                              f"Lower --lr, check the data, or clip harder (--max-grad-norm)")
@@ -155,10 +182,10 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
            on_step: Callable[[dict[str, Any]], None] | None) -> RunResult:
     out = prepare_output(config, ctx)
     saved = None
-    if config.resume and out is not None and (out / CHECKPOINT).is_file():
-        saved = load_checkpoint(out / CHECKPOINT)
-        _check_resumable(saved, config, out / CHECKPOINT)
-        _say(ctx, f"resuming from {out / CHECKPOINT} at step {saved['step']}")
+    if config.resume and out is not None and has_checkpoint(out):
+        saved = load_checkpoint(out)
+        _check_resumable(saved, config, out)
+        _say(ctx, f"resuming from {out} at step {saved['step']}")
     elif config.resume:
         _say(ctx, "--resume: no checkpoint found, starting from step 0")
 
@@ -168,6 +195,8 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
     if steps_per_epoch == 0:
         raise ValueError(f"--batch-size {config.batch_size} is larger than the training set "
                          f"({len(splits.train)} examples); lower it")
+    if saved is not None:
+        _check_same_data(saved, splits.train, steps_per_epoch)
 
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % 2**32)
@@ -182,7 +211,7 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config))
-    guard = _Guard(out)
+    guard = _Guard()
     repulsive = None
     if config.repulsive:
         repulsive = RepulsiveHeads(model, method=config.repulsive, alpha=config.repulsive_alpha, seed=config.seed,
@@ -200,33 +229,31 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
             repulsive.load_state_dict(saved["repulsive"])
         restore_rng_state(saved["rng"])
         history, start = list(saved["history"]), int(saved["step"])
-        guard.last_checkpoint = start
-        position = saved["data"]
-        if position["num_examples"] != len(splits.train) or position["steps_per_epoch"] != steps_per_epoch:
-            raise ValueError(f"--resume: the training data changed since the checkpoint ({position['num_examples']} "
-                             f"examples then, {len(splits.train)} now); resume on the same data or start a new run")
+        guard.last_checkpoint, guard.last_path = start, find_checkpoints(out)[-1][1]
     wrapped = model
     if ctx.enabled:
         wrapped = nn.parallel.DistributedDataParallel(
             model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+
+    data_digest = _data_digest(splits.train)
 
     def checkpoint(step: int, epoch: int, order: np.ndarray) -> None:
         if out is None:
             return
         D.assert_in_sync(ctx, model)
         if ctx.is_main:
-            save_checkpoint(out / CHECKPOINT, {
-                "format": 1, "step": step, "config": config.to_dict(), "model": model.state_dict(),
+            save_checkpoint(out, {
+                "step": step, "config": config.to_dict(), "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "repulsive": repulsive.state_dict() if repulsive is not None else None,
                 "rng": capture_rng_state(), "history": history, "tokenizer": encode.state,
                 "label_names": splits.label_names,
                 "data": {"seed": config.seed, "epoch": epoch, "step_in_epoch": step - epoch * steps_per_epoch,
                          "steps_per_epoch": steps_per_epoch, "num_examples": len(splits.train),
-                         "order": torch.from_numpy(order)},
-            })
+                         "sha256": data_digest, "order": torch.from_numpy(order)},
+            }, step=step)
         ctx.barrier()
-        guard.last_checkpoint = step
+        guard.last_checkpoint, guard.last_path = step, checkpoint_dir(out, step)
 
     grad_accum, order, order_epoch, seconds = config.grad_accum, None, -1, 0.0
     if saved is not None:  # continue the saved epoch in the saved order

@@ -6,6 +6,7 @@ output object with ``.logits``), and every encoder as ``encode(texts, pairs=None
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,15 +123,40 @@ def inference_state_dict(model: nn.Module) -> dict[str, Tensor]:
 
 
 def load_trained(path: str | Path) -> tuple[nn.Module, Encoder, tuple[str, ...]]:
-    """``(model in eval mode, encoder, label_names)`` from a run directory (or its ``model.pt``)."""
+    """``(model in eval mode, encoder, label_names)`` from a run directory (or its ``model.json`` /
+    ``model.safetensors``). The weights are verified against the sha256 in ``model.json``; nothing is unpickled
+    (a legacy ``model.pt`` is refused with a :class:`~probattn.training.checkpoint.CheckpointError`)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load as safetensors_load
+
+    from probattn.training.checkpoint import CheckpointError, read_verified
+    from probattn.training.outputs import LEGACY_MODEL, MODEL, MODEL_INFO
+
     path = Path(path)
-    file = path / "model.pt" if path.is_dir() else path
-    if not file.is_file():
-        raise FileNotFoundError(f"{file}: no saved model (a finished `probattn train --output DIR` writes one)")
-    saved = torch.load(file, map_location="cpu", weights_only=False)
-    config = TrainConfig.from_dict(saved["config"], source=str(file)).replace(alignment=None)  # inference only
-    labels = tuple(saved["label_names"])
+    folder = path if path.is_dir() else path.parent
+    legacy = path if path.is_file() and path.name not in (MODEL, MODEL_INFO) else None
+    if path.is_dir() and not (path / MODEL_INFO).is_file() and (path / LEGACY_MODEL).is_file():
+        legacy = path / LEGACY_MODEL
+    if legacy is not None:
+        raise CheckpointError(f"{legacy} is not a probattn model in the safe format ({MODEL} + {MODEL_INFO}); "
+                              f"probattn never unpickles files, which can run arbitrary code. Train the model "
+                              f"again with this probattn (it writes {MODEL} and {MODEL_INFO})")
+    info_file = folder / MODEL_INFO
+    if not info_file.is_file():
+        raise FileNotFoundError(f"{info_file}: no saved model (a finished `probattn train --output DIR` writes one)")
+    try:
+        info = json.loads(info_file.read_text())
+        weights = read_verified(folder / MODEL, info["sha256"][MODEL], what="saved model")
+        state_dict = safetensors_load(weights)
+        config = TrainConfig.from_dict(info["config"], source=str(info_file)).replace(alignment=None)  # inference
+        labels = tuple(info["label_names"])
+        tokenizer_state = info["tokenizer"]
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}; train the model again or restore {folder / MODEL} from a backup") from exc
+    except (ValueError, KeyError, TypeError, SafetensorError) as exc:
+        raise CheckpointError(f"saved model {folder} is unreadable ({type(exc).__name__}: {exc}); train it "
+                              f"again") from exc
     placeholder = TextClassificationData(texts=[], labels=[], label_names=labels)
-    model, encoder = build_model(config, placeholder, tokenizer_state=saved["tokenizer"])
-    model.load_state_dict(saved["state_dict"])
+    model, encoder = build_model(config, placeholder, tokenizer_state=tokenizer_state)
+    model.load_state_dict(state_dict)
     return model.eval(), encoder, labels
