@@ -47,3 +47,12 @@ def test_cli_writes_results(tmp_path):
     assert main(["experiment", "gmm", "--iterations", "3", "--output", str(tmp_path)]) == 0
     assert {"results.md", "results.json", "gmm.png"} <= {p.name for p in tmp_path.iterdir()}
     assert "max abs error" in (tmp_path / "results.md").read_text()
+
+
+def test_doubly_step_is_em_even_when_the_distances_are_huge():
+    # sigma2 = 1e-3 puts -|mu|^2/(2 sigma2)-style terms far below -1e4, where an additive mask means "masked":
+    # the Gaussian scores must not travel through attn_mask
+    points, _ = make_clusters(seed=1)
+    means = points[[0, 310, 370]]
+    new_means, _ = attention_step(means, points, sigma2=1e-3, normalization="doubly")
+    assert torch.allclose(new_means, em_step(means, points, sigma2=1e-3), atol=1e-9)

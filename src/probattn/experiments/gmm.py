@@ -5,8 +5,9 @@ big cluster and are moved ``T`` times by one attention step ``mu <- A X`` with G
 
     S_ij = -|mu_i - x_j|^2 / (2 sigma^2)
 
-(written for :func:`probattn.functional.attention` as ``scale = 1/sigma^2`` plus the additive bias
-``-(|mu_i|^2 + |x_j|^2) / (2 sigma^2)``).
+(written for :func:`probattn.functional.attention` with ``scale = 1/sigma^2`` and the squared norms carried
+inside the head dimension, ``q_i = [mu_i, -|mu_i|^2 / 2, 1]`` and ``k_j = [x_j, 1, -|x_j|^2 / 2]``: an
+additive ``attn_mask`` would not do, since entries at or below ``-1e4`` mean "masked").
 
 * softmax attention is a mean-shift step: every query drifts to the big cluster and the points of the small
   clusters receive almost no attention (they are "explained away": normalized incoming mass < 0.01);
@@ -54,11 +55,12 @@ def attention_step(
     means: Tensor, points: Tensor, *, sigma2: float, normalization: str
 ) -> tuple[Tensor, Tensor]:
     """One step ``mu <- A X`` with Gaussian scores; returns new means ``(M, 2)`` and weights ``A (M, N)``."""
-    bias = -(means.pow(2).sum(-1, keepdim=True) + points.pow(2).sum(-1)) / (2 * sigma2)  # (M, N)
-    q, kv = means[None, None], points[None, None]
-    out, weights = attention(
-        q, kv, kv, normalization=normalization, attn_mask=bias[None, None], scale=1.0 / sigma2, return_weights=True
-    )
+    def lift(x: Tensor, norm_first: bool) -> Tensor:  # (n, 2) -> (n, 4): the distance's norms ride in q·k
+        half_norm, ones = -0.5 * x.pow(2).sum(-1, keepdim=True), torch.ones_like(x[:, :1])
+        return torch.cat([x, half_norm, ones] if norm_first else [x, ones, half_norm], dim=-1)
+
+    q, k, v = lift(means, True)[None, None], lift(points, False)[None, None], points[None, None]
+    out, weights = attention(q, k, v, normalization=normalization, scale=1.0 / sigma2, return_weights=True)
     return out[0, 0], weights[0, 0]
 
 
