@@ -313,9 +313,17 @@ class Seq2SeqTransformer(nn.Module):
         x = self._embed(last[:, None], offset=position)
         for i, layer in enumerate(self.decoder.layers):
             x, cache[i] = layer(x, memory, src_pad, None, cache=cache[i], incremental=True)
-        logp = F.log_softmax(self._logits(x[:, 0]).float(), dim=-1)
+        logits = self._logits(x[:, 0])
+        logp = F.log_softmax(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits, dim=-1)
         logp[:, [self.config.pad_id, self.config.bos_id]] = -math.inf
         return logp
+
+    def _force_eos(self, logp: Tensor, rows: Tensor) -> None:
+        """At the length limit only ``</s>`` may follow (keeping its log-probability, as fairseq does)."""
+        if bool(rows.any()):
+            keep = logp[rows, self.config.eos_id].clone()
+            logp[rows] = -math.inf
+            logp[rows, self.config.eos_id] = keep
 
     @torch.no_grad()
     def greedy(self, src: Tensor, *, src_valid: Tensor | None = None, max_len_a: float = 1.5,
@@ -330,8 +338,7 @@ class Seq2SeqTransformer(nn.Module):
         cache: list[Tensor | None] = [None] * len(self.decoder.layers)
         for t in range(int(limits.max())):
             logp = self._step(last, t, memory, src_pad, cache)
-            forced = limits <= t + 1  # the last allowed token is </s>
-            logp[forced] = torch.where(torch.arange(logp.shape[1], device=src.device) == eos, 0.0, -math.inf)
+            self._force_eos(logp, limits <= t + 1)
             last = logp.argmax(-1)
             for i in (~done & (last != eos)).nonzero().flatten().tolist():
                 out[i].append(int(last[i]))
@@ -361,8 +368,7 @@ class Seq2SeqTransformer(nn.Module):
         for t in range(int(limits.max())):
             logp = self._step(tokens[:, -1], t, memory, src_pad, cache)
             vocab = logp.shape[1]
-            forced = (limits <= t + 1).repeat_interleave(k)
-            logp[forced] = torch.where(torch.arange(vocab, device=device) == eos, 0.0, -math.inf)
+            self._force_eos(logp, (limits <= t + 1).repeat_interleave(k))
             candidates = (scores.reshape(-1, 1) + logp).reshape(b, k * vocab)
             top_scores, top_index = candidates.topk(2 * k, dim=1)
             top_beam, top_token = top_index // vocab, top_index % vocab
