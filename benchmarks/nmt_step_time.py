@@ -46,7 +46,7 @@ def main() -> None:
                                                    "checkpoint_every": 0})
             marks = []
             trained = train_seq2seq(config, _no_validation(data), progress=False,
-                                    on_step=lambda _: marks.append((time.perf_counter(), time.process_time())))
+                                    on_step=lambda _, marks=marks: marks.append((time.perf_counter(), time.process_time())))
             wall = [b[0] - a[0] for a, b in zip(marks[args.skip:], marks[args.skip + 1:])]
             cpu = [b[1] - a[1] for a, b in zip(marks[args.skip:], marks[args.skip + 1:])]
             losses = [h["loss"] for h in trained.history if "loss" in h]

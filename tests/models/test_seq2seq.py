@@ -106,7 +106,7 @@ def test_incremental_greedy_matches_full_forward():
         logits[:, [c.pad_id, c.bos_id]] = -math.inf
         expected = logits.argmax(-1).tolist()
         assert expected[: len(tokens)] == tokens
-        assert len(tokens) == int((1.5 * int((src[i] != c.pad_id).sum()) + 10)) - 1 or expected[len(tokens)] == c.eos_id
+        assert len(tokens) == int(1.5 * int((src[i] != c.pad_id).sum()) + 10) - 1 or expected[len(tokens)] == c.eos_id
 
 
 @pytest.mark.parametrize("normalization", ["softmax", "doubly", "sinkhorn"])
@@ -164,7 +164,7 @@ def test_config_errors(name, value, match):
 
 def test_bad_inputs_name_the_argument():
     model = _model()
-    with pytest.raises(ValueError, match="src must be a .batch, length. integer tensor"):
+    with pytest.raises(ValueError, match=r"src must be a \(batch, length\) integer tensor"):
         model(torch.zeros(2, 3), torch.ones(2, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="longer than max_positions"):
         model(torch.ones(1, 300, dtype=torch.long), torch.ones(1, 3, dtype=torch.long))

@@ -366,7 +366,7 @@ def _train(config: Seq2SeqTrainConfig, data: Seq2SeqData, ctx: D.Distributed, ou
         record = {"step": step + 1, "loss": float(sums[0]) / tokens, "nll": float(sums[1]) / tokens,
                   "tokens": tokens, "sentences": len(batch), "lr": _lr(config, step)}
         if config.alignment:
-            record["alignment"] = float(align)
+            record["alignment"] = float(align.detach())
         if repulsive is not None:
             record["repulsion_ratio"] = float(repulsive.last_stats.get("repulsion_ratio", math.nan))
         history.append(record)
