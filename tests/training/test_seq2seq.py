@@ -62,3 +62,51 @@ def test_config_errors():
         Seq2SeqTrainConfig(repulsive="sgld")
     with pytest.raises(ValueError, match="unknown options"):
         Seq2SeqTrainConfig.from_dict({"layers": 3})
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank(rank: int, port: int, config: Seq2SeqTrainConfig, out: str) -> None:
+    import os
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    run = train_seq2seq(config, _data(), output=f"{out}/ddp", progress=False)
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in run.model.state_dict().items()}, f"{out}/rank{rank}.safetensors")
+
+
+@pytest.mark.distributed
+def test_two_gloo_processes_match_one_process(tmp_path):
+    import multiprocessing
+
+    from safetensors.torch import load_file
+
+    config = _config(dropout=0.0, repulsive="svgd", max_tokens=10, max_steps=4)  # steps 2-4: 1 pair, rank 1 idle
+    torch.optim.AdamW([torch.zeros(1, requires_grad=True)])  # import torch._dynamo once, before forking
+    port = _free_port()
+    fork = multiprocessing.get_context("fork")
+    processes = [fork.Process(target=_rank, args=(r, port, config, str(tmp_path))) for r in range(2)]
+    for p in processes:
+        p.start()
+    for p in processes:
+        p.join(120)
+    assert [p.exitcode for p in processes] == [0, 0]
+    single = train_seq2seq(config, _data(), progress=False).model.state_dict()
+    ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(2)]
+    for name, value in single.items():
+        torch.testing.assert_close(ranks[0][name], ranks[1][name], rtol=0, atol=0, msg=name)
+        mine = ranks[0][name]
+        if name.endswith("in_proj_bias"):  # the key bias (entries E..2E) cancels in the softmax: its gradient
+            keep = torch.ones_like(value, dtype=torch.bool)  # is rounding noise, which Adam scales to full steps
+            keep[16:32] = False
+            mine, value = mine[keep], value[keep]
+        torch.testing.assert_close(mine, value, rtol=1e-4, atol=1e-5, msg=name)

@@ -340,7 +340,11 @@ def _train(config: Seq2SeqTrainConfig, data: Seq2SeqData, ctx: D.Distributed, ou
         began, cpu_began = time.perf_counter(), time.process_time()
         batch = batches[position]
         position += 1
+        # this process's share; a process left without a pair (a batch smaller than the world) runs the first
+        # pair with weight 0, so that every process takes part in DDP's gradient all-reduce
         mine = batch[ctx.rank::ctx.world_size]
+        share = 1.0 if mine else 0.0
+        mine = mine or batch[:1]
         tokens = sum(len(data.train_targets[i]) + 1 for i in batch)
         for group in optimizer.param_groups:
             group["lr"] = _lr(config, step)
@@ -350,6 +354,7 @@ def _train(config: Seq2SeqTrainConfig, data: Seq2SeqData, ctx: D.Distributed, ou
         logits = wrapped(b["src"], b["tgt_in"]).logits
         loss_sum, nll_sum, _ = label_smoothed_loss(logits, b["tgt_out"], pad_id=data.pad_id,
                                                    label_smoothing=config.label_smoothing)
+        loss_sum, nll_sum = loss_sum * share, nll_sum * share
         loss = loss_sum * ctx.world_size / tokens  # DDP averages over processes: the mean over the step's tokens
         align = alignment_loss(model, distance_batch=0)[0] if config.alignment else loss.new_zeros(())
         (loss + align).backward()
