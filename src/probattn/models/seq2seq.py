@@ -392,11 +392,16 @@ class Seq2SeqTransformer(nn.Module):
 
 def label_smoothed_loss(logits: Tensor, target: Tensor, *, pad_id: int, label_smoothing: float = 0.1
                         ) -> tuple[Tensor, Tensor, int]:
-    """``(loss_sum, nll_sum, tokens)`` over the non-pad target tokens; ``loss = (1-ε)·nll + ε·mean_v(-log p_v)``."""
-    flat, gold = logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1)
-    loss = F.cross_entropy(flat, gold, ignore_index=pad_id, label_smoothing=label_smoothing, reduction="sum")
-    nll = F.cross_entropy(flat.detach(), gold, ignore_index=pad_id, reduction="sum")
-    return loss, nll, int((gold != pad_id).sum())
+    """``(loss_sum, nll_sum, tokens)`` over the non-pad target tokens; ``loss = (1-ε)·nll + ε·mean_v(-log p_v)``
+    (fairseq's label-smoothed cross entropy; ``nll_sum`` is detached). One log-softmax serves both."""
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing!r}")
+    gold = target.reshape(-1)
+    keep = gold != pad_id
+    logp = F.log_softmax(logits.reshape(-1, logits.shape[-1])[keep].float(), dim=-1)
+    nll = -logp.gather(1, gold[keep, None]).squeeze(1)
+    loss = (1.0 - label_smoothing) * nll.sum() - label_smoothing * logp.mean(dim=-1).sum()
+    return loss, nll.detach().sum(), int(keep.sum())
 
 
 def collate(sources: Sequence[Sequence[int]], targets: Sequence[Sequence[int]] | None = None, *,
