@@ -15,7 +15,8 @@ Layer layout as fairseq: post-norm by default (``normalize_before=False``), pre-
 True; scaled token embeddings plus sinusoidal positions; ReLU feed-forward; one embedding matrix shared by
 the encoder, the decoder and the output projection (a joint vocabulary). Decoding: :meth:`Seq2SeqTransformer.greedy`
 and :meth:`Seq2SeqTransformer.beam_search` (length penalty ``score / length**lenpen``), both incremental (each
-decoder layer caches its inputs, so a step costs one position, not the whole prefix).
+decoder layer caches the projected keys and values of the earlier positions, and the cross-attention keys and
+values of the source once, so a step costs one position).
 
 Shapes: ``src (B, S)`` and ``tgt (B, T)`` token ids; validity masks ``(B, S)`` / ``(B, T)`` bool with
 True = real token (default: ``ids != pad_id``); logits ``(B, T, V)``.
@@ -32,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from probattn.functional import NORMALIZATIONS
+from probattn.functional import NORMALIZATIONS, attention
 from probattn.nn import MultiheadAttention
 
 __all__ = [
@@ -193,30 +194,58 @@ class DecoderLayer(nn.Module):
                 raise _decoder_error(f"decoder {name}.normalization", normalization)
 
     def forward(self, x: Tensor, memory: Tensor, src_pad: Tensor | None, tgt_pad: Tensor | None, *,
-                cache: Tensor | None = None, incremental: bool = False,
-                weights: dict[str, list] | None = None) -> tuple[Tensor, Tensor | None]:
-        """Full sequence (causal self-attention), or with ``incremental`` one new position ``x (N, 1, E)``
-        attending to the cached inputs of the earlier positions ``cache (N, t, E)``; returns the new cache."""
+                weights: dict[str, list] | None = None) -> Tensor:
+        """Teacher-forced: ``x (B, T, E)`` with causal self-attention over the target positions."""
         self._check()
         need = weights is not None
         h = self.self_block.enter(x)
-        if incremental:
-            keys = h if cache is None else torch.cat([cache, h], dim=1)
-            a, w_self = self.self_attn(h, keys, keys, need_weights=need, average_attn_weights=False)
-        else:
-            keys = None
-            a, w_self = self.self_attn(h, h, h, key_padding_mask=tgt_pad, is_causal=True, need_weights=need,
-                                       average_attn_weights=False)
+        a, w_self = self.self_attn(h, h, h, key_padding_mask=tgt_pad, is_causal=True, need_weights=need,
+                                   average_attn_weights=False)
         x = self.self_block.leave(x, a)
         h = self.cross_block.enter(x)
         a, w_cross = self.cross_attn(h, memory, memory, key_padding_mask=src_pad, need_weights=need,
                                      average_attn_weights=False)
         x = self.cross_block.leave(x, a)
-        x = self.ffn_block.leave(x, self.ffn(self.ffn_block.enter(x)))
         if weights is not None:
             weights["decoder_self"].append(w_self)
             weights["cross"].append(w_cross)
-        return x, keys
+        return self.ffn_block.leave(x, self.ffn(self.ffn_block.enter(x)))
+
+    def start(self, memory: Tensor) -> dict[str, Tensor | None]:
+        """The decoding cache: cross-attention keys/values of ``memory`` projected once, no past positions."""
+        self._check()
+        return {"cross_k": _heads(self.cross_attn, memory, 1), "cross_v": _heads(self.cross_attn, memory, 2),
+                "k": None, "v": None}
+
+    def step(self, x: Tensor, cache: dict[str, Tensor | None], src_valid: Tensor) -> Tensor:
+        """One new position ``x (N, 1, E)`` attending to the cached projected keys/values of the earlier
+        positions (appended to ``cache``) and to the source; the same computation as :meth:`forward` there."""
+        h = self.self_block.enter(x)
+        k, v = _heads(self.self_attn, h, 1), _heads(self.self_attn, h, 2)
+        cache["k"] = k if cache["k"] is None else torch.cat([cache["k"], k], dim=2)
+        cache["v"] = v if cache["v"] is None else torch.cat([cache["v"], v], dim=2)
+        a = attention(_heads(self.self_attn, h, 0), cache["k"], cache["v"])
+        x = self.self_block.leave(x, self.self_attn.out_proj(_merge(a)))
+        h = self.cross_block.enter(x)
+        a = attention(_heads(self.cross_attn, h, 0), cache["cross_k"], cache["cross_v"],
+                      key_padding_mask=None if bool(src_valid.all()) else src_valid)
+        x = self.cross_block.leave(x, self.cross_attn.out_proj(_merge(a)))
+        return self.ffn_block.leave(x, self.ffn(self.ffn_block.enter(x)))
+
+
+def _heads(module: MultiheadAttention, x: Tensor, part: int) -> Tensor:
+    """Projection ``part`` (0 = query, 1 = key, 2 = value) of ``x (N, L, E)`` as ``(N, H, L, d)``, with the
+    module's fused ``in_proj_weight`` / ``in_proj_bias`` (the decoding path: no hooks, no dropout)."""
+    e, h = module.embed_dim, module.num_heads
+    bias = None if module.in_proj_bias is None else module.in_proj_bias[part * e:(part + 1) * e]
+    y = F.linear(x, module.in_proj_weight[part * e:(part + 1) * e], bias)
+    return y.view(x.shape[0], x.shape[1], h, e // h).transpose(1, 2)
+
+
+def _merge(x: Tensor) -> Tensor:
+    """``(N, H, L, d) -> (N, L, H·d)``."""
+    n, h, length, d = x.shape
+    return x.transpose(1, 2).reshape(n, length, h * d)
 
 
 class _Stack(nn.Module):
@@ -290,7 +319,7 @@ class Seq2SeqTransformer(nn.Module):
         tgt_valid = self._valid(tgt_in, tgt_valid, "tgt_in")
         x, src_pad, tgt_pad = self._embed(tgt_in), self._pad_mask(src_valid), self._pad_mask(tgt_valid)
         for layer in self.decoder.layers:
-            x, _ = layer(x, memory, src_pad, tgt_pad, weights=weights)
+            x = layer(x, memory, src_pad, tgt_pad, weights=weights)
         return self._logits(x)
 
     def forward(self, src: Tensor, tgt_in: Tensor, *, src_valid: Tensor | None = None,
@@ -307,12 +336,11 @@ class Seq2SeqTransformer(nn.Module):
         lengths = src_valid.sum(-1).to(torch.float64)
         return (max_len_a * lengths + max_len_b).floor().long().clamp(1, self.config.max_positions - 1)
 
-    def _step(self, last: Tensor, position: int, memory: Tensor, src_pad: Tensor | None,
-              cache: list[Tensor | None]) -> Tensor:
-        """Log-probabilities ``(N, V)`` of the next token after ``last (N,)`` at ``position``; updates ``cache``."""
+    def _step(self, last: Tensor, position: int, caches: list[dict], src_valid: Tensor) -> Tensor:
+        """Log-probabilities ``(N, V)`` of the next token after ``last (N,)`` at ``position``; extends ``caches``."""
         x = self._embed(last[:, None], offset=position)
-        for i, layer in enumerate(self.decoder.layers):
-            x, cache[i] = layer(x, memory, src_pad, None, cache=cache[i], incremental=True)
+        for layer, cache in zip(self.decoder.layers, caches):
+            x = layer.step(x, cache, src_valid)
         logits = self._logits(x[:, 0])
         logp = F.log_softmax(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits, dim=-1)
         logp[:, [self.config.pad_id, self.config.bos_id]] = -math.inf
@@ -330,14 +358,14 @@ class Seq2SeqTransformer(nn.Module):
                max_len_b: int = 10) -> list[list[int]]:
         """Greedy decoding; the generated ids of each sentence, without ``<s>``/``</s>``."""
         memory, src_valid = self.encode(src, src_valid)
-        limits, src_pad = self._limits(src_valid, max_len_a, max_len_b), self._pad_mask(src_valid)
+        limits = self._limits(src_valid, max_len_a, max_len_b)
         n, eos = src.shape[0], self.config.eos_id
         last = torch.full((n,), self.config.bos_id, dtype=torch.long, device=src.device)
         done = torch.zeros(n, dtype=torch.bool, device=src.device)
         out: list[list[int]] = [[] for _ in range(n)]
-        cache: list[Tensor | None] = [None] * len(self.decoder.layers)
+        caches = [layer.start(memory) for layer in self.decoder.layers]
         for t in range(int(limits.max())):
-            logp = self._step(last, t, memory, src_pad, cache)
+            logp = self._step(last, t, caches, src_valid)
             self._force_eos(logp, limits <= t + 1)
             last = logp.argmax(-1)
             for i in (~done & (last != eos)).nonzero().flatten().tolist():
@@ -357,16 +385,16 @@ class Seq2SeqTransformer(nn.Module):
         memory, src_valid = self.encode(src, src_valid)
         limits = self._limits(src_valid, max_len_a, max_len_b)
         b, k, eos, device = src.shape[0], beam, self.config.eos_id, src.device
-        memory = memory.repeat_interleave(k, dim=0)
-        src_pad = self._pad_mask(src_valid.repeat_interleave(k, dim=0))
+        # the beams of a sentence share its source: the cross-attention cache never needs reordering
+        caches = [layer.start(memory.repeat_interleave(k, dim=0)) for layer in self.decoder.layers]
+        beam_valid = src_valid.repeat_interleave(k, dim=0)
         scores = torch.full((b, k), -math.inf, device=device)
         scores[:, 0] = 0.0
         tokens = torch.full((b * k, 1), self.config.bos_id, dtype=torch.long, device=device)
         finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(b)]
         done = [False] * b
-        cache: list[Tensor | None] = [None] * len(self.decoder.layers)
         for t in range(int(limits.max())):
-            logp = self._step(tokens[:, -1], t, memory, src_pad, cache)
+            logp = self._step(tokens[:, -1], t, caches, beam_valid)
             vocab = logp.shape[1]
             self._force_eos(logp, (limits <= t + 1).repeat_interleave(k))
             candidates = (scores.reshape(-1, 1) + logp).reshape(b, k * vocab)
@@ -386,7 +414,8 @@ class Seq2SeqTransformer(nn.Module):
             scores = top_scores.gather(1, order)
             rows = (torch.arange(b, device=device)[:, None] * k + top_beam.gather(1, order)).flatten()
             tokens = torch.cat([tokens[rows], top_token.gather(1, order).reshape(-1, 1)], dim=1)
-            cache = [c[rows] for c in cache]
+            for cache in caches:
+                cache["k"], cache["v"] = cache["k"][rows], cache["v"][rows]
         return [max(f, key=lambda h: h[0])[1] if f else [] for f in finished]
 
 
