@@ -21,6 +21,10 @@ that returns the target of the most similar training source), mean and 95% inter
 paired bootstrap over seeds × test sentences of per-sentence chrF against softmax; ``val_bleu.png`` plots
 validation BLEU over steps. Runs are saved as they finish (``runs/<variant>-seed<k>.json``); ``--resume``
 skips finished runs and continues unfinished ones from their checkpoints.
+
+Budget (docs/experiments.md, "Translation"): the default size ``small`` took 1.29 s of CPU per training step
+with one thread, so the default run of one variant (500 steps, validation every 100, beam 5 on the 425 test
+pairs) needs at most about 13.5 minutes of one idle core.
 """
 
 from __future__ import annotations
@@ -56,9 +60,14 @@ SIZES: dict[str, dict[str, int]] = {
     "medium": {"embed_dim": 256, "num_heads": 4, "ffn_dim": 1024, "encoder_layers": 6, "decoder_layers": 6},
     "iwslt": {"embed_dim": 512, "num_heads": 4, "ffn_dim": 1024, "encoder_layers": 6, "decoder_layers": 6},
 }
-DEFAULT_SIZE, DEFAULT_STEPS, DEFAULT_SEEDS = "small", 1500, (0, 1)
+DEFAULT_SIZE, DEFAULT_STEPS, DEFAULT_SEEDS = "small", 500, (0, 1)
 DIVERSITY_EXAMPLES, EXAMPLES_SHOWN = 64, 4
 RUNS_DIR, TOKENIZER = "runs", "tokenizer.json"
+
+
+def _is_main() -> bool:
+    """Rank 0 under torchrun (or no torchrun): the process that writes files."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 # -- data -------------------------------------------------------------------------------------------------------
@@ -80,9 +89,10 @@ def prepare(splits, output: Path, *, vocab_size: int, max_length: int, resume: b
     path = output / TOKENIZER
     if path.is_file() and resume:
         tokenizer = SubwordTokenizer.load(path)
-    else:
+    else:  # deterministic: every torchrun process learns the same vocabulary; rank 0 saves it
         tokenizer = train_bpe(splits.train.sources + splits.train.targets, vocab_size=vocab_size)
-        tokenizer.save(path)
+        if _is_main():
+            tokenizer.save(path)
     sources, targets = tokenizer.encode(splits.train.sources), tokenizer.encode(splits.train.targets)
     keep = [i for i, (s, t) in enumerate(zip(sources, targets)) if max(len(s), len(t)) < max_length]
     data = Seq2SeqData(
@@ -98,19 +108,21 @@ def prepare(splits, output: Path, *, vocab_size: int, max_length: int, resume: b
 
 
 # -- measurements -----------------------------------------------------------------------------------------------
-def baselines(splits) -> dict[str, dict[str, float]]:
-    """Test BLEU/chrF of two trivial systems: the source copied, and a translation memory (the training target
-    of the most similar training source, TF-IDF over word 1-2-grams; needs scikit-learn)."""
+def baselines(splits, test_examples: int | None = None) -> dict[str, dict[str, float]]:
+    """Test BLEU/chrF (first ``test_examples`` test pairs) of two trivial systems: the source copied, and a
+    translation memory (the training target of the most similar training source, TF-IDF over word 1-2-grams;
+    needs scikit-learn)."""
     from probattn.training.seq2seq import corpus_scores
 
-    refs = splits.test.targets
-    out = {"copy source": corpus_scores(splits.test.sources, refs)}
+    test = splits.test.head(test_examples)
+    refs = test.targets
+    out = {"copy source": corpus_scores(test.sources, refs)}
     try:
         from sklearn.feature_extraction.text import TfidfVectorizer
     except ModuleNotFoundError:
         return out
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit(splits.train.sources)
-    similarity = vectorizer.transform(splits.test.sources) @ vectorizer.transform(splits.train.sources).T
+    similarity = vectorizer.transform(test.sources) @ vectorizer.transform(splits.train.sources).T
     nearest = [int(similarity.getrow(i).toarray().argmax()) for i in range(similarity.shape[0])]
     out["translation memory"] = corpus_scores([splits.train.targets[j] for j in nearest], refs)
     return out
@@ -164,7 +176,7 @@ def run_one(variant: str, seed: int, base: dict[str, Any], data, splits, tokeniz
     trained = train_seq2seq(config, data, output=output / "checkpoints" / f"{variant}-seed{seed}",
                             resume=args.resume, progress=not args.no_progress,
                             validation_limit=args.validation_examples)
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not _is_main():
         return {}
     test = splits.test.head(args.test_examples)
     test_sources = tokenizer.encode(test.sources)
@@ -254,7 +266,8 @@ def write_summary(output: Path, *, variants: Sequence[str], header: dict[str, An
         text.append(f"| {v} | {len(of(v, 'bleu'))} | {_interval(of(v, 'bleu'))} | {_interval(of(v, 'chrf'))} | "
                     f"{delta} | {p} | {t['verdict'] if t else '–'} | {_interval(of(v, 'ms_per_step'), 0)} | "
                     f"{_interval(of(v, 'cpu_ms_per_step'), 0)} |")
-    text += ["\n## Head diversity (first 64 test pairs, mean over layers)\n",
+    text += [f"\n## Head diversity (first {min(DIVERSITY_EXAMPLES, header['test_examples'])} test pairs, mean over "
+             "layers)\n",
              "JS: mean pairwise Jensen–Shannon divergence between heads' attention rows (bits, ↑ more diverse). "
              "cos: mean pairwise cosine of the heads' Q/K/V weights (↓ more diverse).\n",
              "| variant | JS enc-self | JS dec-self | JS cross | cos enc-self | cos dec-self | cos cross |",
@@ -313,7 +326,7 @@ def run_experiment(args: argparse.Namespace, command: str = "probattn experiment
             raise ValueError(f"--threads {args.threads}: must be >= 1")
         torch.set_num_threads(args.threads)
     output = Path(args.output)
-    if (output / TOKENIZER).exists() and not args.resume:
+    if _is_main() and (output / TOKENIZER).exists() and not args.resume:
         raise ValueError(f"--output {output} already holds a run; pass --resume to skip the finished runs and "
                          "continue the others, or choose another --output")
     output.mkdir(parents=True, exist_ok=True)
@@ -330,7 +343,7 @@ def run_experiment(args: argparse.Namespace, command: str = "probattn experiment
     header = {"title": "Translation: Spanish RV1909 → English WEB (held-out books)", "command": command,
               "data": stats, "model": ", ".join(f"{k}={v}" for k, v in size.items()), "steps": args.max_steps,
               "beam": args.beam, "lenpen": args.lenpen, "seeds": seeds, "test_examples": test_examples,
-              "sacrebleu": sacrebleu.__version__, "baselines": baselines(splits), "example_indices": shown,
+              "sacrebleu": sacrebleu.__version__, "baselines": baselines(splits, test_examples), "example_indices": shown,
               "examples": {str(i): {"ref": splits.test.refs[i], "source": splits.test.sources[i],
                                     "target": splits.test.targets[i]} for i in shown}}
     args.test_examples = test_examples
@@ -359,7 +372,7 @@ def run_experiment(args: argparse.Namespace, command: str = "probattn experiment
               f"{m['ms_per_step']:.0f} ms/step ({m['cpu_ms_per_step']:.0f} CPU ms/step), {record['seconds']:.0f} s",
               flush=True)
         write_summary(output, variants=variants, header=header, figures=False)
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not _is_main():
         return {}
     markdown = write_summary(output, variants=variants, header=header)
     print(markdown)
@@ -390,10 +403,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="drop training pairs with a side this many subwords or longer (default 128)")
     parser.add_argument("--max-tokens", type=int, default=2048, help="padded tokens per batch (default 2048)")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
-    parser.add_argument("--warmup-steps", type=int, default=300, help="linear warm-up steps (default 300)")
+    parser.add_argument("--warmup-steps", type=int, default=150, help="linear warm-up steps (default 150)")
     parser.add_argument("--dropout", type=float, default=0.1, help="dropout (default 0.1)")
-    parser.add_argument("--eval-every", type=int, default=250, help="validation BLEU every N steps (default 250)")
-    parser.add_argument("--checkpoint-every", type=int, default=250, help="checkpoint every N steps (0: at the end)")
+    parser.add_argument("--eval-every", type=int, default=100, help="validation BLEU every N steps (default 100)")
+    parser.add_argument("--checkpoint-every", type=int, default=100, help="checkpoint every N steps (0: at the end)")
     parser.add_argument("--validation-examples", type=int, default=None,
                         help="decode only the first N validation pairs for the BLEU curve (default all)")
     parser.add_argument("--test-examples", type=int, default=None, help="decode only the first N test pairs")

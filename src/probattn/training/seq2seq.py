@@ -65,16 +65,16 @@ class Seq2SeqTrainConfig:
     alignment_weight: float = 0.01
     # optimization
     seed: int = 0
-    max_steps: int = 1500
+    max_steps: int = 500
     max_tokens: int = 2048
     lr: float = 1e-3
-    warmup_steps: int = 300
+    warmup_steps: int = 150
     weight_decay: float = 1e-4
     label_smoothing: float = 0.1
     max_grad_norm: float = 0.0
     # evaluation and files
-    eval_every: int = 250
-    checkpoint_every: int = 250
+    eval_every: int = 100
+    checkpoint_every: int = 100
     device: str = "auto"
 
     def __post_init__(self) -> None:
