@@ -24,7 +24,7 @@ skips finished runs and continues unfinished ones from their checkpoints.
 
 Budget (docs/experiments.md, "Translation"): the default size ``small`` took 1.29 s of CPU per training step
 with one thread, so the default run of one variant (500 steps, validation every 100, beam 5 on the 425 test
-pairs) needs at most about 13.5 minutes of one idle core.
+pairs) needs at most about 13.5 minutes of one idle core (14.5 for the slowest variant, alignment).
 """
 
 from __future__ import annotations
