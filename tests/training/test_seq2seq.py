@@ -55,6 +55,8 @@ def test_resume_after_a_crash_equals_the_uninterrupted_run(tmp_path, variant):
     assert resumed.steps_this_process == 3
     with pytest.raises(ValueError, match=r"--resume: .* other options"):
         train_seq2seq(_config(lr=5e-4, **variant), data, output=tmp_path / "cut", resume=True, progress=False)
+    with pytest.raises(ValueError, match="--resume: the training data changed"):
+        train_seq2seq(config, _data(20), output=tmp_path / "cut", resume=True, progress=False)
 
 
 def test_config_errors():

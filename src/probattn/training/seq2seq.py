@@ -241,6 +241,12 @@ def _load(run_dir: Path) -> dict[str, Any] | None:
 
 
 # -- training ---------------------------------------------------------------------------------------------------
+def _data_signature(data: Seq2SeqData) -> dict[str, int]:
+    """What a resumed run must find unchanged: the pair count, the token count and the vocabulary size."""
+    return {"train_pairs": len(data.train_sources), "vocab_size": data.vocab_size,
+            "train_tokens": sum(map(len, data.train_sources)) + sum(map(len, data.train_targets))}
+
+
 def train_seq2seq(config: Seq2SeqTrainConfig, data: Seq2SeqData, *, output: str | Path | None = None,
                   resume: bool = False, progress: bool = True, validation_limit: int | None = None,
                   on_eval: Callable[[dict[str, Any]], None] | None = None,
@@ -291,6 +297,9 @@ def _train(config: Seq2SeqTrainConfig, data: Seq2SeqData, ctx: D.Distributed, ou
         if repulsive is not None:
             repulsive.load_state_dict(saved["repulsive"])
         history, start = list(saved["history"]), int(saved["step"])
+        if saved["data"] != _data_signature(data):
+            raise ValueError(f"--resume: the training data changed since the checkpoint ({saved['data']} then, "
+                             f"{_data_signature(data)} now); resume on the same data or start a new run")
     wrapped: nn.Module = model
     if ctx.enabled:
         wrapped = nn.parallel.DistributedDataParallel(
@@ -317,7 +326,7 @@ def _train(config: Seq2SeqTrainConfig, data: Seq2SeqData, ctx: D.Distributed, ou
                 _save(out, {"step": step, "config": config.to_dict(), "model": model.state_dict(),
                             "optimizer": optimizer.state_dict(),
                             "repulsive": repulsive.state_dict() if repulsive is not None else None,
-                            "history": history, "timing": timing}, step)
+                            "history": history, "timing": timing, "data": _data_signature(data)}, step)
             ctx.barrier()
 
     def evaluate(step: int) -> None:
