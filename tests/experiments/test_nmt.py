@@ -58,3 +58,35 @@ def test_paired_tests_pair_by_seed():
     tests = paired_tests(runs, ["softmax", "svgd", "spos"])
     assert tests["svgd"]["verdict"] == "better" and tests["svgd"]["difference"] == pytest.approx(1.0)
     assert tests["spos"] == {**tests["spos"], "seeds": [0, 1], "difference": 0.0, "verdict": "no difference"}
+
+
+def test_head_diversity_matches_an_independent_computation():
+    import numpy as np
+    import torch
+    from scipy.spatial.distance import jensenshannon
+
+    from probattn.experiments.nmt import head_diversity
+    from probattn.models import Seq2SeqConfig, Seq2SeqTransformer, collate
+
+    torch.manual_seed(0)
+    model = Seq2SeqTransformer(Seq2SeqConfig(vocab_size=30, embed_dim=16, num_heads=4, ffn_dim=32, encoder_layers=2,
+                                             decoder_layers=1, dropout=0.0)).eval()
+    sources, targets = [[4, 5, 6, 7], [8, 9]], [[10, 11, 12], [13, 14, 15, 16, 17]]
+    result = head_diversity(model, sources, targets)
+    batch = collate(sources, targets)
+    with torch.no_grad():
+        maps = model(batch["src"], batch["tgt_in"], return_attention=True).attentions
+    valid = {"encoder_self": batch["src"] != 0, "decoder_self": batch["tgt_in"] != 0, "cross": batch["tgt_in"] != 0}
+    for kind, layers in maps.items():
+        per_layer = []
+        for w in layers:
+            w = w.double().numpy()
+            per_example = []
+            for b in range(w.shape[0]):
+                queries = np.flatnonzero(valid[kind][b].numpy())
+                pairs = [np.mean([jensenshannon(w[b, g, i], w[b, h, i], base=2) ** 2 for i in queries])
+                         for g in range(4) for h in range(4) if g != h]
+                per_example.append(np.mean(pairs))
+            per_layer.append(np.mean(per_example))
+        assert result[f"js_{kind}"] == pytest.approx(np.mean(per_layer), rel=1e-6, abs=1e-9), kind
+        assert -1 / 3 <= result[f"cos_{kind}"] <= 1
