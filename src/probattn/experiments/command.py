@@ -3,6 +3,8 @@
 * ``gmm``: explaining away on a Gaussian-mixture toy; doubly-normalized attention equals an EM step.
 * ``self-attentive``: Lin et al. (2017) sentence classifier on Rotten Tomatoes, with and without repulsion.
 * ``alignment``: MiniLM fine-tuned on Rotten Tomatoes, baseline vs alignment (CT, GAN), tested on Amazon.
+* ``nmt``: Transformer translation Spanish -> English on the verse-aligned Bible (held-out books): softmax vs
+  repulsive (SVGD, SPOS) vs doubly-normalized encoder vs alignment.
 
 Each experiment module has ``add_arguments(parser)`` and ``run(args) -> int`` like a top-level command.
 """
@@ -17,6 +19,8 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
     "gmm": ("probattn.experiments.gmm", "explaining-away toy: softmax vs doubly-normalized vs EM"),
     "self-attentive": ("probattn.experiments.self_attentive", "Lin et al. 2017 on Rotten Tomatoes, +/- repulsion"),
     "alignment": ("probattn.experiments.alignment", "MiniLM on Rotten Tomatoes -> Amazon: baseline vs CT vs GAN"),
+    "nmt": ("probattn.experiments.nmt", "Transformer es->en on the Bible (held-out books): softmax vs SVGD/SPOS "
+                                       "vs doubly encoder vs alignment"),
 }
 
 

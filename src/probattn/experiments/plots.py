@@ -1,10 +1,12 @@
-"""Figures of ``probattn compare``: reliability diagrams and per-layer head diversity / explained away.
+"""Figures of ``probattn compare`` and the experiments: reliability diagrams, per-layer head diversity /
+explained away, and metric curves over training steps (``probattn experiment nmt``'s validation BLEU).
 
-Both read the saved runs (see :mod:`probattn.experiments.results`):
+All read the saved runs (see :mod:`probattn.experiments.results`):
 
 * ``run["reliability"][split]``: ``bin_edges``, ``bin_confidence``, ``bin_accuracy``, ``bin_count`` of
   :class:`probattn.metrics.CalibrationResult`; seeds are pooled by bin (count-weighted means).
 * ``run["per_layer"][metric]``: one value per attention layer; plotted as mean ± std over seeds.
+* ``run["history"]``: records with ``step`` and the plotted metric.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["per_layer_figure", "pool_reliability", "reliability_figure"]
+__all__ = ["curves_figure", "per_layer_figure", "pool_reliability", "reliability_figure"]
 
 
 def _pyplot():
@@ -96,6 +98,36 @@ def per_layer_figure(runs: Sequence[dict[str, Any]], variants: Sequence[str], me
         ax.set_ylabel(label)
         ax.set_xticks(range(max((len(r["per_layer"].get(key, [])) for r in runs), default=0)))
     axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def curves_figure(runs: Sequence[dict[str, Any]], variants: Sequence[str], key: str, label: str,
+                  path: Path) -> Path:
+    """``key`` over training steps per variant: each seed a thin line, the mean over seeds (at the steps all
+    of them reached) a thick one. Reads ``run["history"]`` records that hold ``key``."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, variant in enumerate(variants):
+        color = colors[i % len(colors)]
+        series = []
+        for r in runs:
+            if r["variant"] != variant:
+                continue
+            points = [(h["step"], h[key]) for h in r.get("history", []) if key in h]
+            if points:
+                steps, values = zip(*points)
+                ax.plot(steps, values, color=color, lw=0.7, alpha=0.5)
+                series.append(dict(points))
+        if series:
+            common = sorted(set.intersection(*(set(s) for s in series)))
+            ax.plot(common, [np.mean([s[t] for s in series]) for t in common], color=color, lw=2,
+                    label=f"{variant} ({len(series)} seed{'s' if len(series) > 1 else ''})")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(label)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -1,0 +1,425 @@
+"""``probattn experiment nmt``: the repulsive paper's Transformer NMT experiment on the verse-aligned Bible.
+
+The paper (research notes repulsive.md §3.3, §5.2) trains fairseq's Transformer on IWSLT14 De→En with SVGD
+applied once per update to Q, K and V of every encoder self-, decoder self- and cross-attention (6+6 layers:
+54 particle sets; α = 0.01, stepsize 0.01, lower median, Adam (0.9, 0.98), weight decay 1e-4, label smoothing
+0.1, no clipping, beam 5, length penalty 1). Here: Spanish RV1909 → English WEB verse pairs split **by book**
+(:mod:`probattn.data.bible`), a joint BPE vocabulary learned from the training books, and a smaller model so a
+run fits a CPU budget (``--size``; the 6+6 IWSLT model is ``--size iwslt``). Variants:
+
+* ``softmax``: the baseline;
+* ``svgd`` / ``spos``: :class:`~probattn.repulsive.RepulsiveHeads` with the ``fairseq_iwslt`` preset on all
+  ``3 × (encoder layers + 2 × decoder layers)`` Q/K/V sets (SPOS: β = 1);
+* ``doubly-encoder``: doubly-normalized encoder self-attention (the decoder stays softmax: column
+  normalization over decoder queries would leak the future);
+* ``alignment``: CT key/query alignment (λ = 0.01) on the encoder self-attention.
+
+Per (variant, seed): validation BLEU/chrF (greedy) every ``--eval-every`` steps, then on the held-out test books
+beam-search BLEU and chrF (sacreBLEU), per-sentence chrF, head diversity per attention type and time per
+step. ``results.md`` carries two baselines computed in the same run (copy the source; a translation memory
+that returns the target of the most similar training source), mean and 95% interval over seeds, and the
+paired bootstrap over seeds × test sentences of per-sentence chrF against softmax; ``val_bleu.png`` plots
+validation BLEU over steps. Runs are saved as they finish (``runs/<variant>-seed<k>.json``); ``--resume``
+skips finished runs and continues unfinished ones from their checkpoints.
+
+Budget (docs/experiments.md, "Translation"): the default size ``small`` took 1.29 s of CPU per training step
+with one thread, so the default run of one variant (500 steps, validation every 100, beam 5 on the 425 test
+pairs) needs at most about 13.5 minutes of one idle core (14.5 for the slowest variant, alignment).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from probattn.training.checkpoint import write_json
+
+__all__ = ["SIZES", "VARIANTS", "add_arguments", "baselines", "head_diversity", "run", "run_experiment",
+           "write_summary"]
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "softmax": {},
+    "svgd": {"repulsive": "svgd"},
+    "spos": {"repulsive": "spos"},
+    "doubly-encoder": {"normalization": "doubly"},
+    "alignment": {"alignment": "ct"},
+}
+SIZES: dict[str, dict[str, int]] = {
+    "tiny": {"embed_dim": 64, "num_heads": 4, "ffn_dim": 128, "encoder_layers": 1, "decoder_layers": 1},
+    "small": {"embed_dim": 256, "num_heads": 4, "ffn_dim": 512, "encoder_layers": 3, "decoder_layers": 3},
+    "medium": {"embed_dim": 256, "num_heads": 4, "ffn_dim": 1024, "encoder_layers": 6, "decoder_layers": 6},
+    "iwslt": {"embed_dim": 512, "num_heads": 4, "ffn_dim": 1024, "encoder_layers": 6, "decoder_layers": 6},
+}
+DEFAULT_SIZE, DEFAULT_STEPS, DEFAULT_SEEDS = "small", 500, (0, 1)
+DIVERSITY_EXAMPLES, EXAMPLES_SHOWN = 64, 4
+RUNS_DIR, TOKENIZER = "runs", "tokenizer.json"
+
+
+def _is_main() -> bool:
+    """Rank 0 under torchrun (or no torchrun): the process that writes files."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+# -- data -------------------------------------------------------------------------------------------------------
+def load_splits(name: str):
+    from probattn.data.bible import bible_splits, load_bible_sample, split_by_book
+
+    if name == "bible":
+        return bible_splits()
+    if name == "sample":
+        return split_by_book(load_bible_sample())
+    raise ValueError(f"--data {name!r}: choose 'bible' (the SWORD export) or 'sample' (the 200 shipped pairs)")
+
+
+def prepare(splits, output: Path, *, vocab_size: int, max_length: int, resume: bool):
+    """Tokenizer (trained on the training books, or reloaded on resume) and the tokenized data."""
+    from probattn.data.subword import BOS, EOS, PAD, SubwordTokenizer, train_bpe
+    from probattn.training.seq2seq import Seq2SeqData
+
+    path = output / TOKENIZER
+    if path.is_file() and resume:
+        tokenizer = SubwordTokenizer.load(path)
+    else:  # deterministic: every torchrun process learns the same vocabulary; rank 0 saves it
+        tokenizer = train_bpe(splits.train.sources + splits.train.targets, vocab_size=vocab_size)
+        if _is_main():
+            tokenizer.save(path)
+    sources, targets = tokenizer.encode(splits.train.sources), tokenizer.encode(splits.train.targets)
+    keep = [i for i, (s, t) in enumerate(zip(sources, targets)) if max(len(s), len(t)) < max_length]
+    data = Seq2SeqData(
+        train_sources=[sources[i] for i in keep], train_targets=[targets[i] for i in keep],
+        validation_sources=tokenizer.encode(splits.validation.sources),
+        validation_references=list(splits.validation.targets), decode=tokenizer.decode,
+        vocab_size=tokenizer.vocab_size, pad_id=PAD, bos_id=BOS, eos_id=EOS)
+    stats = {"train_pairs": len(keep), "train_pairs_dropped_longer_than_max_length": len(sources) - len(keep),
+             "validation_pairs": len(splits.validation), "test_pairs": len(splits.test),
+             "vocab_size": tokenizer.vocab_size, "validation_books": sorted(set(splits.validation.books)),
+             "test_books": sorted(set(splits.test.books))}
+    return tokenizer, data, stats
+
+
+# -- measurements -----------------------------------------------------------------------------------------------
+def baselines(splits, test_examples: int | None = None) -> dict[str, dict[str, float]]:
+    """Test BLEU/chrF (first ``test_examples`` test pairs) of two trivial systems: the source copied, and a
+    translation memory (the training target of the most similar training source, TF-IDF over word 1-2-grams;
+    needs scikit-learn)."""
+    from probattn.training.seq2seq import corpus_scores
+
+    test = splits.test.head(test_examples)
+    refs = test.targets
+    out = {"copy source": corpus_scores(test.sources, refs)}
+    try:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+    except ModuleNotFoundError:
+        return out
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit(splits.train.sources)
+    similarity = vectorizer.transform(test.sources) @ vectorizer.transform(splits.train.sources).T
+    nearest = [int(similarity.getrow(i).toarray().argmax()) for i in range(similarity.shape[0])]
+    out["translation memory"] = corpus_scores([splits.train.targets[j] for j in nearest], refs)
+    return out
+
+
+@torch.no_grad()
+def head_diversity(model, sources: list[list[int]], targets: list[list[int]]) -> dict[str, float]:
+    """Per attention type (encoder_self, decoder_self, cross), averaged over layers:
+
+    * ``js_<type>``: mean pairwise Jensen–Shannon divergence between heads' attention rows (bits, higher = more
+      diverse), teacher-forced on the given pairs, over real queries;
+    * ``cos_<type>``: mean pairwise cosine of the heads' Q/K/V weight slices (the repulsive authors' measure;
+      lower = more diverse).
+    """
+    from probattn.metrics import head_js_divergence, parameter_cosine_similarity
+    from probattn.models.seq2seq import ATTENTION_TYPES, attention_modules, collate
+    from probattn.repulsive import build_particle_sets, projections_of
+
+    c = model.config
+    device = next(model.parameters()).device
+    batch = collate(sources, targets, pad_id=c.pad_id, bos_id=c.bos_id, eos_id=c.eos_id, device=device)
+    model.eval()
+    out = model(batch["src"], batch["tgt_in"], return_attention=True)
+    valid = {"encoder_self": batch["src"] != c.pad_id, "decoder_self": batch["tgt_in"] != c.pad_id,
+             "cross": batch["tgt_in"] != c.pad_id}
+    result = {}
+    modules = attention_modules(model)
+    for kind in ATTENTION_TYPES:
+        h = c.num_heads  # the (B, H, H) matrices have zeros on the diagonal: average the H(H-1) pairs
+        js = [float(head_js_divergence(w.double(), query_valid=valid[kind]).sum((-1, -2)).mean()) / (h * (h - 1))
+              for w in out.attentions[kind]]
+        result[f"js_{kind}"] = sum(js) / len(js)
+        cos = [float(parameter_cosine_similarity(s.weights().double()))
+               for name, m in modules[kind] for s in build_particle_sets(name, projections_of(m))]
+        result[f"cos_{kind}"] = sum(cos) / len(cos)
+    return result
+
+
+def _sentence_chrf(hypotheses: Sequence[str], references: Sequence[str]) -> list[float]:
+    import sacrebleu
+
+    return [sacrebleu.sentence_chrf(h, [r]).score for h, r in zip(hypotheses, references)]
+
+
+def run_one(variant: str, seed: int, base: dict[str, Any], data, splits, tokenizer, output: Path, args) -> dict:
+    """Train and measure one (variant, seed); returns the run record."""
+    from probattn.training.seq2seq import Seq2SeqTrainConfig, corpus_scores, train_seq2seq, translate
+
+    config = Seq2SeqTrainConfig.from_dict({**base, **VARIANTS[variant], "seed": seed})
+    began = time.perf_counter()
+    trained = train_seq2seq(config, data, output=output / "checkpoints" / f"{variant}-seed{seed}",
+                            resume=args.resume, progress=not args.no_progress,
+                            validation_limit=args.validation_examples)
+    if not _is_main():
+        return {}
+    test = splits.test.head(args.test_examples)
+    test_sources = tokenizer.encode(test.sources)
+    hypotheses = tokenizer.decode(translate(trained.model, test_sources, beam=args.beam, lenpen=args.lenpen))
+    metrics = corpus_scores(hypotheses, test.targets)
+    n = min(DIVERSITY_EXAMPLES, len(test))
+    metrics.update(head_diversity(trained.model, [s[: config.max_positions - 2] for s in test_sources[:n]],
+                                  [t[: config.max_positions - 2] for t in tokenizer.encode(test.targets[:n])]))
+    timing = trained.timing
+    metrics["ms_per_step"] = 1000 * timing["seconds"] / max(1, timing["steps"])
+    metrics["cpu_ms_per_step"] = 1000 * timing["cpu_seconds"] / max(1, timing["steps"])
+    validation = [h for h in trained.history if "val_bleu" in h]
+    metrics["val_bleu"] = validation[-1]["val_bleu"] if validation else math.nan
+    train_records = [h for h in trained.history if "loss" in h]
+    return {"variant": variant, "seed": seed, "config": config.to_dict(), "metrics": metrics,
+            "sentence_chrf": _sentence_chrf(hypotheses, test.targets), "hypotheses": hypotheses,
+            "history": trained.history, "repulsive_sets": trained.repulsive_sets,
+            "parameters": sum(p.numel() for p in trained.model.parameters()),
+            "final_train_loss": train_records[-1]["loss"] if train_records else None,
+            "seconds": time.perf_counter() - began, "threads": torch.get_num_threads()}
+
+
+# -- summary ----------------------------------------------------------------------------------------------------
+def _interval(values: Sequence[float], digits: int = 2) -> str:
+    from probattn.metrics import mean_interval
+
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return "n/a"
+    mean, low, high = mean_interval(finite)
+    return f"{mean:.{digits}f}" if len(finite) < 2 else f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def load_runs(output: Path) -> list[dict[str, Any]]:
+    folder = output / RUNS_DIR
+    runs = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    return sorted(runs, key=lambda r: (r["variant"], r["seed"]))
+
+
+def paired_tests(runs: Sequence[dict[str, Any]], variants: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per variant: paired bootstrap of per-sentence chrF against softmax over the seeds both have."""
+    from probattn.metrics import paired_bootstrap
+
+    by = {(r["variant"], r["seed"]): r for r in runs}
+    tests = {}
+    for variant in variants:
+        if variant == "softmax":
+            continue
+        seeds = sorted(s for v, s in by if v == variant and ("softmax", s) in by)
+        if not seeds:
+            continue
+        base = [by["softmax", s]["sentence_chrf"] for s in seeds]
+        other = [by[variant, s]["sentence_chrf"] for s in seeds]
+        if len({len(row) for row in base + other}) != 1:
+            continue
+        result = paired_bootstrap(base, other, higher_is_better=True)
+        tests[variant] = {"seeds": seeds, "difference": result.difference, "low": result.low, "high": result.high,
+                          "p_value": result.p_value, "verdict": result.verdict}
+    return tests
+
+
+def write_summary(output: Path, *, variants: Sequence[str], header: dict[str, Any], figures: bool = True) -> str:
+    """Rebuild ``results.md``, ``results.json`` (and with ``figures`` ``val_bleu.png``) from the saved runs."""
+    runs = [r for r in load_runs(output) if r["variant"] in variants]
+    if not runs:
+        return ""
+    present = [v for v in variants if any(r["variant"] == v for r in runs)]
+    of = lambda v, key: [r["metrics"].get(key) for r in runs if r["variant"] == v]  # noqa: E731
+    tests = paired_tests(runs, present)
+    text = [f"# {header['title']}\n", f"Command: `{header['command']}`\n",
+            f"Data: {header['data']['train_pairs']} training pairs, {header['data']['validation_pairs']} validation "
+            f"pairs ({', '.join(header['data']['validation_books'])}), {header['data']['test_pairs']} test pairs "
+            f"({', '.join(header['data']['test_books'])}; {header['test_examples']} decoded); joint BPE vocabulary "
+            f"of {header['data']['vocab_size']}. Model: {header['model']}. {header['steps']} steps, beam "
+            f"{header['beam']}, length penalty {header['lenpen']}. sacreBLEU {header['sacrebleu']}.\n",
+            "Cells: mean over seeds [95% Student-t interval] (no interval for one seed). Δ chrF: paired bootstrap "
+            "over seeds × test sentences of per-sentence chrF against softmax (10,000 resamples); a difference "
+            "is called only when p < 0.05.\n",
+            "## Test books\n", "| system | seeds | BLEU ↑ | chrF ↑ | Δ chrF vs softmax [95%] | p | verdict | "
+            "ms / step | CPU ms / step |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, scores in header["baselines"].items():
+        text.append(f"| baseline: {name} | – | {scores['bleu']:.2f} | {scores['chrf']:.2f} | | | | | |")
+    for v in present:
+        t = tests.get(v)
+        delta = f"{t['difference']:+.2f} [{t['low']:+.2f}, {t['high']:+.2f}]" if t else "–"
+        p = f"{t['p_value']:.3f}" if t else "–"
+        text.append(f"| {v} | {len(of(v, 'bleu'))} | {_interval(of(v, 'bleu'))} | {_interval(of(v, 'chrf'))} | "
+                    f"{delta} | {p} | {t['verdict'] if t else '–'} | {_interval(of(v, 'ms_per_step'), 0)} | "
+                    f"{_interval(of(v, 'cpu_ms_per_step'), 0)} |")
+    text += [f"\n## Head diversity (first {min(DIVERSITY_EXAMPLES, header['test_examples'])} test pairs, mean over "
+             "layers)\n",
+             "JS: mean pairwise Jensen–Shannon divergence between heads' attention rows (bits, ↑ more diverse). "
+             "cos: mean pairwise cosine of the heads' Q/K/V weights (↓ more diverse).\n",
+             "| variant | JS enc-self | JS dec-self | JS cross | cos enc-self | cos dec-self | cos cross |",
+             "|---|---|---|---|---|---|---|"]
+    for v in present:
+        cells = [_interval(of(v, f"{m}_{k}"), 3) for m in ("js", "cos")
+                 for k in ("encoder_self", "decoder_self", "cross")]
+        text.append(f"| {v} | " + " | ".join(cells) + " |")
+    text.append("\n## Example translations (test books, first seed of each variant)\n")
+    first = {v: min((r for r in runs if r["variant"] == v), key=lambda r: r["seed"]) for v in present}
+    for i in header["example_indices"]:
+        ex = header["examples"][str(i)]
+        text.append(f"**{ex['ref']}** — source: {ex['source']}\n\n- reference: {ex['target']}")
+        text += [f"- {v}: {first[v]['hypotheses'][i]}" for v in present if i < len(first[v]["hypotheses"])]
+        text.append("")
+    text.append("![validation BLEU](val_bleu.png)\n")
+    markdown = "\n".join(text)
+    (output / "results.md").write_text(markdown)
+    summary = {v: {k: of(v, k) for k in runs[0]["metrics"]} for v in present}
+    write_json(output / "results.json", _finite({**header, "variants": present, "per_seed": summary,
+                                                 "paired_tests": tests,
+                                                 "runs": [{k: r[k] for k in r if k != "hypotheses"} for r in runs]}))
+    if figures:
+        from probattn.experiments.plots import curves_figure
+
+        curves_figure(runs, present, "val_bleu", "validation BLEU (greedy)", output / "val_bleu.png")
+    return markdown
+
+
+def _finite(value: Any) -> Any:
+    """NaN / inf -> None, so results.json is strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+# -- the command ------------------------------------------------------------------------------------------------
+def run_experiment(args: argparse.Namespace, command: str = "probattn experiment nmt") -> dict[str, Any]:
+    """Every (variant, seed) of ``args`` (see :func:`add_arguments`); returns the content of ``results.json``."""
+    import sacrebleu
+
+    variants, seeds = list(args.variants), list(args.seeds)
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        raise ValueError(f"--variants {' '.join(unknown) or '(none)'}: choose from {', '.join(VARIANTS)}")
+    if len(set(variants)) != len(variants) or len(set(seeds)) != len(seeds) or not seeds:
+        raise ValueError("--variants and --seeds must be non-empty and list each value once")
+    if args.size not in SIZES:
+        raise ValueError(f"--size {args.size!r}: choose one of {', '.join(SIZES)}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads {args.threads}: must be >= 1")
+        torch.set_num_threads(args.threads)
+    output = Path(args.output)
+    if _is_main() and (output / TOKENIZER).exists() and not args.resume:
+        raise ValueError(f"--output {output} already holds a run; pass --resume to skip the finished runs and "
+                         "continue the others, or choose another --output")
+    output.mkdir(parents=True, exist_ok=True)
+    splits = load_splits(args.data)
+    tokenizer, data, stats = prepare(splits, output, vocab_size=args.vocab_size, max_length=args.max_length,
+                                     resume=args.resume)
+    size = {**SIZES[args.size], **{k: getattr(args, k) for k in SIZES[args.size] if getattr(args, k) is not None}}
+    base = {**size, "max_steps": args.max_steps, "max_tokens": args.max_tokens, "lr": args.lr,
+            "warmup_steps": args.warmup_steps, "dropout": args.dropout, "eval_every": args.eval_every,
+            "checkpoint_every": args.checkpoint_every, "device": args.device,
+            "max_positions": max(256, args.max_length + 2)}
+    test_examples = min(len(splits.test), args.test_examples or len(splits.test))
+    shown = sorted({round(i * (test_examples - 1) / max(1, EXAMPLES_SHOWN - 1)) for i in range(EXAMPLES_SHOWN)})
+    header = {"title": "Translation: Spanish RV1909 → English WEB (held-out books)", "command": command,
+              "data": stats, "model": ", ".join(f"{k}={v}" for k, v in size.items()), "steps": args.max_steps,
+              "beam": args.beam, "lenpen": args.lenpen, "seeds": seeds, "test_examples": test_examples,
+              "sacrebleu": sacrebleu.__version__, "baselines": baselines(splits, test_examples), "example_indices": shown,
+              "examples": {str(i): {"ref": splits.test.refs[i], "source": splits.test.sources[i],
+                                    "target": splits.test.targets[i]} for i in shown}}
+    args.test_examples = test_examples
+    todo = [(v, s) for v in variants for s in seeds]
+    for i, (variant, seed) in enumerate(todo, 1):
+        path = output / RUNS_DIR / f"{variant}-seed{seed}.json"
+        if path.exists():
+            saved = json.loads(path.read_text())
+            from probattn.training.seq2seq import Seq2SeqTrainConfig
+
+            expected = Seq2SeqTrainConfig.from_dict({**base, **VARIANTS[variant], "seed": seed}).to_dict()
+            diff = {k: (saved["config"].get(k), v) for k, v in expected.items()
+                    if saved["config"].get(k) != v and k != "device"}
+            if diff:
+                raise ValueError(f"--resume: {path} was made with other options {diff}; use the same options or "
+                                 "another --output")
+            print(f"[{i}/{len(todo)}] {variant} seed {seed}: finished before, skipped", flush=True)
+            continue
+        print(f"[{i}/{len(todo)}] {variant} seed {seed}: training {args.max_steps} steps ...", flush=True)
+        record = run_one(variant, seed, base, data, splits, tokenizer, output, args)
+        if not record:  # another torchrun process: rank 0 evaluates and writes
+            continue
+        write_json(path, _finite(record))
+        m = record["metrics"]
+        print(f"[{i}/{len(todo)}] {variant} seed {seed}: test BLEU {m['bleu']:.2f}, chrF {m['chrf']:.2f}, "
+              f"{m['ms_per_step']:.0f} ms/step ({m['cpu_ms_per_step']:.0f} CPU ms/step), {record['seconds']:.0f} s",
+              flush=True)
+        write_summary(output, variants=variants, header=header, figures=False)
+    if not _is_main():
+        return {}
+    markdown = write_summary(output, variants=variants, header=header)
+    print(markdown)
+    return json.loads((output / "results.json").read_text())
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), metavar="NAME",
+                        help=f"variants (default: all: {' '.join(VARIANTS)})")
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS),
+                        help=f"seeds (default {' '.join(map(str, DEFAULT_SEEDS))})")
+    parser.add_argument("--max-steps", type=int, default=DEFAULT_STEPS,
+                        help=f"optimizer steps per run (default {DEFAULT_STEPS})")
+    parser.add_argument("--size", default=DEFAULT_SIZE, choices=list(SIZES),
+                        help=f"model size (default {DEFAULT_SIZE}): " + "; ".join(
+                            f"{k}: {v['encoder_layers']}+{v['decoder_layers']} layers, E={v['embed_dim']}, "
+                            f"FFN {v['ffn_dim']}" for k, v in SIZES.items()))
+    for flag, help_text in (("--embed-dim", "embedding size"), ("--num-heads", "heads"), ("--ffn-dim", "FFN size"),
+                            ("--encoder-layers", "encoder layers"), ("--decoder-layers", "decoder layers")):
+        parser.add_argument(flag, type=int, default=None, help=f"override the size's {help_text}")
+    parser.add_argument("--output", default="probattn-experiments/nmt", help="output folder")
+    parser.add_argument("--resume", action="store_true",
+                        help="skip finished runs in --output and continue unfinished ones from their checkpoints")
+    parser.add_argument("--data", default="bible", choices=("bible", "sample"),
+                        help="bible: the SWORD export (default); sample: the 200 pairs shipped with probattn")
+    parser.add_argument("--vocab-size", type=int, default=8000, help="joint BPE vocabulary size (default 8000)")
+    parser.add_argument("--max-length", type=int, default=128,
+                        help="drop training pairs with a side this many subwords or longer (default 128)")
+    parser.add_argument("--max-tokens", type=int, default=2048, help="padded tokens per batch (default 2048)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    parser.add_argument("--warmup-steps", type=int, default=150, help="linear warm-up steps (default 150)")
+    parser.add_argument("--dropout", type=float, default=0.1, help="dropout (default 0.1)")
+    parser.add_argument("--eval-every", type=int, default=100, help="validation BLEU every N steps (default 100)")
+    parser.add_argument("--checkpoint-every", type=int, default=100, help="checkpoint every N steps (0: at the end)")
+    parser.add_argument("--validation-examples", type=int, default=None,
+                        help="decode only the first N validation pairs for the BLEU curve (default all)")
+    parser.add_argument("--test-examples", type=int, default=None, help="decode only the first N test pairs")
+    parser.add_argument("--beam", type=int, default=5, help="beam size on the test books (default 5; 1 = greedy)")
+    parser.add_argument("--lenpen", type=float, default=1.0, help="length penalty (default 1.0)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    typed = sys.argv[1:3] == ["experiment", "nmt"]
+    command = shlex.join(["probattn", *(sys.argv[1:] if typed else ["experiment", "nmt"])])
+    run_experiment(args, command)
+    print(f"wrote {Path(args.output) / 'results.md'}, results.json, val_bleu.png")
+    return 0
