@@ -15,7 +15,6 @@ every ``checkpoint_every`` steps (and at the end) the state is saved with
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -223,21 +222,14 @@ def corpus_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[
 
 # -- checkpoints ------------------------------------------------------------------------------------------------
 def _save(run_dir: Path, state: dict[str, Any], step: int) -> None:
-    # safetensors + JSON checkpoint directories (checkpoint-<step>); the older single-file API takes a file path
-    if "step" in inspect.signature(save_checkpoint).parameters:
-        save_checkpoint(run_dir, state, step=step)
-    else:
-        save_checkpoint(run_dir / "checkpoint.pt", state)
+    save_checkpoint(run_dir, state, step=step)  # safetensors + JSON directories checkpoint-<step>, digests checked
 
 
 def _load(run_dir: Path) -> dict[str, Any] | None:
-    if "step" in inspect.signature(save_checkpoint).parameters:
-        try:
-            return load_checkpoint(run_dir)
-        except FileNotFoundError:
-            return None
-    path = run_dir / "checkpoint.pt"
-    return load_checkpoint(path) if path.is_file() else None
+    try:
+        return load_checkpoint(run_dir)
+    except FileNotFoundError:
+        return None
 
 
 # -- training ---------------------------------------------------------------------------------------------------
