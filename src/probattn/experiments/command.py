@@ -3,6 +3,8 @@
 * ``gmm``: explaining away on a Gaussian-mixture toy; doubly-normalized attention equals an EM step.
 * ``self-attentive``: Lin et al. (2017) sentence classifier on Rotten Tomatoes, with and without repulsion.
 * ``alignment``: MiniLM fine-tuned on Rotten Tomatoes, baseline vs alignment (CT, GAN), tested on Amazon.
+* ``graph``: node classification on the WordNet noun graph: softmax / doubly / hybrid / repulsive / aligned
+  graph attention, with an MLP and the majority class as baselines.
 
 Each experiment module has ``add_arguments(parser)`` and ``run(args) -> int`` like a top-level command.
 """
@@ -17,6 +19,7 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
     "gmm": ("probattn.experiments.gmm", "explaining-away toy: softmax vs doubly-normalized vs EM"),
     "self-attentive": ("probattn.experiments.self_attentive", "Lin et al. 2017 on Rotten Tomatoes, +/- repulsion"),
     "alignment": ("probattn.experiments.alignment", "MiniLM on Rotten Tomatoes -> Amazon: baseline vs CT vs GAN"),
+    "graph": ("probattn.experiments.graph", "WordNet noun graph node classification: graph attention variants"),
 }
 
 
