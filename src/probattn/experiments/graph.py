@@ -263,7 +263,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resamples", type=int, default=2000, help="paired bootstrap resamples (default 2000)")
     parser.add_argument("--wordnet", default=None, help="data.noun file or folder (default /usr/share/wordnet)")
     parser.add_argument("--sample", action="store_true", help="use the 203-synset sample shipped with probattn")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: the scatter ops gain little from threads on a shared CPU)")
     parser.add_argument("--output", default="probattn-experiments/graph", help="output folder")
     parser.add_argument("--resume", action="store_true", help="skip the runs already saved in --output")
 
