@@ -8,7 +8,12 @@ import torch
 
 from probattn.functional import edge_attention
 from probattn.metrics import head_js_divergence
-from probattn.metrics.graph import edge_explained_away_fraction, edge_fair_share, edge_head_js_divergence
+from probattn.metrics.graph import (
+    edge_explained_away_fraction,
+    edge_fair_share,
+    edge_head_js_divergence,
+    source_explained_away_fraction,
+)
 
 
 def _weights(seed: int = 0, n: int = 7):
@@ -40,3 +45,13 @@ def test_fair_share_and_explained_away_by_hand():
     assert math.isnan(edge_explained_away_fraction(w, edges, 5, min_in_degree=4)[0].item())
     js = edge_head_js_divergence(w, edges, 5)
     assert js[0, 0] == 0 and js[0, 1] > 0 and js[0, 1] == js[1, 0]
+
+
+def test_source_explained_away_by_hand():
+    # node 0 hears 1 and 2, node 3 hears 2: fair totals are 0.5 (source 1) and 0.5 + 1.0 (source 2)
+    edges = torch.tensor([[1, 2, 2], [0, 0, 3]])
+    w = torch.tensor([[0.95, 0.99], [0.05, 0.01], [1.0, 0.1]], dtype=torch.float64)
+    # head 0: nobody below 0.1 x fair; head 1: source 2 receives 0.11 < 0.1 * 1.5 = 0.15
+    torch.testing.assert_close(source_explained_away_fraction(w, edges, 4), torch.tensor([0.0, 0.5],
+                                                                                         dtype=torch.float64))
+    assert math.isnan(source_explained_away_fraction(w[:0], edges[:, :0], 4)[0].item())

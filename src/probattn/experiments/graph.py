@@ -13,8 +13,8 @@ over each layer's Q/K/V heads, :class:`probattn.repulsive.RepulsiveHeads`), ``al
 seeds) and the majority class of the training nodes.
 
 Measured per run on the test nodes: accuracy, ECE (15 bins), NLL; on all edges of the trained model (mean over
-layers and heads): the explained-away fraction (edges into targets of in-degree >= 2 that get < 0.1 of their fair
-share 1/in-degree) and head diversity (pairwise JS divergence between heads, bits); CPU seconds per training
+layers and heads): the explained-away fraction of edges (edges into targets of in-degree >= 2 that get < 0.1 of
+their fair share 1/in-degree) and of source nodes (total outgoing weight < 0.1 of the fair total), head diversity (pairwise JS divergence between heads, bits); CPU seconds per training
 epoch (``time.process_time``, all threads). The table gives means with 95% Student-t intervals over seeds and the
 paired bootstrap over (seeds x test nodes) against ``softmax`` (:func:`probattn.metrics.paired_bootstrap`).
 
@@ -57,15 +57,21 @@ def prepare_graph(path: str | None, sample: bool, features: int) -> dict[str, An
 
 
 def _attention_diagnostics(weights: list[Tensor], edge_index: Tensor, num_nodes: int) -> dict[str, float]:
-    from probattn.metrics.graph import edge_explained_away_fraction, edge_head_js_divergence
+    from probattn.metrics.graph import (
+        edge_explained_away_fraction,
+        edge_head_js_divergence,
+        source_explained_away_fraction,
+    )
 
-    away, diversity = [], []
+    away, sources, diversity = [], [], []
     for w in weights:
         away.append(float(edge_explained_away_fraction(w, edge_index, num_nodes, threshold=0.1).mean()))
+        sources.append(float(source_explained_away_fraction(w, edge_index, num_nodes, threshold=0.1).mean()))
         js = edge_head_js_divergence(w, edge_index, num_nodes)
         h = js.shape[0]
         diversity.append(float(js.sum() / (h * (h - 1))) if h > 1 else math.nan)
-    return {"explained_away": float(np.mean(away)), "head_diversity": float(np.mean(diversity))}
+    return {"explained_away": float(np.mean(away)), "sources_explained_away": float(np.mean(sources)),
+            "head_diversity": float(np.mean(diversity))}
 
 
 def train_one(data: dict[str, Any], variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -136,7 +142,8 @@ def _interval(values: Sequence[float], digits: int) -> str:
 
 
 COLUMNS = (("accuracy", "accuracy ↑", 3), ("ece", "ECE ↓", 3), ("nll", "NLL ↓", 3),
-           ("explained_away", "explained away ↓", 3), ("head_diversity", "head diversity (JS, bits) ↑", 3),
+           ("explained_away", "edges explained away ↓", 3), ("sources_explained_away", "sources explained away ↓", 4),
+           ("head_diversity", "head diversity (JS, bits) ↑", 3),
            ("cpu_s_per_epoch", "CPU s / epoch", 2))
 
 
@@ -160,7 +167,7 @@ def summarize_graph(runs: list[dict[str, Any]], variants: Sequence[str], majorit
             finite = [x for x in values if math.isfinite(x)]
             summary["variants"][v][key] = list(mean_interval(finite)) if finite else None
         lines.append("| " + " | ".join(cells) + " |")
-    lines.append(f"| majority class (baseline) | – | {majority:.3f} | | | | | |")
+    lines.append(f"| majority class (baseline) | – | {majority:.3f} |" + " |" * (len(COLUMNS) - 1))
     table = "\n".join(lines)
     base = by_variant.get(BASELINE, [])
     paired = ["| variant vs softmax | Δ accuracy [95% CI] | p | verdict | Δ NLL [95% CI] | p | verdict |",

@@ -12,7 +12,12 @@ from probattn.metrics.diversity import (
 )
 from probattn.metrics.entropy import attention_entropy
 from probattn.metrics.explaining_away import explained_away_fraction, incoming_mass, min_incoming_mass
-from probattn.metrics.graph import edge_explained_away_fraction, edge_fair_share, edge_head_js_divergence
+from probattn.metrics.graph import (
+    edge_explained_away_fraction,
+    edge_fair_share,
+    edge_head_js_divergence,
+    source_explained_away_fraction,
+)
 from probattn.metrics.significance import PairedComparison, mean_interval, paired_bootstrap
 from probattn.metrics.streaming import AttentionStatistics, MomentAccumulator
 
@@ -40,4 +45,5 @@ __all__ = [
     "paired_bootstrap",
     "parameter_cosine_similarity",
     "qk_alignment",
+    "source_explained_away_fraction",
 ]

@@ -4,6 +4,9 @@
   of its target's attention (1 = uniform over the target's incoming edges);
 * :func:`edge_explained_away_fraction` — fraction of edges below ``threshold`` times their fair share, over
   edges whose target has at least ``min_in_degree`` incoming edges (with one incoming edge the weight is 1);
+* :func:`source_explained_away_fraction` — the node version: fraction of source nodes whose total outgoing
+  weight ``sum_{e out of s} A_e`` is below ``threshold`` times their fair total ``sum_{e out of s} 1/indeg(t_e)``
+  (what doubly-normalized attention bounds from below, see docs/graph.md);
 * :func:`edge_head_js_divergence` — pairwise Jensen–Shannon divergence (bits) between heads' distributions
   over each target's incoming edges, averaged over targets with at least ``min_in_degree`` incoming edges
   (the edge version of :func:`probattn.metrics.head_js_divergence`).
@@ -18,7 +21,8 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["edge_explained_away_fraction", "edge_fair_share", "edge_head_js_divergence"]
+__all__ = ["edge_explained_away_fraction", "edge_fair_share", "edge_head_js_divergence",
+           "source_explained_away_fraction"]
 
 
 def _check(weights: Tensor, edge_index: Tensor, num_nodes: int) -> Tensor:
@@ -45,6 +49,22 @@ def edge_explained_away_fraction(weights: Tensor, edge_index: Tensor, num_nodes:
     if share.shape[0] == 0:
         return torch.full((weights.shape[1],), math.nan, dtype=weights.dtype, device=weights.device)
     return (share < threshold).to(weights.dtype).mean(0)
+
+
+def source_explained_away_fraction(weights: Tensor, edge_index: Tensor, num_nodes: int, *,
+                                   threshold: float = 0.1) -> Tensor:
+    """``(H,)``: fraction of nodes with an outgoing edge whose received total ``sum_{e out of s} A_e`` is below
+    ``threshold * sum_{e out of s} 1/indeg(t_e)`` (NaN when there is no edge)."""
+    indeg = _check(weights, edge_index, num_nodes)
+    src, dst = edge_index
+    received = torch.zeros(num_nodes, weights.shape[1], dtype=weights.dtype, device=weights.device)
+    received.index_add_(0, src, weights)
+    fair = torch.zeros(num_nodes, dtype=weights.dtype, device=weights.device)
+    fair.index_add_(0, src, 1.0 / indeg[dst].to(weights.dtype))
+    senders = torch.bincount(src, minlength=num_nodes) > 0
+    if not bool(senders.any()):
+        return torch.full((weights.shape[1],), math.nan, dtype=weights.dtype, device=weights.device)
+    return (received[senders] < threshold * fair[senders, None]).to(weights.dtype).mean(0)
 
 
 def edge_head_js_divergence(weights: Tensor, edge_index: Tensor, num_nodes: int, *,
