@@ -34,6 +34,7 @@ __all__ = [
     "blocked",
     "build_mask_spec",
     "check_column_normalizable",
+    "edge_validity",
     "from_hf_attention_mask",
     "from_torch_mha",
     "is_block_complete",
@@ -412,3 +413,17 @@ def from_hf_attention_mask(
             query_valid = ~blocked(diag)
         query_valid = query_valid.expand(batch, q_len)
     return attention_mask, query_valid, is_causal
+
+
+def edge_validity(edge_mask: Tensor | None, num_edges: int, device: torch.device) -> Tensor | None:
+    """Turn an edge mask ``(E,)`` (bool or 0/1 integers, True/1 = the edge may be attended) into a bool tensor.
+
+    Used by :func:`probattn.functional.edge_attention`: a masked edge takes part in no statistic, exactly as
+    if it were removed from ``edge_index``, and gets weight 0. None means every edge takes part.
+    """
+    if edge_mask is None:
+        return None
+    mask = _check_tensor("edge_mask", edge_mask)
+    if mask.dim() != 1 or mask.shape[0] != num_edges:
+        raise ValueError(f"edge_mask must have shape (num_edges,) = ({num_edges},), got {tuple(mask.shape)}")
+    return _as_validity("edge_mask", mask[None], 1, num_edges, device)[0]  # type: ignore[index]

@@ -95,3 +95,43 @@ def reference_attention(
         scores, allowed, normalization=normalization, hybrid_alpha=hybrid_alpha, sinkhorn_iters=sinkhorn_iters
     )
     return weights @ v, weights
+
+
+def reference_edge_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    edge_index: Tensor,
+    *,
+    normalization: str = "softmax",
+    edge_mask: Tensor | None = None,
+    scale: float | None = None,
+    hybrid_alpha: float | Tensor = 0.5,
+    sinkhorn_iters: int = 3,
+) -> tuple[Tensor, Tensor]:
+    """``(out (N, H, Dv), weights (E, H))`` in float64 from the dense adjacency-masked problem.
+
+    Query = target, key = source. A pair ``(t, s)`` joined by ``m`` parallel edges is one dense entry with
+    score ``S_ts + log m`` (``m`` copies of ``exp(S_ts)`` in every sum); each of the ``m`` edges gets an equal
+    ``1/m`` of the pair's weight. Masked edges (``edge_mask`` False) are left out.
+    """
+    q, k, v = q.to(torch.float64), k.to(torch.float64), v.to(torch.float64)
+    n, h, d = q.shape
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    src, dst = edge_index[0], edge_index[1]
+    keep = torch.ones(src.shape[0], dtype=torch.bool) if edge_mask is None else edge_mask.bool()
+    counts = torch.zeros(n, n, dtype=torch.float64)
+    for e in range(src.shape[0]):
+        if keep[e]:
+            counts[dst[e], src[e]] += 1.0
+    scores = scale * torch.einsum("thd,shd->hts", q, k)[None]  # (1, H, N_target, N_source)
+    allowed = (counts > 0)[None, None]
+    log_counts = torch.where(counts > 0, counts.log(), torch.zeros_like(counts))
+    pair = reference_weights(scores + log_counts, allowed, normalization=normalization,
+                             hybrid_alpha=hybrid_alpha, sinkhorn_iters=sinkhorn_iters)[0]  # (H, N, N)
+    out = (pair @ v.transpose(0, 1)).transpose(0, 1)  # (N, H, Dv)
+    weights = torch.zeros(src.shape[0], h, dtype=torch.float64)
+    for e in range(src.shape[0]):
+        if keep[e]:
+            weights[e] = pair[:, dst[e], src[e]] / counts[dst[e], src[e]]
+    return out, weights

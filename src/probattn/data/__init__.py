@@ -5,7 +5,9 @@
 * :func:`load_file` — a CSV / JSONL / Parquet file with a text column and a label column;
 * :func:`bible_splits` — Spanish RV1909 -> English WEB verse pairs split by book (Debian SWORD packages;
   :func:`load_bible_sample` is the 200-pair sample shipped with probattn), for translation;
-* :class:`WordTokenizer` — a word vocabulary built from the training texts.
+* :class:`WordTokenizer` — a word vocabulary built from the training texts;
+* :func:`load_wordnet_nouns` — the WordNet 3.0 noun hypernym graph (Debian ``wordnet-base``), with
+  :func:`gloss_features` and :func:`node_split`.
 """
 
 from probattn.data.bible import ParallelSplits, ParallelText, bible_splits, load_bible, load_bible_sample
@@ -13,6 +15,7 @@ from probattn.data.dataset import DataSplits, TextClassificationData, split_by_g
 from probattn.data.files import load_file, read_table
 from probattn.data.sources import load_amazon_fine_food, load_rotten_tomatoes, rotten_tomatoes_splits
 from probattn.data.tokenize import Encoded, WordTokenizer
+from probattn.data.wordnet import WordNetGraph, gloss_features, load_wordnet_nouns, node_split
 
 __all__ = [
     "DataSplits",
@@ -20,13 +23,17 @@ __all__ = [
     "ParallelSplits",
     "ParallelText",
     "TextClassificationData",
+    "WordNetGraph",
     "WordTokenizer",
     "bible_splits",
+    "gloss_features",
     "load_amazon_fine_food",
     "load_bible",
     "load_bible_sample",
     "load_file",
     "load_rotten_tomatoes",
+    "load_wordnet_nouns",
+    "node_split",
     "read_table",
     "rotten_tomatoes_splits",
     "split_by_group",

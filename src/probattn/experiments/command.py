@@ -5,6 +5,8 @@
 * ``alignment``: MiniLM fine-tuned on Rotten Tomatoes, baseline vs alignment (CT, GAN), tested on Amazon.
 * ``nmt``: Transformer translation Spanish -> English on the verse-aligned Bible (held-out books): softmax vs
   repulsive (SVGD, SPOS) vs doubly-normalized encoder vs alignment.
+* ``graph``: node classification on the WordNet noun graph: softmax / doubly / hybrid / repulsive / aligned
+  graph attention, with an MLP and the majority class as baselines.
 
 Each experiment module has ``add_arguments(parser)`` and ``run(args) -> int`` like a top-level command.
 """
@@ -21,6 +23,7 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
     "alignment": ("probattn.experiments.alignment", "MiniLM on Rotten Tomatoes -> Amazon: baseline vs CT vs GAN"),
     "nmt": ("probattn.experiments.nmt", "Transformer es->en on the Bible (held-out books): softmax vs SVGD/SPOS "
                                        "vs doubly encoder vs alignment"),
+    "graph": ("probattn.experiments.graph", "WordNet noun graph node classification: graph attention variants"),
 }
 
 

@@ -1,5 +1,6 @@
 """Figures of ``probattn compare`` and the experiments: reliability diagrams, per-layer head diversity /
-explained away, and metric curves over training steps (``probattn experiment nmt``'s validation BLEU).
+explained away, metric curves over training steps (``experiment nmt``'s validation BLEU) and
+:func:`interval_figure` (means with intervals per variant, baseline lines; ``experiment graph``).
 
 All read the saved runs (see :mod:`probattn.experiments.results`):
 
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["curves_figure", "per_layer_figure", "pool_reliability", "reliability_figure"]
+__all__ = ["curves_figure", "interval_figure", "per_layer_figure", "pool_reliability", "reliability_figure"]
 
 
 def _pyplot():
@@ -128,6 +129,29 @@ def curves_figure(runs: Sequence[dict[str, Any]], variants: Sequence[str], key: 
     ax.set_ylabel(label)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def interval_figure(path: Path, names: Sequence[str], values: Sequence[Sequence[float] | None], *, ylabel: str,
+                    title: str, lines: dict[str, float] | None = None) -> Path:
+    """One point per name at ``mean`` with a ``[low, high]`` bar (``values[i] = (mean, low, high)``, the output
+    of :func:`probattn.metrics.mean_interval`; NaN bounds draw no bar), and labelled horizontal ``lines``."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(1.1 * len(names) + 2.5, 3.2))
+    for i, value in enumerate(values):
+        if value is None:
+            continue
+        mean, low, high = value
+        err = None if not (np.isfinite(low) and np.isfinite(high)) else [[mean - low], [high - mean]]
+        ax.errorbar([i], [mean], yerr=err, marker="o", capsize=4, color="C0")
+    for j, (label, y) in enumerate((lines or {}).items()):
+        ax.axhline(y, ls="--", lw=1, color=f"C{j + 1}", label=label)
+    if lines:
+        ax.legend(fontsize=8)
+    ax.set_xticks(range(len(names)), list(names))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -1,5 +1,5 @@
 """Attention diagnostics as pure torch functions: explaining away, head diversity, key/query alignment,
-entropy, calibration, and streaming accumulators for running them over a data set."""
+entropy, calibration, edge-level versions for graph attention, and streaming accumulators for running them over a data set."""
 
 from probattn.metrics.alignment import mean_distance, mmd_rbf, qk_alignment
 from probattn.metrics.calibration import CalibrationAccumulator, CalibrationResult, calibration
@@ -12,6 +12,12 @@ from probattn.metrics.diversity import (
 )
 from probattn.metrics.entropy import attention_entropy
 from probattn.metrics.explaining_away import explained_away_fraction, incoming_mass, min_incoming_mass
+from probattn.metrics.graph import (
+    edge_explained_away_fraction,
+    edge_fair_share,
+    edge_head_js_divergence,
+    source_explained_away_fraction,
+)
 from probattn.metrics.significance import PairedComparison, mean_interval, paired_bootstrap
 from probattn.metrics.streaming import AttentionStatistics, MomentAccumulator
 
@@ -23,6 +29,9 @@ __all__ = [
     "PairedComparison",
     "attention_entropy",
     "calibration",
+    "edge_explained_away_fraction",
+    "edge_fair_share",
+    "edge_head_js_divergence",
     "explained_away_fraction",
     "head_cka_from_covariance",
     "head_js_divergence",
@@ -36,4 +45,5 @@ __all__ = [
     "paired_bootstrap",
     "parameter_cosine_similarity",
     "qk_alignment",
+    "source_explained_away_fraction",
 ]

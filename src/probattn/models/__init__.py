@@ -1,5 +1,6 @@
 """Models owned by probattn: the self-attentive classifier (Lin et al. 2017) and a Transformer encoder–decoder."""
 
+from probattn.models.graph import GraphTransformer, MLPClassifier
 from probattn.models.self_attentive import SelfAttentiveClassifier, SelfAttentiveOutput
 from probattn.models.seq2seq import (
     Seq2SeqConfig,
@@ -12,6 +13,8 @@ from probattn.models.seq2seq import (
 )
 
 __all__ = [
+    "GraphTransformer",
+    "MLPClassifier",
     "SelfAttentiveClassifier",
     "SelfAttentiveOutput",
     "Seq2SeqConfig",
