@@ -153,7 +153,7 @@ def train_and_measure(config, ood, *, log: Callable[[str], None] | None = None, 
     from probattn.training import train
 
     began, cpu_began = time.perf_counter(), time.process_time()
-    result = train(config, progress=progress, log=log, desc=desc)
+    result = train(config, progress=progress, log=log, desc=desc, evaluate=False)  # evaluated here, once
     metrics: dict[str, float] = {}
     record: dict[str, Any] = {"reliability": {}}
     for split, data in (("id", result.splits.test), ("ood", ood)):

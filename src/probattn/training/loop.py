@@ -170,7 +170,7 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
         _say(ctx, "--resume: no checkpoint found, starting from step 0")
 
     splits = load_splits(config)
-    ood = load_ood(config, splits.label_names)
+    ood = load_ood(config, splits.label_names) if evaluate else None
     steps_per_epoch = len(splits.train) // config.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"--batch-size {config.batch_size} is larger than the training set "
