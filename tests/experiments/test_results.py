@@ -30,13 +30,15 @@ def test_non_finite_values_are_left_out_not_zeroed():
     assert s.loc["a", ("ece", "mean")] == pytest.approx(0.2) and s.loc["a", ("ece", "n")] == 1
 
 
-def test_table_marks_best_and_ties():
-    runs = [_run("a", 0, 0.8, 0.1), _run("b", 0, 0.8, 0.3)]
-    table = results.format_table(results.summarize(runs, COLUMNS), COLUMNS)
+def test_table_shows_intervals_and_bolds_nothing():
+    runs = [_run("a", 0, 0.8, 0.1), _run("a", 1, 0.9, 0.1), _run("b", 0, 0.8, 0.3)]
+    table = results.format_table(results.summarize(runs, COLUMNS), COLUMNS, extra={"vs a": {"b": "no difference"}})
     lines = table.splitlines()
-    assert lines[0] == "| variant | n | accuracy ↑ | ECE ↓ |"
-    assert lines[2] == "| a | 1 | **0.800** | **0.100** |"
-    assert lines[3] == "| b | 1 | **0.800** | 0.300 |"
+    assert lines[0] == "| variant | n | accuracy ↑ | ECE ↓ | vs a |"
+    # mean 0.85, sample std 0.0707, t(0.975, 1) = 12.706: half-width 12.706 * 0.0707 / sqrt(2) = 0.635
+    assert lines[2] == "| a | 2 | 0.850 [0.215, 1.485] | 0.100 [0.100, 0.100] |  |"
+    assert lines[3] == "| b | 1 | 0.800 | 0.300 | no difference |"
+    assert "**" not in table
 
 
 def test_save_and_load_round_trip_atomically(tmp_path):
@@ -46,7 +48,8 @@ def test_save_and_load_round_trip_atomically(tmp_path):
     assert results.run_path(tmp_path, "b", 1).exists()
     assert not list((tmp_path / "runs").glob(".*"))  # no temporary file left behind
     records = results.summary_records(results.summarize(results.load_runs(tmp_path), COLUMNS), COLUMNS)
-    assert json.loads(json.dumps(records))["a"]["acc"] == {"mean": 0.6, "std": None, "n": 1.0}
+    assert json.loads(json.dumps(records))["a"]["acc"] == {"mean": 0.6, "std": None, "low": None, "high": None,
+                                                           "n": 1.0}
 
 
 def test_bad_input_is_named():

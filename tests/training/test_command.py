@@ -8,8 +8,8 @@ import pytest
 
 from probattn.cli import main
 
-FAST = ["--embed-dim", "8", "--num-heads", "2", "--num-layers", "1", "--max-length", "16", "--batch-size", "8",
-        "--max-steps", "2", "--no-progress"]
+FAST = ["--preset", "tiny", "--embed-dim", "8", "--num-heads", "2", "--num-layers", "1", "--max-length", "16",
+        "--batch-size", "8", "--max-steps", "2", "--no-progress"]
 
 
 def run(argv, capsys):
@@ -32,6 +32,24 @@ def test_train_on_own_csv_with_string_labels(tmp_path, sample_csv, capsys):
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["data"]["label_names"] == ["bad", "good"]
     assert json.loads((tmp_path / "out" / "config.json").read_text())["lr"] == 0.002
+    results = (tmp_path / "out" / "results.md").read_text()
+    assert "| test |" in results and (tmp_path / "out" / "reliability.png").stat().st_size > 0
+
+
+def test_many_epochs_on_a_tiny_set_are_warned_about(sample_csv, capsys):
+    # 140 training rows / batch 32 = 4 steps per epoch: 100 steps are 25 passes over the data
+    code, _, err = run(["--data", str(sample_csv), "--text-column", "text", "--label-column", "label",
+                        *FAST[:-5], "--batch-size", "32", "--max-steps", "100", "--no-progress"], capsys)
+    assert code == 0
+    assert "probattn train: 100 steps of 32 examples on 140 training examples = 25 epochs" in err
+
+
+def test_help_shows_every_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default minilm)" in text and "--max-steps" in text and "default 200; preset minilm 300" in text
+    assert "(default softmax)" in text and "(default rotten_tomatoes)" in text and "(default None)" in text
 
 
 @pytest.mark.parametrize(("content", "message"), [

@@ -9,6 +9,7 @@ import pytest
 
 from probattn.training import TrainConfig, load_config_file
 from probattn.training.command import add_arguments, config_from_args
+from probattn.training.presets import DEFAULT_PRESET, PRESETS
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -32,7 +33,9 @@ def test_file_then_flags(tmp_path):
     for path in (toml, yaml):
         config = config_from_args(parse(["--config", str(path), "--lr", "0.5"]))
         assert (config.lr, config.batch_size, config.normalization) == (0.5, 16, "doubly")
-    assert config_from_args(parse([])) == TrainConfig()
+    assert config_from_args(parse([])) == TrainConfig.from_dict(PRESETS[DEFAULT_PRESET])  # the preset compare uses
+    assert config_from_args(parse(["--preset", "tiny", "--max-steps", "7"])) == TrainConfig.from_dict(
+        {**PRESETS["tiny"], "max_steps": 7})
     yaml.write_text("lr: 1e-3\nmax_grad_norm: 1\n")  # YAML 1.1 reads 1e-3 as a string
     config = config_from_args(parse(["--config", str(yaml)]))
     assert (config.lr, config.max_grad_norm) == (1e-3, 1.0) and isinstance(config.max_grad_norm, float)

@@ -83,7 +83,7 @@ def test_torchrun_runs_the_cli_unchanged(sample_csv, tmp_path):
 
     out = tmp_path / "run"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-               "-m", "probattn", "train", "--data", str(sample_csv), "--text-column", "text", "--label-column",
+               "-m", "probattn", "train", "--preset", "tiny", "--data", str(sample_csv), "--text-column", "text", "--label-column",
                "label", "--embed-dim", "16", "--max-length", "16", "--batch-size", "8", "--max-steps", "2",
                "--alignment", "mmd", "--repulsive", "svgd", "--output", str(out), "--no-progress"]
     done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,

@@ -159,7 +159,10 @@ def test_non_finite_repulsive_update(small_config, monkeypatch):
 def test_truncation_is_reported(small_config, capsys):
     result = train(small_config.replace(max_steps=1, max_length=8), progress=False)
     assert result.metrics["data"]["truncated_train"] > 0
-    assert "training texts to --max-length 8 tokens" in capsys.readouterr().err
+    assert "training texts to 8 tokens (--max-length)" in capsys.readouterr().err
+    messages = []  # a caller (probattn compare) gets the notices itself, to print them once under its own name
+    train(small_config.replace(max_steps=1, max_length=8), progress=False, log=messages.append)
+    assert len(messages) == 1 and messages[0].startswith("truncated ") and capsys.readouterr().err == ""
 
 
 def test_self_attentive_with_repulsive_hops(small_config):

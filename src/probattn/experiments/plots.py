@@ -1,8 +1,8 @@
-"""Figures of ``probattn compare`` and the experiments: reliability diagrams, per-layer head diversity /
-explained away, metric curves over training steps (``experiment nmt``'s validation BLEU) and
-:func:`interval_figure` (means with intervals per variant, baseline lines; ``experiment graph``).
+"""Figures of ``probattn compare`` and the experiments: accuracy/ECE with intervals and baselines, reliability
+diagrams, per-layer head diversity / explained away / key-query distance, time/memory bars, metric curves over
+training steps (``experiment nmt``'s validation BLEU) and :func:`interval_figure` (``experiment graph``).
 
-All read the saved runs (see :mod:`probattn.experiments.results`):
+The reliability and per-layer figures read the saved runs (see :mod:`probattn.experiments.results`):
 
 * ``run["reliability"][split]``: ``bin_edges``, ``bin_confidence``, ``bin_accuracy``, ``bin_count`` of
   :class:`probattn.metrics.CalibrationResult`; seeds are pooled by bin (count-weighted means).
@@ -18,7 +18,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["curves_figure", "interval_figure", "per_layer_figure", "pool_reliability", "reliability_figure"]
+__all__ = [
+    "cost_figure",
+    "curves_figure",
+    "interval_figure",
+    "metrics_figure",
+    "per_layer_figure",
+    "pool_reliability",
+    "reliability_figure",
+]
 
 
 def _pyplot():
@@ -63,6 +71,7 @@ def reliability_figure(runs: Sequence[dict[str, Any]], variants: Sequence[str], 
             ax = axes[row, col]
             bins = [r["reliability"][split] for r in runs if r["variant"] == variant and split in r["reliability"]]
             ax.plot([0, 1], [0, 1], color="gray", lw=0.8, ls="--")
+            label = ""
             if bins:
                 pooled = pool_reliability(bins)
                 left, width = pooled["edges"][:-1], np.diff(pooled["edges"])
@@ -70,7 +79,12 @@ def reliability_figure(runs: Sequence[dict[str, Any]], variants: Sequence[str], 
                 ax.bar(left[filled], pooled["accuracy"][filled], width=width[filled], align="edge",
                        edgecolor="black", lw=0.4, alpha=0.8)
                 ax.plot(pooled["confidence"][filled], pooled["accuracy"][filled], "k.", ms=3)
-            ax.set_title(f"{variant}\n{title}" if row == 0 else title, fontsize=8)
+                for x, w, y, n in zip(left[filled], width[filled], pooled["accuracy"][filled], pooled["count"][filled]):
+                    ax.text(x + w / 2, min(y, 0.9) + 0.02, f"{int(n)}", ha="center", fontsize=5, rotation=90)
+                total = pooled["count"].sum()
+                ece = float(np.nansum(pooled["count"] * np.abs(pooled["accuracy"] - pooled["confidence"])) / total)
+                label = f"\npooled ECE {ece:.3f}, n={int(total)}"
+            ax.set_title((f"{variant}: {title}" if row == 0 else title) + label, fontsize=7)
             ax.set_xlim(0, 1)
             ax.set_ylim(0, 1)
             if row == len(splits) - 1:
@@ -162,3 +176,60 @@ def _save(fig, path: Path) -> Path:
     fig.savefig(path, dpi=80)
     _pyplot().close(fig)
     return path
+
+
+def metrics_figure(summary, variants: Sequence[str], baselines: Sequence[str], splits: dict[str, str],
+                   path: Path) -> Path:
+    """Accuracy and ECE per split: one bar per variant (mean, 95% interval over seeds as error bars) and each
+    baseline as a horizontal line. ``summary``: :func:`probattn.experiments.results.summarize` output holding
+    the variants and the baselines; ``splits``: ``{"in_domain": title, "ood": title}``."""
+    plt = _pyplot()
+    suffix = {"in_domain": "id", "ood": "ood"}
+    panels = [(f"{metric}_{suffix[s]}", f"{label} ({title})") for s, title in splits.items()
+              for metric, label in (("accuracy", "accuracy"), ("ece", "ECE"))]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False)
+    styles = ["--", ":", "-.", (0, (5, 1))]
+    for ax, (key, label) in zip(axes[0], panels):
+        if (key, "mean") not in summary.columns:
+            ax.set_visible(False)
+            continue
+        means = np.array([summary.loc[v, (key, "mean")] for v in variants], dtype=float)
+        low = np.array([summary.loc[v, (key, "low")] for v in variants], dtype=float)
+        high = np.array([summary.loc[v, (key, "high")] for v in variants], dtype=float)
+        err = np.vstack([np.where(np.isfinite(low), means - low, 0), np.where(np.isfinite(high), high - means, 0)])
+        ax.bar(range(len(variants)), means, yerr=err, capsize=3, color="tab:blue", alpha=0.8)
+        for i, name in enumerate(baselines):
+            value = summary.loc[name, (key, "mean")] if name in summary.index else np.nan
+            if np.isfinite(value):
+                ax.axhline(value, color=f"C{i + 1}", ls=styles[i % len(styles)], lw=1.2, label=f"{name} {value:.3f}")
+        finite = np.concatenate([means[np.isfinite(means)], high[np.isfinite(high)], low[np.isfinite(low)]])
+        lines = [summary.loc[b, (key, "mean")] for b in baselines if b in summary.index]
+        everything = np.concatenate([finite, np.asarray(lines, dtype=float)])
+        everything = everything[np.isfinite(everything)]
+        if key.startswith("accuracy") and everything.size:
+            ax.set_ylim(max(0.0, everything.min() - 0.05), min(1.0, everything.max() + 0.03))
+        ax.set_xticks(range(len(variants)), variants, rotation=30, fontsize=8)
+        ax.set_title(label, fontsize=9)
+        if baselines:
+            ax.legend(fontsize=6, loc="lower right" if key.startswith("accuracy") else "upper right")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def cost_figure(cost, variants: Sequence[str], path: Path) -> Path:
+    """Bars of wall and CPU ms per training step and peak memory per variant (mean, interval over timing rounds)."""
+    plt = _pyplot()
+    panels = [("ms_per_step", "wall ms / step"), ("cpu_ms_per_step", "CPU ms / step"),
+              ("peak_memory_mb", "peak memory (MiB)")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False)
+    names = [v for v in variants if v in cost.index]
+    for ax, (key, label) in zip(axes[0], panels):
+        means = np.array([cost.loc[v, (key, "mean")] for v in names], dtype=float)
+        low = np.array([cost.loc[v, (key, "low")] for v in names], dtype=float)
+        high = np.array([cost.loc[v, (key, "high")] for v in names], dtype=float)
+        err = np.vstack([np.where(np.isfinite(low), means - low, 0), np.where(np.isfinite(high), high - means, 0)])
+        ax.bar(range(len(names)), np.nan_to_num(means), yerr=err, capsize=3, color="tab:gray")
+        ax.set_xticks(range(len(names)), names, rotation=30, fontsize=8)
+        ax.set_title(label, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)

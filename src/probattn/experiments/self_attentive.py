@@ -30,7 +30,6 @@ TABLES = {
     "Hop diversity (256 test sentences)": [
         Column("head_diversity", "hop diversity (JS, bits)", True),
         Column("lin_redundancy", "‖AAᵀ−I‖_F", False),
-        Column("ms_per_step", "ms / step", False, 1),
     ],
 }
 

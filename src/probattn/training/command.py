@@ -1,4 +1,7 @@
-"""``probattn train``: one run from flags and/or ``--config FILE`` (flags override the file)."""
+"""``probattn train``: one run from ``--preset``, ``--config FILE`` and flags (each overrides the one before).
+
+With ``--output DIR`` the run also writes ``results.md`` (the metrics table) and ``reliability.png``.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from dataclasses import fields
 
 from probattn.training.config import MODELS, NORMALIZATIONS, REPULSIVE_METHODS, TrainConfig, load_config_file
 from probattn.training.loop import NonFiniteError, train
+from probattn.training.presets import DEFAULT_PRESET, PRESET_HELP, PRESETS
 
 __all__ = ["add_arguments", "config_from_args", "run"]
 
@@ -51,12 +55,23 @@ _SWITCHES = [("resume", "continue the run in --output from its checkpoint"),
              ("overwrite", "replace a finished run in --output")]
 
 
+def _default_text(name: str) -> str:
+    """``default X`` from TrainConfig, plus the presets that set another value."""
+    default = TrainConfig.__dataclass_fields__[name].default
+    by_preset = [f"{p} {v}" for p, values in PRESETS.items() if (v := values.get(name, default)) != default]
+    return f"default {default}" + (f"; preset {', '.join(by_preset)}" if by_preset else "")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``probattn train`` (defaults come from TrainConfig, then --config, then the flags)."""
-    parser.add_argument("--config", metavar="FILE", help="YAML / TOML / JSON file of options (flags override it)")
+    """Flags of ``probattn train`` (defaults: TrainConfig, then --preset, then --config, then the flags)."""
+    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
+                        help=f"option set shared with `probattn compare --preset` (default {DEFAULT_PRESET}): "
+                             + "; ".join(f"{k}: {v}" for k, v in PRESET_HELP.items()))
+    parser.add_argument("--config", metavar="FILE", help="YAML / TOML / JSON file of options (overrides the preset; "
+                                                          "flags override it)")
     for name, kind, text in _OPTIONS:
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=argparse.SUPPRESS,
-                            help=text)
+                            help=f"{text} ({_default_text(name)})")
     for name, text in _SWITCHES:
         parser.add_argument("--" + name, dest=name, action="store_true", default=argparse.SUPPRESS, help=text)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -64,8 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """defaults < ``--config`` file < flags."""
-    values = dict(load_config_file(args.config)) if getattr(args, "config", None) else {}
+    """defaults < ``--preset`` < ``--config`` file < flags."""
+    values = dict(PRESETS[getattr(args, "preset", None) or DEFAULT_PRESET])
+    values.update(load_config_file(args.config) if getattr(args, "config", None) else {})
     names = {f.name for f in fields(TrainConfig)}
     values.update({k: v for k, v in vars(args).items() if k in names})
     return TrainConfig.from_dict(values, source=args.config or "probattn train")
@@ -97,5 +113,37 @@ def run(args: argparse.Namespace) -> int:
         print(f"probattn train: error: {exc}", file=sys.stderr)
         return 2
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+        if result.output_dir is not None:
+            _write_results(result)
         print(_summary(result))
     return 0
+
+
+def _write_results(result) -> None:
+    """``results.md`` (metrics of every split) and ``reliability.png`` in the run directory."""
+    from probattn.experiments.baselines import measure_probabilities
+    from probattn.experiments.plots import reliability_figure
+
+    out, config = result.output_dir, result.config
+    rows, reliability = [], {}
+    for split, data in (("validation", result.splits.validation), ("test", result.splits.test), ("ood", result.ood)):
+        if data is None:
+            continue
+        predictions = result.predict(data)
+        measured = measure_probabilities(predictions.probs.numpy(), predictions.labels.tolist(), "x")
+        m = measured["metrics"]
+        rows.append(f"| {split} | {len(data)} | {m['accuracy_x']:.4f} | {m['ece_x']:.4f} | {m['nll_x']:.4f} | "
+                    f"{m['brier_x']:.4f} |")
+        reliability[split] = measured["reliability"]
+    t = result.metrics["train"]
+    text = ["# probattn train\n", f"Command: `probattn {' '.join(sys.argv[1:])}`\n",
+            f"Model `{config.model}`, normalization `{config.normalization}`, alignment `{config.alignment}`, "
+            f"repulsive `{config.repulsive}`; {config.max_steps} steps of {config.batch_size} "
+            f"({result.metrics['data']['train']} training examples); one seed ({config.seed}), so no interval: "
+            "use `probattn compare` to compare variants.\n",
+            "| split | n | accuracy ↑ | ECE ↓ | NLL ↓ | Brier ↓ |", "|---|---|---|---|---|---|", *rows, "",
+            f"Training: {t['seconds_per_step']:.3f} s/step wall, {t['cpu_seconds_per_step']:.3f} s/step CPU.\n"
+            if t["seconds_per_step"] is not None else "", "![reliability](reliability.png)\n"]
+    (out / "results.md").write_text("\n".join(text))
+    reliability_figure([{"variant": "run", "reliability": reliability}], ["run"],
+                       {k: k for k in reliability}, out / "reliability.png")

@@ -15,12 +15,12 @@ from typing import Any
 
 __all__ = ["DEFAULT_LR", "RESUME_SAFE_FIELDS", "TrainConfig", "load_config_file"]
 
-MODELS = ("tiny", "minilm", "self-attentive")
+MODELS = ("tiny", "minilm", "minilm-states", "self-attentive")
 NORMALIZATIONS = ("softmax", "doubly", "hybrid", "sinkhorn")
 REPULSIVE_METHODS = ("svgd", "spos")
 
 # learning rate used when lr is None: from scratch vs fine-tuning a pretrained encoder
-DEFAULT_LR = {"tiny": 3e-3, "self-attentive": 5e-4, "minilm": 5e-5}
+DEFAULT_LR = {"tiny": 3e-3, "self-attentive": 5e-4, "minilm": 5e-5, "minilm-states": 1e-3}
 
 FLOAT_FIELDS = frozenset({"hybrid_alpha", "alignment_weight", "repulsive_alpha", "dropout", "lr", "weight_decay",
                           "max_grad_norm"})

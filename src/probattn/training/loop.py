@@ -52,7 +52,9 @@ from probattn.training.modeling import (
 )
 from probattn.training.outputs import has_checkpoint, prepare_output, write_run
 
-__all__ = ["NonFiniteError", "RunResult", "train"]
+__all__ = ["EPOCH_WARNING", "NonFiniteError", "RunResult", "train"]
+
+EPOCH_WARNING = 20  # warn when max_steps means this many passes over the training set or more
 
 
 class NonFiniteError(FloatingPointError):
@@ -80,9 +82,8 @@ class RunResult:
         return predict(self.model, self.encode, data, batch_size=batch_size or self.config.eval_batch_size)
 
 
-def _say(ctx: D.Distributed, message: str) -> None:
-    if ctx.is_main:
-        print(f"probattn train: {message}", file=sys.stderr, flush=True)
+def _print_message(message: str) -> None:
+    print(f"probattn train: {message}", file=sys.stderr, flush=True)
 
 
 def _lr_factor(config: TrainConfig) -> Callable[[int], float]:
@@ -163,23 +164,29 @@ class _Guard:
 
 
 def train(config: TrainConfig, *, progress: bool = True,
-          on_step: Callable[[dict[str, Any]], None] | None = None) -> RunResult:
+          on_step: Callable[[dict[str, Any]], None] | None = None, log: Callable[[str], None] | None = None,
+          evaluate: bool = True, desc: str | None = None) -> RunResult:
     """Train one model as ``config`` says and evaluate it (see the module docstring and docs/training.md).
 
     Under ``torchrun`` every process calls this; rank 0 alone writes files. ``on_step(record)`` is called after
-    every optimizer step with that step's history record.
+    every optimizer step with that step's history record. ``log(message)`` receives the run's notices (default:
+    printed to stderr as ``probattn train: ...``); ``evaluate=False`` skips the final validation/test/OOD
+    evaluation (timing passes); ``desc`` labels the progress bar.
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     ctx = D.setup(config.device)
+    say = log or _print_message
     try:
-        return _train(config, ctx, progress, on_step)
+        return _train(config, ctx, progress, on_step, lambda _, message: ctx.is_main and say(message), evaluate,
+                      desc)
     finally:
         ctx.close()
 
 
 def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
-           on_step: Callable[[dict[str, Any]], None] | None) -> RunResult:
+           on_step: Callable[[dict[str, Any]], None] | None, _say: Callable[[D.Distributed, str], Any],
+           evaluate: bool, desc: str | None) -> RunResult:
     out = prepare_output(config, ctx)
     saved = None
     if config.resume and out is not None and has_checkpoint(out):
@@ -190,13 +197,18 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
         _say(ctx, "--resume: no checkpoint found, starting from step 0")
 
     splits = load_splits(config)
-    ood = load_ood(config, splits.label_names)
+    ood = load_ood(config, splits.label_names) if evaluate else None
     steps_per_epoch = len(splits.train) // config.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"--batch-size {config.batch_size} is larger than the training set "
                          f"({len(splits.train)} examples); lower it")
     if saved is not None:
         _check_same_data(saved, splits.train, steps_per_epoch)
+    epochs = config.max_steps / steps_per_epoch
+    if epochs >= EPOCH_WARNING:
+        _say(ctx, f"{config.max_steps} steps of {config.batch_size} examples on {len(splits.train)} training "
+                  f"examples = {epochs:.0f} epochs: the model will likely overfit (high test NLL); lower "
+                  f"--max-steps or use more data")
 
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % 2**32)
@@ -204,8 +216,8 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
     model.to(ctx.device).train()
     encoded = encode(splits.train.texts, splits.train.text_pairs)
     if encoded.truncated:
-        _say(ctx, f"truncated {encoded.truncated} of {len(splits.train)} training texts to --max-length "
-                  f"{config.max_length} tokens")
+        _say(ctx, f"truncated {encoded.truncated} of {len(splits.train)} training texts to {config.max_length} "
+                  f"tokens (--max-length)")
     labels = torch.tensor(splits.train.labels)
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -255,15 +267,15 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
         ctx.barrier()
         guard.last_checkpoint, guard.last_path = step, checkpoint_dir(out, step)
 
-    grad_accum, order, order_epoch, seconds = config.grad_accum, None, -1, 0.0
+    grad_accum, order, order_epoch, seconds, cpu_seconds = config.grad_accum, None, -1, 0.0, 0.0
     if saved is not None:  # continue the saved epoch in the saved order
         order, order_epoch = saved["data"]["order"].numpy(), int(saved["data"]["epoch"])
     if ctx.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(ctx.device)
     bar = tqdm(total=config.max_steps, initial=start, unit="step", disable=not (progress and ctx.is_main),
-               dynamic_ncols=True)
+               dynamic_ncols=True, desc=desc, leave=desc is None)
     for step in range(start, config.max_steps):
-        began = time.perf_counter()
+        began, cpu_began = time.perf_counter(), time.process_time()
         guard.step = step + 1
         epoch, in_epoch = divmod(step, steps_per_epoch)
         if epoch != order_epoch:
@@ -299,6 +311,7 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         seconds += time.perf_counter() - began
+        cpu_seconds += time.process_time() - cpu_began
         record = {"step": step + 1, "loss": float(sums.sum()), "task_loss": float(sums[0]),
                   "alignment": float(sums[1]), "lr": lr}
         if repulsive is not None:
@@ -319,13 +332,14 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
     model.eval()
     metrics: dict[str, Any] | None = None
     if ctx.is_main:
-        evaluate = lambda data: predict(model, encode, data, batch_size=config.eval_batch_size).metrics()  # noqa: E731
-        metrics = {"validation": evaluate(splits.validation), "test": evaluate(splits.test)}
-        if ood is not None:
-            metrics["ood"] = evaluate(ood)
+        measure = lambda data: predict(model, encode, data, batch_size=config.eval_batch_size).metrics()  # noqa: E731
+        metrics = {"validation": measure(splits.validation), "test": measure(splits.test)} if evaluate else {}
+        if ood is not None and evaluate:
+            metrics["ood"] = measure(ood)
         metrics["train"] = {
             "steps": config.max_steps, "steps_this_process": steps_run,
             "seconds_per_step": seconds / steps_run if steps_run else None,
+            "cpu_seconds_per_step": cpu_seconds / steps_run if steps_run else None,
             "peak_memory_mb": _peak_memory_mb(ctx.device), "world_size": ctx.world_size,
             "final_loss": history[-1]["loss"] if history else None,
         }

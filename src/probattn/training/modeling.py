@@ -96,8 +96,33 @@ def build_model(config: TrainConfig, train: TextClassificationData,
                                         attention_unit=config.embed_dim, mlp_hidden=2 * config.embed_dim,
                                         dropout=config.dropout)
         return model, Encoder(words, config.max_length, words.state_dict())
+    if config.model == "minilm-states":
+        return _minilm_states(config, train.num_labels)
     model, tokenizer = _minilm(config, train.num_labels)
     return model, Encoder(_hf_tokenize(tokenizer), config.max_length, {"kind": "minilm"})
+
+
+def _minilm_states(config: TrainConfig, num_labels: int) -> tuple[nn.Module, Encoder]:
+    """Fresh probattn layers over frozen, disk-cached MiniLM token states (:mod:`probattn.hf.states`)."""
+    if config.max_length > MINILM_MAX_LENGTH:
+        raise ValueError(f"--max-length {config.max_length}: minilm takes at most {MINILM_MAX_LENGTH} tokens")
+    from probattn.hf.states import HIDDEN, STORE
+    from probattn.models.states import StatesEncoderClassifier
+
+    model = StatesEncoderClassifier(STORE.lookup, input_dim=HIDDEN, num_labels=num_labels,
+                                    embed_dim=config.embed_dim, num_heads=config.num_heads,
+                                    num_layers=config.num_layers, ff_dim=2 * config.embed_dim,
+                                    dropout=config.dropout, normalization=config.normalization,
+                                    hybrid_alpha=config.hybrid_alpha, sinkhorn_iters=config.sinkhorn_iters)
+    if config.alignment:
+        from probattn.alignment import attach_alignment
+
+        attach_alignment(model, config.alignment, weight=config.alignment_weight)
+
+    def tokenize(texts: list[str], pairs: list[str] | None, *, max_length: int) -> Encoded:
+        return STORE.encode(texts, pairs, max_length=max_length)
+
+    return model, Encoder(tokenize, config.max_length, {"kind": "minilm-states"})
 
 
 def batch_inputs(encoded: Encoded, rows: slice | Sequence[int],
