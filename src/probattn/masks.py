@@ -28,6 +28,7 @@ from torch import Tensor
 
 __all__ = [
     "MaskSpec",
+    "add_bias",
     "build_mask_spec",
     "from_hf_attention_mask",
     "from_torch_mha",
@@ -306,6 +307,21 @@ def from_torch_mha(
         else:
             raise TypeError(f"key_padding_mask must be bool (True = padding) or float, got {key_padding_mask.dtype}")
     return out_mask, key_valid
+
+
+def add_bias(attn_mask: Tensor | None, bias: Tensor) -> Tensor:
+    """Fold a finite additive ``bias`` (e.g. T5's relative-position bias, ``(B|1, H|1, Lq, Lk)``) into an
+    ``attn_mask`` (bool True = may attend, float additive, or None): a float additive mask, ``-inf`` where the
+    bool mask forbids a pair.
+    """
+    bias = _check_tensor("bias", bias)
+    if not bias.is_floating_point():
+        raise TypeError(f"bias must be floating point (additive), got {bias.dtype}")
+    if attn_mask is None:
+        return bias
+    if attn_mask.dtype == torch.bool:
+        return bias.masked_fill(~attn_mask, float("-inf"))
+    return bias + attn_mask
 
 
 def from_hf_attention_mask(

@@ -158,13 +158,30 @@ def test_learned_hybrid_weight_gets_gradients(tiny):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [({"softcap": 30.0}, "softcap"), ({"s_aux": torch.zeros(4)}, "sinks"),
-     ({"position_bias": torch.zeros(1, 4, 5, 5)}, "position_bias"),
      ({"cu_seq_lens_q": torch.tensor([0, 5])}, "packed"), ({"sliding_window": 2}, "sliding_window")],
 )
 def test_unsupported_keywords_raise(kwargs, match):
     q = k = v = torch.randn(1, 4, 5, 8)
     with pytest.raises(ValueError, match=match):
         probattn_attention(_Attention(LayerSettings("softmax"), 4), q, k, v, None, **kwargs)
+
+
+@pytest.mark.parametrize("normalization", ["softmax", "doubly", "sinkhorn"])
+def test_position_bias_is_added_per_pair_before_normalizing(normalization):
+    """T5 passes a relative-position bias per (query, key) pair: added to the scores, then normalized."""
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 5, 8, generator=gen, dtype=torch.float64) for _ in range(3))
+    bias = 2 * torch.randn(1, 4, 5, 5, generator=gen, dtype=torch.float64)
+    valid = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    hf_mask = valid[:, None, None, :].expand(2, 1, 5, 5)  # as sdpa_mask: key columns only
+    module = _Attention(LayerSettings(normalization), 4)
+    out, weights = probattn_attention(module, q, k, v, hf_mask, scaling=1.0, position_bias=bias,
+                                      output_attentions=True)
+    allowed = (valid[:, None, :, None] & valid[:, None, None, :]).expand(2, 4, 5, 5)
+    want_out, want_w = reference_attention(q, k, v, normalization=normalization, allowed=allowed, bias=bias, scale=1.0)
+    real = valid[:, :, None, None].expand(2, 5, 4, 8)
+    torch.testing.assert_close(out[real], want_out.transpose(1, 2)[real])
+    torch.testing.assert_close(weights[allowed], want_w[allowed])
 
 
 def test_causal_module_without_mask_stays_causal():

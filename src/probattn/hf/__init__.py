@@ -3,13 +3,23 @@
 The only part of probattn that imports ``transformers`` (install ``probattn[hf]``).
 """
 
-from probattn.hf.attention import ATTENTION_NAME, HybridWeight, LayerSettings, probattn_attention, register
+from probattn.hf.attention import (
+    ATTENTION_NAME,
+    NAMES,
+    HybridWeight,
+    LayerSettings,
+    probattn_attention,
+    register,
+)
 from probattn.hf.convert import attention_modules, convert, repulsive_heads
 from probattn.hf.pretrained import PRETRAINED, load, load_model, load_pretrained
 from probattn.hf.trainer import RepulsiveCallback, Trainer
 
+register()  # attn_implementation="probattn", "probattn_doubly", ... work in from_pretrained after import
+
 __all__ = [
     "ATTENTION_NAME",
+    "NAMES",
     "PRETRAINED",
     "HybridWeight",
     "LayerSettings",
