@@ -237,3 +237,71 @@ def test_cached_generation_matches_the_original(tiny, family):
     assert torch.equal(want.sequences, got.sequences)
     for a, b in zip(want.logits, got.logits):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+# ---- attn_implementation="probattn_*" in from_pretrained ----
+
+def _quiet_convert(model, **options):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return convert(model, **options)
+
+
+@pytest.mark.parametrize("name", ["probattn", "probattn_doubly", "probattn_hybrid", "probattn_sinkhorn"])
+def test_from_pretrained_accepts_the_probattn_names(tiny, tmp_path, name, recwarn, caplog):
+    tiny.build("bert", initializer_range=0.5).save_pretrained(tmp_path)
+    model = transformers.AutoModel.from_pretrained(tmp_path, attn_implementation=name).eval()
+    assert model.config._attn_implementation == name
+    normalization = {"probattn": "softmax"}.get(name, name.removeprefix("probattn_"))
+    want = _quiet_convert(transformers.AutoModel.from_pretrained(tmp_path).eval(), normalization=normalization)
+    ids, mask = tiny.text_batch("bert", [7, 4])
+    recwarn.clear()
+    caplog.clear()
+    with torch.no_grad():
+        got = model(input_ids=ids, attention_mask=mask, output_attentions=True)
+        ref = want(input_ids=ids, attention_mask=mask, output_attentions=True)
+    assert not recwarn.list and not [r for r in caplog.records if r.levelname == "WARNING"]  # no fallback warning
+    assert len(got.attentions) == 2
+    for a, b in zip(got.attentions, ref.attentions):
+        assert torch.equal(a, b)
+    if name != "probattn":  # every real key receives at least 1/N of the attention (hybrid 0.5: (1 - 0.5)/N)
+        floor = 0.5 if name == "probattn_hybrid" else 1.0
+        valid = mask.bool()
+        received = (got.attentions[0] * valid[:, None, :, None]).sum(-2)
+        assert (received * valid.sum(-1)[:, None, None])[valid[:, None, :].expand_as(received)].min() >= floor - 1e-4
+
+
+def test_column_normalized_name_on_a_decoder_raises_at_the_first_forward(tiny, tmp_path):
+    tiny.build("gpt2").save_pretrained(tmp_path)
+    model = transformers.AutoModel.from_pretrained(tmp_path, attn_implementation="probattn_doubly")
+    ids, mask = tiny.text_batch("gpt2", [5, 3], left=True)
+    with pytest.raises(ValueError, match=r"'doubly' on the causal or decoder attention layer GPT2Attention.*convert"):
+        model(input_ids=ids, attention_mask=mask)
+
+
+@pytest.mark.parametrize("options", [{"normalization": "doubly"}, {"normalization": "hybrid", "hybrid_alpha": 0.3},
+                                     {"normalization": "sinkhorn", "sinkhorn_iters": 2}])
+def test_saved_conversion_reloads_with_plain_from_pretrained(tiny, tmp_path, options):
+    model = _quiet_convert(tiny.build("bert", initializer_range=0.5), **options)
+    model.save_pretrained(tmp_path)
+    plain = transformers.AutoModel.from_pretrained(tmp_path).eval()
+    assert plain.config._attn_implementation == "probattn"
+    assert not any(hasattr(m, SETTINGS_ATTR) for m in plain.modules())  # settings come from config.json
+    ids, mask = tiny.text_batch("bert", [7, 4])
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        got = plain(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert torch.equal(want, got)
+
+
+@pytest.mark.parametrize("options", [{"normalization": "doubly", "layers": [0]},
+                                     {"normalization": "hybrid", "hybrid_alpha": "learned"},
+                                     {"normalization": "softmax", "alignment": "ct"}])
+def test_saved_conversion_that_needs_load_says_so(tiny, tmp_path, options):
+    _quiet_convert(tiny.build("bert"), **options).save_pretrained(tmp_path)
+    plain = transformers.AutoModel.from_pretrained(tmp_path)
+    ids, mask = tiny.text_batch("bert", [7, 4])
+    with pytest.raises(ValueError, match=r"load it with probattn\.hf\.load\(path\)"):
+        plain(input_ids=ids, attention_mask=mask)
