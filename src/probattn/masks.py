@@ -205,9 +205,11 @@ def build_mask_spec(
     if is_causal:
         causal = torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril()
         allowed = _and(allowed, causal.view(1, 1, q_len, k_len))
-    if key_valid is not None and not bool(key_valid.all()):
+    # skipping an all-True validity saves a pass in eager mode; compiled graphs fold it in (no data-dependent branch)
+    compiling = torch.compiler.is_compiling()
+    if key_valid is not None and (compiling or not bool(key_valid.all())):
         allowed = _and(allowed, key_valid.view(batch, 1, 1, k_len))
-    if query_valid is not None and not bool(query_valid.all()):
+    if query_valid is not None and (compiling or not bool(query_valid.all())):
         allowed = _and(allowed, query_valid.view(batch, 1, q_len, 1))
     return MaskSpec(
         batch=batch,
@@ -232,6 +234,8 @@ def looks_causal(spec: MaskSpec) -> bool:
     """
     if spec.causal:
         return True
+    if torch.compiler.is_compiling():  # data-dependent: checked in eager mode (and by probattn.hf.convert) only
+        return False
     if spec.allowed is None or spec.q_len != spec.k_len or spec.q_len < 2:
         return False
     n = spec.q_len

@@ -305,3 +305,28 @@ def test_saved_conversion_that_needs_load_says_so(tiny, tmp_path, options):
     ids, mask = tiny.text_batch("bert", [7, 4])
     with pytest.raises(ValueError, match=r"load it with probattn\.hf\.load\(path\)"):
         plain(input_ids=ids, attention_mask=mask)
+
+
+# ---- torch.compile ----
+
+def _compiled_matches_eager(tiny, normalization: str, backend: str) -> None:
+    model = _quiet_convert(tiny.build("bert", initializer_range=0.5), normalization=normalization)
+    ids, mask = tiny.text_batch("bert", [7, 4])
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend=backend)  # fullgraph: any graph break raises
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        got = compiled(input_ids=ids, attention_mask=mask).last_hidden_state
+    valid = mask.bool()
+    torch.testing.assert_close(got[valid], want[valid], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("normalization", ["softmax", "doubly"])
+def test_converted_model_traces_as_one_graph(tiny, normalization):
+    _compiled_matches_eager(tiny, normalization, backend="eager")  # dynamo tracing only: fast
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("normalization", ["softmax", "doubly", "hybrid", "sinkhorn"])
+def test_converted_model_compiles_with_inductor(tiny, normalization):
+    _compiled_matches_eager(tiny, normalization, backend="inductor")

@@ -169,7 +169,7 @@ def _weights_requested(kwargs: dict) -> bool:
     """
     if kwargs.get("output_attentions"):
         return True
-    if _active_collector is None:  # pragma: no cover - other transformers versions
+    if _active_collector is None or torch.compiler.is_compiling():  # dynamo cannot trace ContextVar.get  # pragma: no cover - other transformers versions
         return False
     collected = _active_collector.get()
     return bool(collected) and ("attentions" in collected or "cross_attentions" in collected)
