@@ -3,6 +3,7 @@
 The only part of probattn that imports ``transformers`` (install ``probattn[hf]``).
 """
 
+from probattn.hf.adapt import AdaptResult, adapt, sentence_cosine, sentence_embeddings
 from probattn.hf.attention import (
     ATTENTION_NAME,
     NAMES,
@@ -21,10 +22,12 @@ __all__ = [
     "ATTENTION_NAME",
     "NAMES",
     "PRETRAINED",
+    "AdaptResult",
     "HybridWeight",
     "LayerSettings",
     "RepulsiveCallback",
     "Trainer",
+    "adapt",
     "attention_modules",
     "convert",
     "load",
@@ -33,4 +36,6 @@ __all__ = [
     "probattn_attention",
     "register",
     "repulsive_heads",
+    "sentence_cosine",
+    "sentence_embeddings",
 ]
