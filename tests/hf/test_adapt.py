@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import warnings
 from importlib import resources
 from pathlib import Path
@@ -81,3 +82,27 @@ def test_bad_arguments(texts_and_tokenizer, options, error, match):
         adapt(model, reference, kwargs.pop("texts"), tokenizer=tokenizer, **kwargs)
     with pytest.raises(ValueError, match="same object"):
         adapt(model, model, texts[:4], tokenizer=tokenizer)
+
+
+def test_adapt_command_writes_a_loadable_model(texts_and_tokenizer, tmp_path, capsys):
+    from probattn.cli import main
+    from probattn.hf import load
+
+    texts, tokenizer = texts_and_tokenizer
+    _, reference = _pair("softmax")
+    model_dir = tmp_path / "bert"
+    reference.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    data = tmp_path / "sentences.txt"
+    data.write_text("\n".join(texts[:60]) + "\n")
+    code = main(["adapt", "--model", str(model_dir), "--data", str(data), "--held-out", "10", "--steps", "3",
+                 "--batch-size", "4", "--max-length", "16", "--output", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "held-out cosine to the original before adapting" in out and "after 3 steps" in out
+    report = json.loads((tmp_path / "out" / "adapt.json").read_text())
+    assert report["steps"] == 3 and report["normalization"] == "doubly" and report["held_out"] == 10
+    loaded = load(tmp_path / "out")
+    assert loaded.config.probattn["normalization"] == "doubly"
+    code = main(["adapt", "--model", str(model_dir), "--data", str(data), "--held-out", "60"])
+    assert code == 2 and "--held-out 60 must leave some to train" in capsys.readouterr().err
