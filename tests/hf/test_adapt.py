@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
+pytest.importorskip("transformers")
+import transformers
 
 from probattn.hf import adapt, convert, sentence_cosine, sentence_embeddings
 
