@@ -145,3 +145,16 @@ def test_save_load(zoo, family, tmp_path):
         a, b = _forward(zoo, family, model.eval(), batch), _forward(zoo, family, loaded, batch)
     for x, y in zip(a, b):
         assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("family", ["clip", "t5", "bart"])
+def test_plain_from_pretrained_of_a_partial_conversion_refuses_to_run(zoo, family, tmp_path):
+    """Towers and stacks with their own config objects still see the saved settings (never silently plain)."""
+    import transformers
+
+    model = zoo.build(family)
+    _convert(model, normalization="doubly", layers=_bidirectional_layers(family, model))
+    model.save_pretrained(tmp_path)
+    plain = getattr(transformers, type(model).__name__).from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"load it with probattn\.hf\.load\(path\)"):
+        plain(**zoo.inputs(family))

@@ -354,6 +354,10 @@ def convert(
         "repulsive": repulsive,
         "layers": None if layers is None else selected,
     }
+    for _, module in modules:  # sub-configs (CLIP's text / vision towers) are what their attention layers read
+        sub = getattr(module, "config", None)
+        if sub is not None and sub is not model.config and hasattr(sub, "to_dict"):
+            sub.probattn = model.config.probattn
     # written to config.json: from_pretrained(saved) switches to "probattn", which runs these settings or raises
     # (needs probattn.hf.load) and, without `import probattn.hf`, fails as an unknown attn_implementation
     model.config.attn_implementation = ATTENTION_NAME
