@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.masking_utils import sdpa_mask
 
-from probattn.functional import attention
+from probattn.functional import COLUMN_NORMALIZED, attention
 from probattn.masks import add_bias, build_mask_spec, from_hf_attention_mask
 from probattn.nn.hooks import is_observed, observe_qk
 
@@ -52,7 +52,6 @@ NAMES: dict[str, str | None] = {
     "probattn_hybrid": "hybrid",
     "probattn_sinkhorn": "sinkhorn",
 }
-COLUMN_NORMALIZED_NAMES = ("doubly", "hybrid", "sinkhorn")
 SETTINGS_ATTR = "probattn_settings"
 HYBRID_ATTR = "probattn_hybrid"
 
@@ -149,7 +148,7 @@ def _settings(module: nn.Module, forced: str | None) -> tuple[str, float | str, 
 
 
 def _check_not_causal(module: nn.Module, normalization: str, is_causal: bool) -> None:
-    if normalization not in COLUMN_NORMALIZED_NAMES:
+    if normalization not in COLUMN_NORMALIZED:
         return
     if is_causal or getattr(module, "is_causal", False) or getattr(module, "is_decoder", False) \
             or getattr(module, "is_cross_attention", False):
@@ -169,7 +168,8 @@ def _weights_requested(kwargs: dict) -> bool:
     """
     if kwargs.get("output_attentions"):
         return True
-    if _active_collector is None or torch.compiler.is_compiling():  # dynamo cannot trace ContextVar.get  # pragma: no cover - other transformers versions
+    # dynamo cannot trace ContextVar.get: compiled models return weights only for output_attentions=True
+    if _active_collector is None or torch.compiler.is_compiling():
         return False
     collected = _active_collector.get()
     return bool(collected) and ("attentions" in collected or "cross_attentions" in collected)
