@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--time-budget", type=float, default=300.0, help="CPU seconds for adapt")
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--pooled-weight", type=float, default=1.0)
     parser.add_argument("--held-out", type=int, default=400)
     parser.add_argument("--probe-train", type=int, default=600)
     parser.add_argument("--threads", type=int, default=1)
@@ -68,7 +69,8 @@ def main() -> None:
     eval_cpu = time.process_time() - cpu0
     print(f"held-out cosine before: {cosine(before_test, ref_test):.4f} (embedding CPU {eval_cpu:.0f} s)", flush=True)
     result = adapt(model, reference, splits.train.texts, tokenizer=tokenizer, steps=args.steps,
-                   batch_size=args.batch_size, lr=args.lr, time_budget=args.time_budget,
+                   batch_size=args.batch_size, lr=args.lr, pooled_weight=args.pooled_weight,
+                   time_budget=args.time_budget,
                    log=lambda s, loss: print(f"step {s} loss {loss:.4f} cpu {time.process_time() - cpu0:.0f}", flush=True))
     after_train, after_test = embed(model)
     correct = {"original": probe(ref_train, ref_test), "converted": probe(before_train, before_test),
@@ -78,7 +80,8 @@ def main() -> None:
              for name in ("converted", "adapted")}
     tests["adapted vs converted"] = asdict(paired_bootstrap(correct["converted"], correct["adapted"]))
     report = {
-        "normalization": args.normalization, "lr": args.lr, "batch_size": args.batch_size, "threads": args.threads,
+        "normalization": args.normalization, "lr": args.lr, "pooled_weight": args.pooled_weight,
+        "batch_size": args.batch_size, "threads": args.threads,
         "steps": result.steps, "adapt_cpu_seconds": result.cpu_seconds, "adapt_wall_seconds": result.wall_seconds,
         "cosine_before": cosine(before_test, ref_test), "cosine_after": cosine(after_test, ref_test),
         "held_out": len(test_x), "probe_train": len(probe_x), "probe_accuracy": rows,

@@ -74,6 +74,7 @@ def test_sentence_embeddings_mean_pool_real_tokens(texts_and_tokenizer):
     ({"steps": 0}, ValueError, "steps must be a positive integer"),
     ({"lr": 0.0}, ValueError, "lr must be"),
     ({"time_budget": -1}, ValueError, "time_budget"),
+    ({"pooled_weight": -1.0}, ValueError, "pooled_weight"),
 ])
 def test_bad_arguments(texts_and_tokenizer, options, error, match):
     texts, tokenizer = texts_and_tokenizer

@@ -6,8 +6,9 @@ original). ``adapt`` trains the converted model on unlabeled text so that every 
 the original model's (the "teacher", run in eval mode without gradients):
 
     loss = mean over layers l of  sum_real_tokens ||h_l - h_l^ref||^2 / sum_real_tokens ||h_l^ref||^2
+           + pooled_weight * mean over sentences (1 - cos(mean-pooled h_L, mean-pooled h_L^ref))
 
-(the embedding output, layer 0, is shared and left out). Only the converted model's parameters move.
+(the embedding output, layer 0, is shared and left out; ``h_L`` is the last layer). Only the converted model's parameters move.
 :func:`sentence_cosine` measures the result on held-out text: the cosine between the two models' mean-pooled
 sentence embeddings (how sentence-transformers pools all-MiniLM-L6-v2).
 """
@@ -103,6 +104,7 @@ def adapt(
     lr: float = 1e-4,
     max_length: int = 64,
     seed: int = 0,
+    pooled_weight: float = 1.0,
     time_budget: float | None = None,
     log: Callable[[int, float], None] | None = None,
 ) -> AdaptResult:
@@ -116,6 +118,7 @@ def adapt(
         tokenizer: a Hugging Face tokenizer for both models; sequences are cut at ``max_length`` tokens.
         steps: optimizer steps (at most; ``time_budget`` seconds of CPU time may stop it earlier).
         lr: AdamW learning rate (weight decay 0; constant).
+        pooled_weight: weight of the sentence-embedding term (cosine of mean-pooled last hidden states).
         log: called as ``log(step, loss)`` every 25 steps and at the end.
 
     Returns:
@@ -126,6 +129,8 @@ def adapt(
                                      (("steps", steps), ("batch_size", batch_size), ("max_length", max_length)))
     if not isinstance(lr, numbers.Real) or isinstance(lr, bool) or not 0 < float(lr) < 1:
         raise ValueError(f"lr must be a float in (0, 1), got {lr!r}")
+    if isinstance(pooled_weight, bool) or not isinstance(pooled_weight, numbers.Real) or pooled_weight < 0:
+        raise ValueError(f"pooled_weight must be a number >= 0, got {pooled_weight!r}")
     if time_budget is not None and (not isinstance(time_budget, numbers.Real) or time_budget <= 0):
         raise ValueError(f"time_budget must be a positive number of CPU seconds or None, got {time_budget!r}")
     if model is reference:
@@ -149,6 +154,10 @@ def adapt(
                              "layer and needs the same architecture")
         loss = sum(((g - w)[real].float().square().sum() / w[real].float().square().sum().clamp_min(1e-12))
                    for g, w in zip(got, want)) / len(got)
+        if pooled_weight:
+            real_f = real.unsqueeze(-1).float()
+            pooled = [(h.float() * real_f).sum(1) / real_f.sum(1) for h in (got[-1], want[-1])]
+            loss = loss + pooled_weight * (1 - nn.functional.cosine_similarity(*pooled, dim=-1)).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -33,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--pooled-weight", type=float, default=1.0,
+                        help="weight of the sentence-embedding cosine term (default 1; 0 = hidden states only)")
     parser.add_argument("--time-budget", type=float, default=None, help="stop after this many CPU seconds")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=None, help="directory for the adapted model and adapt.json")
@@ -68,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     before = sentence_cosine(model, reference, tokenizer, held)
     print(f"held-out cosine to the original before adapting: {before:.4f} ({len(held)} sentences)", flush=True)
     result = adapt(model, reference, train_texts, tokenizer=tokenizer, steps=args.steps, batch_size=args.batch_size,
-                   lr=args.lr, max_length=args.max_length, seed=args.seed, time_budget=args.time_budget,
+                   lr=args.lr, max_length=args.max_length, seed=args.seed, pooled_weight=args.pooled_weight,
+                   time_budget=args.time_budget,
                    log=lambda step, loss: print(f"step {step}: loss {loss:.4f}", flush=True))
     after = sentence_cosine(model, reference, tokenizer, held)
     print(f"held-out cosine after {result.steps} steps: {after:.4f} (CPU {result.cpu_seconds:.0f} s, "
@@ -78,9 +81,11 @@ def run(args: argparse.Namespace) -> int:
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
         report = {"model": args.model, "normalization": args.normalization, "steps": result.steps,
+                  "hybrid_alpha": args.hybrid_alpha, "sinkhorn_iters": args.sinkhorn_iters,
                   "cosine_before": before, "cosine_after": after, "cpu_seconds": result.cpu_seconds,
                   "wall_seconds": result.wall_seconds, "losses": result.losses, "held_out": len(held),
-                  "lr": args.lr, "batch_size": args.batch_size, "max_length": args.max_length}
+                  "lr": args.lr, "pooled_weight": args.pooled_weight, "batch_size": args.batch_size,
+                  "max_length": args.max_length}
         (out / "adapt.json").write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {out} (load it with probattn.hf.load)")
     return 0
