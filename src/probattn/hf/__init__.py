@@ -1,4 +1,5 @@
-"""Hugging Face integration: convert pretrained transformers to probattn attention, save / load, train.
+"""Hugging Face integration: convert pretrained transformers to probattn attention (or pick it with
+``attn_implementation="probattn_doubly"`` etc. after this import), save / load, adapt, train.
 
 The only part of probattn that imports ``transformers`` (install ``probattn[hf]``).
 """
