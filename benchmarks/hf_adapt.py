@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--time-budget", type=float, default=300.0, help="CPU seconds for adapt")
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--pooled-weight", type=float, default=1.0)
+    parser.add_argument("--pooled-weight", type=float, default=0.0)
     parser.add_argument("--held-out", type=int, default=400)
     parser.add_argument("--probe-train", type=int, default=600)
     parser.add_argument("--threads", type=int, default=1)

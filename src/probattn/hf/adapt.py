@@ -101,10 +101,10 @@ def adapt(
     tokenizer: Any,
     steps: int = 300,
     batch_size: int = 16,
-    lr: float = 1e-4,
+    lr: float = 3e-4,
     max_length: int = 64,
     seed: int = 0,
-    pooled_weight: float = 1.0,
+    pooled_weight: float = 0.0,
     time_budget: float | None = None,
     log: Callable[[int, float], None] | None = None,
 ) -> AdaptResult:

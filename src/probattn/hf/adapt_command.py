@@ -33,8 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--max-length", type=int, default=64)
-    parser.add_argument("--pooled-weight", type=float, default=1.0,
-                        help="weight of the sentence-embedding cosine term (default 1; 0 = hidden states only)")
+    parser.add_argument("--pooled-weight", type=float, default=0.0,
+                        help="weight of the sentence-embedding cosine term (default 0: hidden states only)")
     parser.add_argument("--time-budget", type=float, default=None, help="stop after this many CPU seconds")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=None, help="directory for the adapted model and adapt.json")
