@@ -1,9 +1,10 @@
 """``adapt(model, reference, texts)``: distil a converted model back toward the original's hidden states.
 
 Pretrained weights were trained for softmax attention. After ``convert(model, normalization="doubly")`` the
-same weights give different hidden states (all-MiniLM-L6-v2: sentence embeddings at cosine 0.49 to the
-original). ``adapt`` trains the converted model on unlabeled text so that every layer's hidden states match
-the original model's (the "teacher", run in eval mode without gradients):
+same weights give different hidden states (all-MiniLM-L6-v2: sentence embeddings at cosine 0.50 to the
+original on 400 held-out Rotten Tomatoes sentences). ``adapt`` trains the converted model on unlabeled text
+so that every layer's hidden states match the original model's (the "teacher", run in eval mode without
+gradients):
 
     loss = mean over layers l of  sum_real_tokens ||h_l - h_l^ref||^2 / sum_real_tokens ||h_l^ref||^2
            + pooled_weight * mean over sentences (1 - cos(mean-pooled h_L, mean-pooled h_L^ref))

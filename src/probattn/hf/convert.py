@@ -364,7 +364,7 @@ def convert(
     if normalization != "softmax":
         warnings.warn(
             f"convert(normalization={normalization!r}) changes the attention of pretrained weights that were trained "
-            "for softmax: outputs move away from the original model (MiniLM sentence embeddings: cosine 0.49 for "
+            "for softmax: outputs move away from the original model (MiniLM sentence embeddings: cosine 0.50 for "
             "doubly). Fine-tune, or distil back with probattn.hf.adapt(model, original, texts) before use.",
             UserWarning, stacklevel=2,
         )
