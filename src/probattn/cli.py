@@ -1,4 +1,4 @@
-"""The ``probattn`` command line: ``train | compare | experiment | diagnose | bench``.
+"""The ``probattn`` command line: ``train | compare | experiment | diagnose | bench | adapt``.
 
 Thin by design: each command's arguments and work live in the package that owns it (a module with
 ``add_arguments(parser)`` and ``run(args) -> int``); this file only dispatches and turns expected errors into
@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "experiment": ("probattn.experiments.command", "run one of the papers' experiments at CPU scale"),
     "diagnose": ("probattn.report.diagnose", "measure head collapse, explaining away, misalignment, calibration"),
     "bench": ("probattn.benchmarking", "time attention variants against SDPA"),
+    "adapt": ("probattn.hf.adapt_command", "convert a pretrained encoder and distil it back toward the original"),
 }
 
 

@@ -31,6 +31,7 @@ from torch import Tensor
 __all__ = [
     "MASKED_AT_OR_BELOW",
     "MaskSpec",
+    "add_bias",
     "blocked",
     "build_mask_spec",
     "check_column_normalizable",
@@ -238,9 +239,11 @@ def build_mask_spec(
     if is_causal:
         causal = torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril()
         allowed = _and(allowed, causal.view(1, 1, q_len, k_len))
-    if key_valid is not None and not bool(key_valid.all()):
+    # skipping an all-True validity saves a pass in eager mode; compiled graphs fold it in (no data-dependent branch)
+    compiling = torch.compiler.is_compiling()
+    if key_valid is not None and (compiling or not bool(key_valid.all())):
         allowed = _and(allowed, key_valid.view(batch, 1, 1, k_len))
-    if query_valid is not None and not bool(query_valid.all()):
+    if query_valid is not None and (compiling or not bool(query_valid.all())):
         allowed = _and(allowed, query_valid.view(batch, 1, q_len, 1))
     return MaskSpec(
         batch=batch,
@@ -386,6 +389,21 @@ def from_torch_mha(
         else:
             raise TypeError(f"key_padding_mask must be bool (True = padding) or float, got {key_padding_mask.dtype}")
     return out_mask, key_valid
+
+
+def add_bias(attn_mask: Tensor | None, bias: Tensor) -> Tensor:
+    """Fold a finite additive ``bias`` (e.g. T5's relative-position bias, ``(B|1, H|1, Lq, Lk)``) into an
+    ``attn_mask`` (bool True = may attend, float additive, or None): a float additive mask, ``-inf`` where the
+    bool mask forbids a pair.
+    """
+    bias = _check_tensor("bias", bias)
+    if not bias.is_floating_point():
+        raise TypeError(f"bias must be floating point (additive), got {bias.dtype}")
+    if attn_mask is None:
+        return bias
+    if attn_mask.dtype == torch.bool:
+        return bias.masked_fill(~attn_mask, float("-inf"))
+    return bias + attn_mask
 
 
 def from_hf_attention_mask(

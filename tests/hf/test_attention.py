@@ -158,13 +158,30 @@ def test_learned_hybrid_weight_gets_gradients(tiny):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [({"softcap": 30.0}, "softcap"), ({"s_aux": torch.zeros(4)}, "sinks"),
-     ({"position_bias": torch.zeros(1, 4, 5, 5)}, "position_bias"),
      ({"cu_seq_lens_q": torch.tensor([0, 5])}, "packed"), ({"sliding_window": 2}, "sliding_window")],
 )
 def test_unsupported_keywords_raise(kwargs, match):
     q = k = v = torch.randn(1, 4, 5, 8)
     with pytest.raises(ValueError, match=match):
         probattn_attention(_Attention(LayerSettings("softmax"), 4), q, k, v, None, **kwargs)
+
+
+@pytest.mark.parametrize("normalization", ["softmax", "doubly", "sinkhorn"])
+def test_position_bias_is_added_per_pair_before_normalizing(normalization):
+    """T5 passes a relative-position bias per (query, key) pair: added to the scores, then normalized."""
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 5, 8, generator=gen, dtype=torch.float64) for _ in range(3))
+    bias = 2 * torch.randn(1, 4, 5, 5, generator=gen, dtype=torch.float64)
+    valid = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    hf_mask = valid[:, None, None, :].expand(2, 1, 5, 5)  # as sdpa_mask: key columns only
+    module = _Attention(LayerSettings(normalization), 4)
+    out, weights = probattn_attention(module, q, k, v, hf_mask, scaling=1.0, position_bias=bias,
+                                      output_attentions=True)
+    allowed = (valid[:, None, :, None] & valid[:, None, None, :]).expand(2, 4, 5, 5)
+    want_out, want_w = reference_attention(q, k, v, normalization=normalization, allowed=allowed, bias=bias, scale=1.0)
+    real = valid[:, :, None, None].expand(2, 5, 4, 8)
+    torch.testing.assert_close(out[real], want_out.transpose(1, 2)[real])
+    torch.testing.assert_close(weights[allowed], want_w[allowed])
 
 
 def test_causal_module_without_mask_stays_causal():
@@ -220,3 +237,96 @@ def test_cached_generation_matches_the_original(tiny, family):
     assert torch.equal(want.sequences, got.sequences)
     for a, b in zip(want.logits, got.logits):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+# ---- attn_implementation="probattn_*" in from_pretrained ----
+
+def _quiet_convert(model, **options):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return convert(model, **options)
+
+
+@pytest.mark.parametrize("name", ["probattn", "probattn_doubly", "probattn_hybrid", "probattn_sinkhorn"])
+def test_from_pretrained_accepts_the_probattn_names(tiny, tmp_path, name, recwarn, caplog):
+    tiny.build("bert", initializer_range=0.5).save_pretrained(tmp_path)
+    model = transformers.AutoModel.from_pretrained(tmp_path, attn_implementation=name).eval()
+    assert model.config._attn_implementation == name
+    normalization = {"probattn": "softmax"}.get(name, name.removeprefix("probattn_"))
+    want = _quiet_convert(transformers.AutoModel.from_pretrained(tmp_path).eval(), normalization=normalization)
+    ids, mask = tiny.text_batch("bert", [7, 4])
+    recwarn.clear()
+    caplog.clear()
+    with torch.no_grad():
+        got = model(input_ids=ids, attention_mask=mask, output_attentions=True)
+        ref = want(input_ids=ids, attention_mask=mask, output_attentions=True)
+    assert not recwarn.list and not [r for r in caplog.records if r.levelname == "WARNING"]  # no fallback warning
+    assert len(got.attentions) == 2
+    for a, b in zip(got.attentions, ref.attentions):
+        assert torch.equal(a, b)
+    if name != "probattn":  # every real key receives at least 1/N of the attention (hybrid 0.5: (1 - 0.5)/N)
+        floor = 0.5 if name == "probattn_hybrid" else 1.0
+        valid = mask.bool()
+        received = (got.attentions[0] * valid[:, None, :, None]).sum(-2)
+        assert (received * valid.sum(-1)[:, None, None])[valid[:, None, :].expand_as(received)].min() >= floor - 1e-4
+
+
+def test_column_normalized_name_on_a_decoder_raises_at_the_first_forward(tiny, tmp_path):
+    tiny.build("gpt2").save_pretrained(tmp_path)
+    model = transformers.AutoModel.from_pretrained(tmp_path, attn_implementation="probattn_doubly")
+    ids, mask = tiny.text_batch("gpt2", [5, 3], left=True)
+    with pytest.raises(ValueError, match=r"'doubly' on the causal or decoder attention layer GPT2Attention.*convert"):
+        model(input_ids=ids, attention_mask=mask)
+
+
+@pytest.mark.parametrize("options", [{"normalization": "doubly"}, {"normalization": "hybrid", "hybrid_alpha": 0.3},
+                                     {"normalization": "sinkhorn", "sinkhorn_iters": 2}])
+def test_saved_conversion_reloads_with_plain_from_pretrained(tiny, tmp_path, options):
+    model = _quiet_convert(tiny.build("bert", initializer_range=0.5), **options)
+    model.save_pretrained(tmp_path)
+    plain = transformers.AutoModel.from_pretrained(tmp_path).eval()
+    assert plain.config._attn_implementation == "probattn"
+    assert not any(hasattr(m, SETTINGS_ATTR) for m in plain.modules())  # settings come from config.json
+    ids, mask = tiny.text_batch("bert", [7, 4])
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        got = plain(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert torch.equal(want, got)
+
+
+@pytest.mark.parametrize("options", [{"normalization": "doubly", "layers": [0]},
+                                     {"normalization": "hybrid", "hybrid_alpha": "learned"},
+                                     {"normalization": "softmax", "alignment": "ct"}])
+def test_saved_conversion_that_needs_load_says_so(tiny, tmp_path, options):
+    _quiet_convert(tiny.build("bert"), **options).save_pretrained(tmp_path)
+    plain = transformers.AutoModel.from_pretrained(tmp_path)
+    ids, mask = tiny.text_batch("bert", [7, 4])
+    with pytest.raises(ValueError, match=r"load it with probattn\.hf\.load\(path\)"):
+        plain(input_ids=ids, attention_mask=mask)
+
+
+# ---- torch.compile ----
+
+def _compiled_matches_eager(tiny, normalization: str, backend: str) -> None:
+    model = _quiet_convert(tiny.build("bert", initializer_range=0.5), normalization=normalization)
+    ids, mask = tiny.text_batch("bert", [7, 4])
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend=backend)  # fullgraph: any graph break raises
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        got = compiled(input_ids=ids, attention_mask=mask).last_hidden_state
+    valid = mask.bool()
+    torch.testing.assert_close(got[valid], want[valid], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("normalization", ["softmax", "doubly"])
+def test_converted_model_traces_as_one_graph(tiny, normalization):
+    _compiled_matches_eager(tiny, normalization, backend="eager")  # dynamo tracing only: fast
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("normalization", ["softmax", "doubly", "hybrid", "sinkhorn"])
+def test_converted_model_compiles_with_inductor(tiny, normalization):
+    _compiled_matches_eager(tiny, normalization, backend="inductor")

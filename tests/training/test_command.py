@@ -98,3 +98,26 @@ def test_sentence_pairs(tmp_path, sample_csv, capsys):
                           "same", *FAST], capsys)
     assert code == 0, err
     assert "test: accuracy" in out
+
+
+@pytest.mark.hf
+def test_train_a_local_hugging_face_directory(tmp_path, sample_csv, capsys):
+    transformers = pytest.importorskip("transformers")
+    words = sorted({w for line in sample_csv.read_text().lower().splitlines()[1:] for w in line.split()[:-1]})[:200]
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    model_dir = tmp_path / "my-bert"
+    transformers.BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(model_dir)
+    config = transformers.BertConfig(vocab_size=205, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=32)
+    transformers.BertModel(config).save_pretrained(model_dir)
+    argv = ["--model", str(model_dir), "--normalization", "doubly", "--data", str(sample_csv), "--text-column", "text",
+            "--label-column", "label", "--max-length", "16", "--batch-size", "8", "--max-steps", "2", "--no-progress",
+            "--output", str(tmp_path / "out")]
+    with pytest.warns(UserWarning, match="changes the attention of pretrained weights"):
+        code, out, err = run(argv, capsys)
+    assert code == 0, err
+    assert "test: accuracy" in out
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["model"] == str(model_dir)
+    code, _, err = run(["--model", str(tmp_path / "nowhere"), *FAST], capsys)
+    assert code == 2 and "or a local Hugging Face model directory (with config.json)" in err

@@ -136,7 +136,12 @@ def _expand_kv(x: Tensor, groups: int) -> Tensor:
 
 
 def _all_finite(t: Tensor) -> bool:
-    """One read pass, no temporary of ``t``'s size: NaN propagates to both extremes and +-inf shows in one."""
+    """One read pass, no temporary of ``t``'s size: NaN propagates to both extremes and +-inf shows in one.
+
+    Under ``torch.compile`` the check is skipped (a data-dependent branch breaks the graph); eager runs check.
+    """
+    if torch.compiler.is_compiling():
+        return True
     low, high = torch.aminmax(t)
     return bool(torch.isfinite(low) & torch.isfinite(high))
 

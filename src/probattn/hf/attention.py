@@ -11,9 +11,19 @@ every attention layer of a model whose ``config._attn_implementation`` names ``f
   (causality then comes from ``module.is_causal``).
 * returns ``(out (B, Lq, H, d_v), weights (B, H, Lq, Lk) or None)``.
 
-The function reads the per-layer settings that :func:`probattn.hf.convert` stores on each attention module
-(``module.probattn_settings``; a module without settings runs plain softmax) and hands the work to
-:func:`probattn.functional.attention` and the mask reading to :mod:`probattn.masks`.
+Names registered (all with the ``sdpa`` mask function), usable as
+``from_pretrained(path, attn_implementation=NAME)`` after ``import probattn.hf``:
+
+* ``"probattn"``: the per-layer settings :func:`probattn.hf.convert` stores on each attention module
+  (``module.probattn_settings``); a module without them reads ``module.config.probattn`` (a model saved after
+  ``convert`` and reloaded with plain ``from_pretrained``) and raises when those settings need
+  :func:`probattn.hf.load` (per-layer choice, learned hybrid weights, alignment networks); without either it
+  runs plain softmax.
+* ``"probattn_doubly"``, ``"probattn_hybrid"``, ``"probattn_sinkhorn"``: that normalization on every layer
+  (``hybrid_alpha`` / ``sinkhorn_iters`` from ``config.probattn`` when it names the same normalization, else
+  0.5 / 3), unless ``convert`` stored settings on the module.
+
+The work goes to :func:`probattn.functional.attention`, the mask reading to :mod:`probattn.masks`.
 """
 
 from __future__ import annotations
@@ -25,8 +35,8 @@ from torch import Tensor, nn
 from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.masking_utils import sdpa_mask
 
-from probattn.functional import attention
-from probattn.masks import build_mask_spec, from_hf_attention_mask
+from probattn.functional import COLUMN_NORMALIZED, attention
+from probattn.masks import add_bias, build_mask_spec, from_hf_attention_mask
 from probattn.nn.hooks import is_observed, observe_qk
 
 try:  # transformers' output-capturing hooks (GPT-2 collects weights there); imported once, read every forward
@@ -35,10 +45,17 @@ except ImportError:  # pragma: no cover - other transformers versions
     _active_collector = None
 
 ATTENTION_NAME = "probattn"
+# attn_implementation name -> the normalization it forces (None: the settings convert stored)
+NAMES: dict[str, str | None] = {
+    ATTENTION_NAME: None,
+    "probattn_doubly": "doubly",
+    "probattn_hybrid": "hybrid",
+    "probattn_sinkhorn": "sinkhorn",
+}
 SETTINGS_ATTR = "probattn_settings"
 HYBRID_ATTR = "probattn_hybrid"
 
-__all__ = ["ATTENTION_NAME", "HybridWeight", "LayerSettings", "probattn_attention", "register"]
+__all__ = ["ATTENTION_NAME", "NAMES", "HybridWeight", "LayerSettings", "probattn_attention", "register"]
 
 
 @dataclass(frozen=True)
@@ -74,7 +91,6 @@ _UNSUPPORTED = {
     "softcap": "tanh soft-capping of the scores (Gemma-2 style)",
     "s_aux": "attention sinks",
     "sinks": "attention sinks",
-    "position_bias": "an additive relative-position bias (T5 style)",
     "cu_seq_lens_q": "packed variable-length sequences",
     "cu_seq_lens_k": "packed variable-length sequences",
     "cache": "a paged KV cache",
@@ -102,6 +118,48 @@ def _check_kwargs(kwargs: dict, attention_mask: object, k_len: int) -> None:
         )
 
 
+def _needs_load(cfg: dict) -> bool:
+    """Whether saved settings are more than one normalization on every layer (then only probattn.hf.load can
+    rebuild them: per-layer choice, learned hybrid weights, alignment networks)."""
+    return cfg.get("layers") is not None or cfg.get("hybrid_alpha") == "learned" or cfg.get("alignment") is not None
+
+
+def _settings(module: nn.Module, forced: str | None) -> tuple[str, float | str, int]:
+    """``(normalization, hybrid_alpha, sinkhorn_iters)`` of ``module`` under an attn_implementation name."""
+    settings = getattr(module, SETTINGS_ATTR, None)
+    if settings is not None:
+        return settings.normalization, settings.hybrid_alpha, settings.sinkhorn_iters
+    cfg = getattr(getattr(module, "config", None), "probattn", None)
+    cfg = cfg if isinstance(cfg, dict) else {}
+    if forced is None:
+        if not cfg:
+            return "softmax", 0.5, 3
+        if _needs_load(cfg):
+            raise ValueError(
+                "this model was saved after probattn.hf.convert with per-layer settings, learned hybrid weights "
+                "or alignment networks (config.probattn), which transformers' from_pretrained does not rebuild; "
+                "load it with probattn.hf.load(path)"
+            )
+        forced = cfg.get("normalization", "softmax")
+    same = cfg.get("normalization") == forced
+    alpha = cfg.get("hybrid_alpha") if same and cfg.get("hybrid_alpha") is not None else 0.5
+    iters = cfg.get("sinkhorn_iters", 3) if same else 3
+    return forced, alpha, int(iters)
+
+
+def _check_not_causal(module: nn.Module, normalization: str, is_causal: bool) -> None:
+    if normalization not in COLUMN_NORMALIZED:
+        return
+    if is_causal or getattr(module, "is_causal", False) or getattr(module, "is_decoder", False) \
+            or getattr(module, "is_cross_attention", False):
+        raise ValueError(
+            f"normalization={normalization!r} on the causal or decoder attention layer {type(module).__name__}: a "
+            "key's column sum runs over all queries, future ones included. Load the model with "
+            "attn_implementation='probattn' and call probattn.hf.convert(model, normalization=..., layers=...) "
+            "on its encoder layers only, or use normalization='softmax'."
+        )
+
+
 def _weights_requested(kwargs: dict) -> bool:
     """Whether the caller collects attention weights (``output_attentions=True``).
 
@@ -110,7 +168,8 @@ def _weights_requested(kwargs: dict) -> bool:
     """
     if kwargs.get("output_attentions"):
         return True
-    if _active_collector is None:  # pragma: no cover - other transformers versions
+    # dynamo cannot trace ContextVar.get: compiled models return weights only for output_attentions=True
+    if _active_collector is None or torch.compiler.is_compiling():
         return False
     collected = _active_collector.get()
     return bool(collected) and ("attentions" in collected or "cross_attentions" in collected)
@@ -124,17 +183,21 @@ def probattn_attention(
     attention_mask: Tensor | None,
     scaling: float | None = None,
     dropout: float = 0.0,
+    *,
+    _forced: str | None = None,
     **kwargs,
 ) -> tuple[Tensor, Tensor | None]:
     """Attention for a Hugging Face layer with the normalization stored on ``module`` (see module docstring).
 
-    Also passes the per-head ``query`` and ``key`` with their validity to
-    :func:`probattn.nn.hooks.observe_qk` (alignment regularizers, diagnostics probes).
+    ``position_bias`` (T5: ``(B|1, H, Lq, Lk)`` additive, per query-key pair) is added to the scores before
+    the normalization, as T5's own attention does. Also passes the per-head ``query`` and ``key`` with their
+    validity to :func:`probattn.nn.hooks.observe_qk` (alignment regularizers, diagnostics probes).
     """
     _check_kwargs(kwargs, attention_mask, key.shape[2])
-    settings: LayerSettings = getattr(module, SETTINGS_ATTR, SOFTMAX)
+    normalization, hybrid_alpha, sinkhorn_iters = _settings(module, _forced)
     batch, _, q_len, _ = query.shape
     is_causal = kwargs.get("is_causal")
+    _check_not_causal(module, normalization, bool(is_causal))
     if is_causal is None:
         is_causal = getattr(module, "is_causal", False)
     # as transformers' sdpa integration: causality comes from the module only when no mask was built
@@ -154,32 +217,49 @@ def probattn_attention(
             key_valid = None if seen is None else seen.reshape(seen.shape[0], k_len).expand(batch, k_len)
         observe_qk(module, query, key, query_valid=query_valid, key_valid=key_valid)
 
-    hybrid_alpha = settings.hybrid_alpha
+    position_bias = kwargs.get("position_bias")
+    if position_bias is not None:
+        attn_mask = add_bias(attn_mask, position_bias[..., -q_len:, :k_len])
     if hybrid_alpha == "learned":
         hybrid_alpha = getattr(module, HYBRID_ATTR)()
     want_weights = _weights_requested(kwargs)
     result = attention(
         query, key, value,
-        normalization=settings.normalization,
+        normalization=normalization,
         attn_mask=attn_mask,
         query_padding_mask=query_valid,
         is_causal=is_causal,
         scale=scaling,
         dropout_p=float(dropout) if module.training else 0.0,
         hybrid_alpha=hybrid_alpha,
-        sinkhorn_iters=settings.sinkhorn_iters,
+        sinkhorn_iters=sinkhorn_iters,
         return_weights=want_weights,
     )
     out, weights = result if want_weights else (result, None)
     return out.transpose(1, 2).contiguous(), weights
 
 
+def _named(normalization: str):
+    def fn(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        return probattn_attention(module, query, key, value, attention_mask, scaling, dropout,
+                                  _forced=normalization, **kwargs)
+
+    fn.__name__ = fn.__qualname__ = f"probattn_{normalization}_attention"
+    fn.__doc__ = f"probattn_attention with normalization={normalization!r} unless convert stored settings."
+    return fn
+
+
+_FUNCTIONS = {name: probattn_attention if norm is None else _named(norm) for name, norm in NAMES.items()}
+
+
 def register() -> str:
-    """Register :func:`probattn_attention` and the ``sdpa`` mask function under ``"probattn"`` (idempotent).
+    """Register the attention functions and the ``sdpa`` mask function under every name of :data:`NAMES`
+    (idempotent; done on ``import probattn.hf``); returns ``"probattn"``, the name ``convert`` switches to.
 
     Both registrations are process-global in transformers; the mask function must carry the same name, or
     transformers passes ``attention_mask=None`` and padding and causal masks are silently lost.
     """
-    AttentionInterface.register(ATTENTION_NAME, probattn_attention)
-    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+    for name, fn in _FUNCTIONS.items():
+        AttentionInterface.register(name, fn)
+        AttentionMaskInterface.register(name, sdpa_mask)
     return ATTENTION_NAME

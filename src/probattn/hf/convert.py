@@ -4,14 +4,20 @@ What convert does, in order (nothing is changed when a check fails):
 
 1. checks the options and that the model family routes attention through transformers' ``AttentionInterface``
    (DeBERTa, GPT-J, BLOOM, ... do not: they would silently keep their own attention);
-2. refuses column-normalized schemes (``"doubly"``, ``"hybrid"``, ``"sinkhorn"``) on causal attention and
-   on the cross-attention of a decoder: a key's column sum runs over all queries, future ones included;
+2. refuses column-normalized schemes (``"doubly"``, ``"hybrid"``, ``"sinkhorn"``) on causal attention (a
+   module with ``is_causal``, or one whose caller passes ``is_causal=True`` with a causal mask, as CLIP's text
+   tower does) and on the cross-attention of a decoder: a key's column sum runs over all queries, future
+   ones included;
 3. registers :func:`probattn.hf.attention.probattn_attention` and its mask function, switches the model to
    it and verifies that ``model.config._attn_implementation`` took the new value;
-4. stores a :class:`~probattn.hf.attention.LayerSettings` on each selected attention module (the others run
-   exact softmax), attaches learned hybrid weights and alignment regularizers as submodules (so that
+4. stores a :class:`~probattn.hf.attention.LayerSettings` on each attention module (softmax on the layers
+   not selected), attaches learned hybrid weights and alignment regularizers as submodules (so that
    ``save_pretrained`` writes them) and records everything in ``model.config.probattn`` (so that
-   :func:`probattn.hf.load` rebuilds them).
+   :func:`probattn.hf.load` rebuilds them) and ``config.attn_implementation = "probattn"`` (so that a plain
+   ``from_pretrained`` of the saved directory either runs the same attention or raises, never silently
+   comes back as the original model);
+5. warns when the normalization changed: pretrained weights were trained for softmax, see
+   :func:`probattn.hf.adapt`.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import functools
 import inspect
 import json
 import numbers
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -32,6 +39,7 @@ from probattn.hf.attention import (
     ATTENTION_NAME,
     HYBRID_ATTR,
     SETTINGS_ATTR,
+    SOFTMAX,
     HybridWeight,
     LayerSettings,
     register,
@@ -47,6 +55,17 @@ SUPPORTED_FAMILIES = (
 )
 
 __all__ = ["CONFIG_KEY", "attention_modules", "convert", "repulsive_heads"]
+
+
+@functools.cache
+def _passes_is_causal(cls: type) -> bool:
+    """Whether ``cls.forward`` calls its layers with ``is_causal=True`` (CLIP's text transformer does; its
+    attention modules themselves say ``is_causal=False``)."""
+    try:
+        source = inspect.getsource(cls.forward)
+    except (OSError, TypeError):
+        return False
+    return "is_causal=True" in source
 
 
 @functools.cache
@@ -132,13 +151,28 @@ def _is_cross_attention(name: str) -> bool:
     return "cross" in lowered or "encoder_attn" in lowered or "encdec" in lowered
 
 
+def _causal_callers(model: nn.Module) -> list[str]:
+    """Names of the modules whose forward passes ``is_causal=True`` down to their attention layers."""
+    return [name for name, m in model.named_modules() if name and _passes_is_causal(type(m))]
+
+
 def _check_causality(model: PreTrainedModel, normalization: str, modules: list[tuple[str, nn.Module]],
                      selected: list[int]) -> None:
     if normalization not in COLUMN_NORMALIZED:
         return
     decoder = any(getattr(m, "is_causal", False) for _, m in modules) or bool(getattr(model.config, "is_decoder", False))
+    callers = _causal_callers(model)
     for i in selected:
         name, module = modules[i]
+        caller = next((c for c in callers if name.startswith(f"{c}.")), None)
+        if caller is not None:
+            raise ValueError(
+                f"normalization={normalization!r} cannot be used on {_family(model)}: its attention layer {name!r} "
+                f"is called by {caller!r} ({type(model.get_submodule(caller)).__name__}) with is_causal=True and a "
+                "causal mask (a text tower that reads left to right), and normalizing each key's column over all "
+                "queries would leak the future. Use normalization='softmax' there, or restrict layers= to the "
+                "non-causal layers (e.g. the vision tower)."
+            )
         if getattr(module, "is_causal", False) or (decoder and _is_cross_attention(name)):
             raise ValueError(
                 f"normalization={normalization!r} cannot be used on {_family(model)}: its attention layer "
@@ -201,17 +235,23 @@ def _distilbert_projections(module: nn.Module) -> list[Projection] | None:
 register_adapter("hf_distilbert", _distilbert_projections)
 
 
-def repulsive_heads(model: PreTrainedModel, repulsive: str | dict | None = None) -> RepulsiveHeads | None:
+def repulsive_heads(model: PreTrainedModel, repulsive: str | dict | None = None, *,
+                    layers: list[int] | None = None) -> RepulsiveHeads | None:
     """The :class:`~probattn.repulsive.RepulsiveHeads` described by ``repulsive`` (default: the converted
-    model's ``config.probattn["repulsive"]``), over the converted layers, with ``clip="after"``: call its
-    ``step()`` after gradient clipping, once per optimizer step. None when no repulsion is configured.
+    model's ``config.probattn["repulsive"]``), over the converted layers (``layers``: indices into
+    :func:`attention_modules`, default ``config.probattn["layers"]``, None = all), with ``clip="after"``: call
+    its ``step()`` after gradient clipping, once per optimizer step. None when no repulsion is configured.
     """
     if repulsive is None:
         repulsive = (getattr(model.config, CONFIG_KEY, None) or {}).get("repulsive")
         if repulsive is None:
             return None
     preset, options = _repulsive_options(repulsive)
-    options.setdefault("layers", lambda name, module: hasattr(module, SETTINGS_ATTR))
+    if "layers" not in options:
+        modules = attention_modules(model)
+        chosen = (getattr(model.config, CONFIG_KEY, None) or {}).get("layers") if layers is None else layers
+        converted = {id(modules[i][1]) for i in _select(modules, chosen)}
+        options["layers"] = lambda name, module: id(module) in converted
     options["clip"] = "after"
     if preset is not None:
         return RepulsiveHeads.from_preset(model, preset, **options)
@@ -279,8 +319,8 @@ def convert(
                          f"set config.attn_logit_softcapping = None first if you accept the change")
     selected = _select(modules, layers)
     _check_causality(model, normalization, modules, selected)
-    if repulsive is not None:
-        _repulsive_options(repulsive)
+    if repulsive is not None:  # validates the options and that the converted layers' heads are found
+        repulsive_heads(model, repulsive, layers=selected)
     if alignment is not None:  # fail on bad options before anything changes
         AlignmentRegularizer(**_alignment_options(model, alignment, modules[selected[0]][1]))
 
@@ -293,6 +333,7 @@ def convert(
     settings = LayerSettings(normalization, alpha if alpha is not None else 0.5, int(sinkhorn_iters))
     for _, module in modules:
         _clear(module)
+        setattr(module, SETTINGS_ATTR, SOFTMAX)  # explicit: a module without settings reads config.probattn
     for i in selected:
         _, module = modules[i]
         setattr(module, SETTINGS_ATTR, settings)
@@ -305,8 +346,6 @@ def convert(
         if alignment is not None:
             attach_alignment(module, predicate=lambda m, target=module: m is target,
                              **_alignment_options(model, alignment, module))
-    if repulsive is not None:  # validates the options and that the converted layers' heads are found
-        repulsive_heads(model, repulsive)
     model.config.probattn = {
         "normalization": normalization,
         "hybrid_alpha": alpha,
@@ -315,5 +354,19 @@ def convert(
         "repulsive": repulsive,
         "layers": None if layers is None else selected,
     }
+    for _, module in modules:  # sub-configs (CLIP's text / vision towers) are what their attention layers read
+        sub = getattr(module, "config", None)
+        if sub is not None and sub is not model.config and hasattr(sub, "to_dict"):
+            sub.probattn = model.config.probattn
+    # written to config.json: from_pretrained(saved) switches to "probattn", which runs these settings or raises
+    # (needs probattn.hf.load) and, without `import probattn.hf`, fails as an unknown attn_implementation
+    model.config.attn_implementation = ATTENTION_NAME
+    if normalization != "softmax":
+        warnings.warn(
+            f"convert(normalization={normalization!r}) changes the attention of pretrained weights that were trained "
+            "for softmax: outputs move away from the original model (MiniLM sentence embeddings: cosine 0.50 for "
+            "doubly). Fine-tune, or distil back with probattn.hf.adapt(model, original, texts) before use.",
+            UserWarning, stacklevel=2,
+        )
     return model
 

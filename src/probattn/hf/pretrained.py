@@ -15,6 +15,7 @@ import contextlib
 import importlib
 import json
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,11 +145,27 @@ def _checkpoint_tensors(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _renamed(model: PreTrainedModel, keys: list[str]) -> dict[str, str]:
+    """saved key -> model key, through transformers' own checkpoint renaming (``save_pretrained`` writes some
+    families under legacy names, e.g. ViT's ``vit.encoder.layer.0...`` for ``vit.layers.0...``)."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+    except ImportError:  # pragma: no cover - transformers without checkpoint conversion mappings
+        return {key: key for key in keys}
+    mapping = get_model_conversion_mapping(model)
+    renamings = [m for m in mapping if isinstance(m, WeightRenaming)]
+    converters = [m for m in mapping if isinstance(m, WeightConverter)]
+    meta = model.state_dict()
+    return {key: rename_source_key(key, renamings, converters, model.base_model_prefix, meta)[0] for key in keys}
+
+
 def _restore_probattn_tensors(model: PreTrainedModel, path: Path) -> None:
     wanted = [key for key in model.state_dict() if PROBATTN_KEY_MARK in key]
     if not wanted:
         return
     saved = _checkpoint_tensors(path)
+    saved.update({new: saved[old] for old, new in _renamed(model, list(saved)).items() if new not in saved})
     prefix = f"{model.base_model_prefix}." if model.base_model_prefix else ""
     found, missing = {}, []
     for key in wanted:
@@ -186,7 +203,9 @@ def load(path: str | os.PathLike, *, task: str | None = None, num_labels: int | 
         raise ValueError(f"{path} was not saved from a probattn-converted model (config.json has no "
                          f"{CONFIG_KEY!r} entry); use probattn.hf.load_model or transformers' from_pretrained")
     model = _from_pretrained(path, task, num_labels, quiet=True)
-    convert(model, **settings)
+    with warnings.catch_warnings():  # the settings were chosen (and warned about) when the model was converted
+        warnings.filterwarnings("ignore", message=r"convert\(normalization=", category=UserWarning)
+        convert(model, **settings)
     _restore_probattn_tensors(model, path)
     return model.eval()
 

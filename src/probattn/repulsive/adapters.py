@@ -10,6 +10,9 @@ adapters recognise, by attribute names only (transformers is never imported here
   (cross-attention: ``q_attn (E, E)`` and ``c_attn (E, 2E)`` holding k|v);
 * ``qkv_proj``: ``q_proj``/``k_proj``/``v_proj`` ``nn.Linear`` + ``head_dim`` (Llama, Mistral, Qwen, BART);
   K/V may have fewer heads (grouped-query attention);
+* ``fused_qkv``: one ``nn.Linear`` holding q|k|v rows, ``Wqkv`` (ModernBERT) or ``qkv_proj`` (Phi-3), +
+  ``head_dim`` (and ``num_key_value_heads`` when K/V have fewer heads);
+* ``t5``: ``q``/``k``/``v`` ``nn.Linear`` + ``n_heads`` (T5, mT5);
 * ``hops``: structured self-attention pooling with ``w_s2: nn.Linear`` and ``hops`` (Lin et al. 2017,
   :class:`probattn.models.SelfAttentiveClassifier`): each row of ``W_s2`` is a particle.
 
@@ -95,6 +98,41 @@ def gpt2(module: nn.Module) -> list[Projection] | None:
     ]
 
 
+def fused_qkv(module: nn.Module) -> list[Projection] | None:
+    linear = getattr(module, "Wqkv", None)
+    if linear is None:
+        linear = getattr(module, "qkv_proj", None)
+    head_dim = getattr(module, "head_dim", None)
+    if not isinstance(linear, nn.Linear) or not isinstance(head_dim, int) or head_dim < 1:
+        return None
+    out = linear.out_features
+    kv_heads = getattr(module, "num_key_value_heads", None)
+    if not isinstance(kv_heads, int) or kv_heads < 1:  # equal q / k / v widths
+        if out % (3 * head_dim):
+            raise ValueError(f"{type(module).__name__}: fused qkv width {out} is not 3 x heads x head_dim {head_dim}")
+        kv_heads = out // (3 * head_dim)
+    kv_width = kv_heads * head_dim
+    q_width = out - 2 * kv_width
+    if q_width < head_dim or q_width % head_dim:
+        raise ValueError(f"{type(module).__name__}: fused qkv width {out} does not split into q heads of "
+                         f"{head_dim} and 2 x {kv_heads} key/value heads")
+    bounds = [(0, q_width), (q_width, q_width + kv_width), (q_width + kv_width, out)]
+    return [
+        Projection(role, (stop - start) // head_dim, HeadSlice.linear(linear.weight, (stop - start) // head_dim, start, stop),
+                   None if linear.bias is None
+                   else HeadSlice.linear(linear.bias, (stop - start) // head_dim, start, stop))
+        for role, (start, stop) in zip("qkv", bounds)
+    ]
+
+
+def t5(module: nn.Module) -> list[Projection] | None:
+    linears = [getattr(module, name, None) for name in ("q", "k", "v")]
+    heads = getattr(module, "n_heads", None)
+    if not isinstance(heads, int) or not all(isinstance(m, nn.Linear) for m in linears):
+        return None
+    return [_linear_projection(role, m, heads) for role, m in zip("qkv", linears)]
+
+
 def hops(module: nn.Module) -> list[Projection] | None:
     w_s2, count = getattr(module, "w_s2", None), getattr(module, "hops", None)
     if not isinstance(w_s2, nn.Linear) or not isinstance(count, int):
@@ -107,6 +145,8 @@ ADAPTERS: dict[str, Adapter] = {
     "bert": bert,
     "gpt2": gpt2,
     "qkv_proj": qkv_proj,
+    "fused_qkv": fused_qkv,
+    "t5": t5,
     "hops": hops,
 }
 

@@ -18,7 +18,8 @@ __all__ = ["add_arguments", "config_from_args", "run"]
 
 # (field, type, help); every TrainConfig field has a flag named after it (tests check this)
 _OPTIONS: list[tuple[str, type, str]] = [
-    ("model", str, f"model: {', '.join(MODELS)} (default tiny)"),
+    ("model", str, f"model: {', '.join(MODELS)} (default tiny), or a local Hugging Face model directory "
+                   "(fine-tuned with a new sequence-classification head)"),
     ("normalization", str, f"attention normalization: {', '.join(NORMALIZATIONS)}"),
     ("hybrid_alpha", float, "softmax weight of --normalization hybrid, in [0, 1]"),
     ("sinkhorn_iters", int, "iterations of --normalization sinkhorn"),
@@ -42,7 +43,7 @@ _OPTIONS: list[tuple[str, type, str]] = [
     ("max_steps", int, "optimizer steps"),
     ("batch_size", int, "global batch per optimizer step (all processes and --grad-accum micro-batches)"),
     ("grad_accum", int, "micro-batches per optimizer step"),
-    ("lr", float, "AdamW learning rate (default: 3e-3 tiny, 5e-4 self-attentive, 5e-5 minilm)"),
+    ("lr", float, "AdamW learning rate (default: 3e-3 tiny, 5e-4 self-attentive, 5e-5 minilm and Hugging Face directories)"),
     ("weight_decay", float, "AdamW weight decay"),
     ("warmup_steps", int, "linear warm-up steps (then linear decay to 0)"),
     ("max_grad_norm", float, "clip the gradient norm (0 = off)"),

@@ -13,9 +13,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_LR", "RESUME_SAFE_FIELDS", "TrainConfig", "load_config_file"]
+__all__ = ["DEFAULT_LR", "RESUME_SAFE_FIELDS", "TrainConfig", "is_hf_directory", "load_config_file"]
 
-MODELS = ("tiny", "minilm", "minilm-states", "self-attentive")
+MODELS = ("tiny", "minilm", "minilm-states", "self-attentive")  # or a local Hugging Face model directory
 NORMALIZATIONS = ("softmax", "doubly", "hybrid", "sinkhorn")
 REPULSIVE_METHODS = ("svgd", "spos")
 
@@ -28,6 +28,11 @@ FLOAT_FIELDS = frozenset({"hybrid_alpha", "alignment_weight", "repulsive_alpha",
 # Fields that may change between a run and its --resume without changing what is computed.
 RESUME_SAFE_FIELDS = frozenset({"output", "resume", "overwrite", "checkpoint_every", "ood", "eval_batch_size",
                                 "device"})
+
+
+def is_hf_directory(model: str) -> bool:
+    """Whether ``model`` names a local directory holding a Hugging Face model (``config.json``)."""
+    return model not in MODELS and (Path(model) / "config.json").is_file()
 
 
 @dataclass(frozen=True)
@@ -83,7 +88,8 @@ class TrainConfig:
             if not ok:
                 raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: {what}")
 
-        need(self.model in MODELS, "model", f"choose one of {', '.join(MODELS)}")
+        need(self.model in MODELS or is_hf_directory(self.model), "model",
+             f"choose one of {', '.join(MODELS)}, or a local Hugging Face model directory (with config.json)")
         need(self.normalization in NORMALIZATIONS, "normalization", f"choose one of {', '.join(NORMALIZATIONS)}")
         need(0.0 <= self.hybrid_alpha <= 1.0, "hybrid_alpha", "must lie in [0, 1]")
         need(self.sinkhorn_iters >= 1, "sinkhorn_iters", "must be at least 1")
@@ -117,7 +123,8 @@ class TrainConfig:
     @property
     def learning_rate(self) -> float:
         """``lr``, or the model's default (:data:`DEFAULT_LR`) when ``lr`` is None."""
-        return DEFAULT_LR[self.model] if self.lr is None else self.lr
+        default = DEFAULT_LR.get(self.model, DEFAULT_LR["minilm"])  # a Hugging Face directory: fine-tuning
+        return default if self.lr is None else self.lr
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -67,6 +67,23 @@ def _minilm(config: TrainConfig, num_labels: int) -> tuple[nn.Module, Any]:
     return model.train(), tokenizer
 
 
+def _hf_directory(config: TrainConfig, num_labels: int) -> tuple[nn.Module, Any]:
+    """A local Hugging Face model directory with a fresh sequence-classification head, converted."""
+    from probattn.hf import convert, load_model
+
+    model, tokenizer = load_model(config.model, task="classification", num_labels=num_labels)
+    if tokenizer is None:
+        raise ValueError(f"--model {config.model}: the directory holds no tokenizer (tokenizer.json / vocab.txt); "
+                         "probattn train needs one to encode the texts")
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if isinstance(limit, int) and config.max_length > limit:
+        raise ValueError(f"--max-length {config.max_length}: {config.model} takes at most {limit} tokens")
+    alignment = {"variant": config.alignment, "weight": config.alignment_weight} if config.alignment else None
+    convert(model, normalization=config.normalization, hybrid_alpha=config.hybrid_alpha,
+            sinkhorn_iters=config.sinkhorn_iters, alignment=alignment)
+    return model.train(), tokenizer
+
+
 def build_model(config: TrainConfig, train: TextClassificationData,
                 tokenizer_state: dict[str, Any] | None = None) -> tuple[nn.Module, Encoder]:
     """A fresh model for ``config.model`` with ``train.num_labels`` outputs (alignment regularizers attached
@@ -98,8 +115,11 @@ def build_model(config: TrainConfig, train: TextClassificationData,
         return model, Encoder(words, config.max_length, words.state_dict())
     if config.model == "minilm-states":
         return _minilm_states(config, train.num_labels)
-    model, tokenizer = _minilm(config, train.num_labels)
-    return model, Encoder(_hf_tokenize(tokenizer), config.max_length, {"kind": "minilm"})
+    if config.model == "minilm":
+        model, tokenizer = _minilm(config, train.num_labels)
+        return model, Encoder(_hf_tokenize(tokenizer), config.max_length, {"kind": "minilm"})
+    model, tokenizer = _hf_directory(config, train.num_labels)
+    return model, Encoder(_hf_tokenize(tokenizer), config.max_length, {"kind": "hf", "path": config.model})
 
 
 def _minilm_states(config: TrainConfig, num_labels: int) -> tuple[nn.Module, Encoder]:
