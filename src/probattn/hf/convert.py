@@ -173,6 +173,14 @@ def _check_causality(model: PreTrainedModel, normalization: str, modules: list[t
                 "queries would leak the future. Use normalization='softmax' there, or restrict layers= to the "
                 "non-causal layers (e.g. the vision tower)."
             )
+        if getattr(module, "sliding_window", None) is not None and not getattr(module, "is_causal", False):
+            raise ValueError(
+                f"normalization={normalization!r} cannot be used on {_family(model)}: its attention layer {name!r} "
+                f"attends within a sliding window of {module.sliding_window} tokens, and normalizing each key's "
+                "column over the queries that see it would let query i read tokens outside its window through "
+                "those queries (see docs/attention.md: only block-complete masks are accepted). Use "
+                "normalization='softmax' there, or restrict layers= to the global-attention layers."
+            )
         if getattr(module, "is_causal", False) or (decoder and _is_cross_attention(name)):
             raise ValueError(
                 f"normalization={normalization!r} cannot be used on {_family(model)}: its attention layer "
