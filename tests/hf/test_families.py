@@ -73,7 +73,7 @@ def test_doubly_runs_or_is_refused_at_convert(zoo, family):
             _convert(model, normalization="doubly")
         assert model.config._attn_implementation != "probattn"
         for i in set(range(count)) - set(allowed):  # ... and layer by layer
-            with pytest.raises(ValueError, match="leak the future|outside its window"):
+            with pytest.raises(ValueError, match=r"leak the future|outside its window"):
                 _convert(model, normalization="doubly", layers=[i])
     if not allowed:
         return
