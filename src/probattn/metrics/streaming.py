@@ -67,17 +67,21 @@ class AttentionStatistics:
     queries see only keys ``j ≤ i`` (decoders): incoming mass and entropy use the causal-aware normalizations.
     ``sink_threshold``: keys with ``m̃ ≥`` it are sinks. ``token_examples``: keep the per-head ``m̃`` of the
     first that many examples (``token_mass``, a list of ``(H, N)`` over real keys) for token-level views.
+    ``pairwise_examples``: compute the costly pairwise statistics (head Jensen–Shannon similarity, Lin, q/k MMD²
+    and distance) on the first that many examples only (None = all); the others always use every example.
     """
 
     def __init__(
         self, heads: int, *, thresholds: tuple[float, ...] = (0.1, 0.01),
         histogram_range: tuple[float, float] = (-4.0, 2.5), histogram_bins: int = 50, causal: bool = False,
-        sink_threshold: float = SINK_THRESHOLD, token_examples: int = 0,
+        sink_threshold: float = SINK_THRESHOLD, token_examples: int = 0, pairwise_examples: int | None = None,
     ) -> None:
         if heads < 1:
             raise ValueError(f"heads must be >= 1, got {heads}")
         self.heads = heads
         self.causal = causal
+        self.pairwise_examples = pairwise_examples
+        self.pairwise_seen = 0
         self.sink_threshold = sink_threshold
         self.token_examples = token_examples
         self.token_mass: list[Tensor] = []
@@ -145,8 +149,12 @@ class AttentionStatistics:
         self.entropy_sum += ent.masked_fill(~choosing[:, None, :], 0.0).to(torch.float64).sum((0, 2)).cpu()
         self.entropy_queries += float(choosing.sum())
         self.queries += float(qv_full.sum())
-        self.js_sum += head_js_divergence(w, query_valid=qv).to(torch.float64).sum(0).cpu()
-        self.redundancy_sum += float(lin_redundancy(w, query_valid=qv).sum())
+        take = b if self.pairwise_examples is None else max(0, min(b, self.pairwise_examples - self.pairwise_seen))
+        if take:
+            part_qv = None if qv is None else qv[:take]
+            self.js_sum += head_js_divergence(w[:take], query_valid=part_qv).to(torch.float64).sum(0).cpu()
+            self.redundancy_sum += float(lin_redundancy(w[:take], query_valid=part_qv).sum())
+            self.pairwise_seen += take
         if self.example_map is None:
             self.example_map = w[0][:, qv_full[0]][:, :, kv_full[0]].to(torch.float32).cpu()
         self.examples += b
@@ -155,6 +163,13 @@ class AttentionStatistics:
         self, q: Tensor, k: Tensor, *, query_valid: Tensor | None = None, key_valid: Tensor | None = None
     ) -> None:
         """Add per-head queries ``q (B, H, Lq, d)`` and keys ``k (B, H_kv, Lk, d)`` (projected, unscaled)."""
+        if self.pairwise_examples is not None:
+            take = max(0, min(q.shape[0], self.pairwise_examples - self.qk_examples))
+            if take == 0:
+                return
+            q, k = q[:take], k[:take]
+            query_valid = None if query_valid is None else query_valid[:take]
+            key_valid = None if key_valid is None else key_valid[:take]
         self._check_heads("q", q.shape[1] if q.dim() == 4 else -1)
         mmd, dist = qk_alignment(_at_least_float32(q), _at_least_float32(k),
                                  query_valid=query_valid, key_valid=key_valid)
@@ -187,11 +202,12 @@ class AttentionStatistics:
                 "log10_range": list(self.histogram_range), "counts": self.histogram.tolist()
             }
             out["entropy"] = (self.entropy_sum / max(self.entropy_queries, 1.0)).tolist()
-            js = self.js_sum / self.examples
+            js = self.js_sum / max(self.pairwise_seen, 1)
             out["attention_similarity"] = (1 - js).tolist()
             off = ~torch.eye(self.heads, dtype=torch.bool)
             out["mean_attention_similarity"] = float((1 - js)[off].mean()) if self.heads > 1 else None
-            out["lin_redundancy"] = self.redundancy_sum / self.examples
+            out["lin_redundancy"] = self.redundancy_sum / max(self.pairwise_seen, 1)
+            out["pairwise_examples"] = self.pairwise_seen
         if self.qk_examples:
             out["qk_mmd2"] = (self.mmd_sum / self.qk_examples).tolist()
             out["qk_mean_distance"] = (self.mean_distance_sum / self.qk_examples).tolist()

@@ -104,7 +104,8 @@ class _LayerProbe:
 
     def statistics(self, heads: int) -> AttentionStatistics:
         if self.stats is None:
-            self.stats = AttentionStatistics(heads, causal=self.causal, token_examples=TOKEN_EXAMPLES)
+            self.stats = AttentionStatistics(heads, causal=self.causal, token_examples=TOKEN_EXAMPLES,
+                                             pairwise_examples=self.owner.pairwise_examples)
         return self.stats
 
     def observe(self, q: Tensor, k: Tensor, *, query_valid: Tensor | None, key_valid: Tensor | None) -> None:
@@ -148,8 +149,9 @@ class _Collector:
     ``with`` block and restores what was there. ``weights`` receives per-layer attention maps of models that do not
     return them (probattn's own :class:`probattn.nn.MultiheadAttention` inside ``torch.nn`` layers)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, pairwise_examples: int | None = None) -> None:
         self.valid: Tensor | None = None
+        self.pairwise_examples = pairwise_examples
         self.hf = _is_hf(model)
         if self.hf:
             from probattn.hf import attention_modules  # needs transformers; importing this module does not
@@ -332,6 +334,7 @@ def collect(
     device: str | torch.device = "cpu",
     progress: bool = True,
     no_labels_reason: str = "the data has no labels",
+    pairwise_examples: int | None = None,
 ) -> Diagnosis:
     """Run ``model`` over ``texts`` and measure every diagnostics statistic, layer by layer.
 
@@ -345,6 +348,8 @@ def collect(
             ``(B, C)``; per-token logits (language models) are not class scores and are skipped with a note.
         label: name of this run in reports.
         no_labels_reason: what the report says about calibration when ``labels`` is None.
+        pairwise_examples: measure the costly pairwise statistics (head similarity, Lin, q/k MMD²) on the first
+            that many examples only (None = all; see :class:`probattn.metrics.AttentionStatistics`).
     """
     if not texts:
         raise ValueError("texts is empty; give at least one example")
@@ -354,7 +359,7 @@ def collect(
         raise ValueError(f"labels has {len(labels)} entries but texts has {len(texts)}")
     reader = _Texts(tokenizer, max_length)
     model = model.to(device).eval()
-    collector = _Collector(model)
+    collector = _Collector(model, pairwise_examples)
     calibration = CalibrationAccumulator() if labels is not None else None
     note: str | None = None
     token_examples: list[list[str]] = []
@@ -397,7 +402,7 @@ def collect(
         example_attention=per_head, token_examples=token_examples,
         token_mass=[[m.numpy() for m in p.stats.token_mass] for p in collector.probes], head_distance=head_distance,
         embeddings=torch.cat(pooled).numpy() if len(pooled) * batch_size >= len(texts) and pooled else None,
-        normalization=_normalization(model),
+        normalization=_normalization(model, collector),
     )
     if note:
         result.calibration_note = note
@@ -408,9 +413,11 @@ def collect(
     return result
 
 
-def _normalization(model: nn.Module) -> str:
+def _normalization(model: nn.Module, collector: _Collector) -> str:
     """The attention normalization ``model`` runs (``"softmax"`` unless probattn converted it otherwise)."""
+    if not collector.hf:
+        return str(getattr(collector.modules[0][1], "normalization", "softmax"))
     settings = getattr(getattr(model, "config", None), "probattn", None)
     if isinstance(settings, dict):
         return str(settings.get("normalization", "softmax"))
-    return str(getattr(getattr(model, "config", None), "normalization", "softmax"))
+    return "softmax"

@@ -59,6 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report in --output")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--pairwise-examples", type=int, default=64, help="measure head similarity, Lin and q/k "
+                        "MMD² (pairwise, the costly statistics) on the first N examples; 0 = all (default: 64)")
     parser.add_argument("--layers-per-page", type=int, default=6, help="layers per per-head attention figure "
                         "(deep models get several pages; default: 6)")
 
@@ -81,7 +83,9 @@ def _models(args: argparse.Namespace) -> list[tuple[str, str]]:
 def _read_data(args: argparse.Namespace) -> tuple[list[str], list[int] | None, tuple[str, ...]]:
     """Texts, label ids (None without a label column) and the label names, first --max-examples rows."""
     for flag, value, least in (("--max-examples", args.max_examples, 1), ("--batch-size", args.batch_size, 1),
-                               ("--max-length", args.max_length, 2), ("--sinkhorn-iters", args.sinkhorn_iters, 1)):
+                               ("--max-length", args.max_length, 2), ("--sinkhorn-iters", args.sinkhorn_iters, 1),
+                               ("--pairwise-examples", args.pairwise_examples, 0),
+                               ("--layers-per-page", args.layers_per_page, 1)):
         if value < least:
             raise ValueError(f"{flag} must be >= {least}, got {value}")
     path = SAMPLE if args.data == "sample" else Path(args.data)
@@ -120,10 +124,18 @@ def _model_label_ids(model, label_names: tuple[str, ...], labels: list[int],
                   f"{sorted(label2id)} nor its class ids 0..{num_labels - 1}")
 
 
+def _is_hf_directory(path: Path) -> bool:
+    """A Hugging Face model directory: its config.json names a ``model_type`` (a `probattn train` output's does not)."""
+    try:
+        return "model_type" in json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+
+
 def _load(name: str):
     """``(model, tokenizer or encoder, label names of a probattn train model or None)`` for any MODEL."""
     path = Path(name)
-    if name not in REGISTRY and path.is_dir() and not (path / "config.json").is_file():
+    if name not in REGISTRY and path.is_dir() and not _is_hf_directory(path):
         from probattn.training.modeling import load_trained
 
         try:
@@ -171,8 +183,10 @@ def _diagnose_one(name: str, normalization: str, args, texts, labels, label_name
         model, label_names, labels, trained_names)
     result = collect(model, tokenizer, texts, labels=model_labels, label=name,
                      batch_size=args.batch_size, max_length=args.max_length, device=device,
-                     progress=not args.no_progress, no_labels_reason=note)
-    result.label = f"{name} ({result.normalization})"
+                     progress=not args.no_progress, no_labels_reason=note,
+                     pairwise_examples=args.pairwise_examples or None)
+    short = name if name in REGISTRY else (Path(name).name or name)
+    result.label = f"{short} ({result.normalization})"
     return result
 
 
@@ -312,7 +326,9 @@ def _build_report(results: list[Diagnosis], source: str, args) -> tuple[Report, 
     runs = [(r.label, r.layers) for r in results]
     report.text(f"Models: {', '.join(r.label for r in results)}. Data: {source}, {results[0].examples} examples "
                 f"(first rows), truncated to {args.max_length} tokens. Statistics are accumulated over all "
-                "examples; per-layer values are means over heads unless stated.")
+                "examples, except attn sim, Lin and q/k MMD²/dist: over the first "
+                f"{args.pairwise_examples or 'all'} examples (--pairwise-examples); per-layer values are means over "
+                "heads unless stated.")
     for r in results:
         if any(layer.get("causal") for layer in r.layers):
             report.text(f"{r.label}: causal attention layers; incoming mass and entropy use the causal-aware "
