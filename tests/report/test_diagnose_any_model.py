@@ -76,6 +76,7 @@ def test_causal_lm_with_labels_skips_calibration(tmp_path, bert_tokenizer, capsy
     assert "calibration needs a sequence classifier" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_thirty_layers_every_png_at_most_3000_px(tmp_path, bert_tokenizer, capsys):
     directories = [tmp_path / "deep", tmp_path / "deep2"]
     for seed, directory in enumerate(directories):
