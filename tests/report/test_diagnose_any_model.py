@@ -196,3 +196,28 @@ def _permute(weights, heads):
     rows = weights.shape[0]
     return (weights.reshape(heads, 2, rows // heads // 2, *weights.shape[1:]).swapaxes(1, 2)
             .reshape(weights.shape))
+
+
+def test_encoder_decoder_maps_match_their_layers(bert_tokenizer):
+    from transformers import BartConfig, BartModel
+
+    from probattn.hf import convert
+    from probattn.report.collect import collect
+
+    torch.manual_seed(0)
+    config = BartConfig(vocab_size=bert_tokenizer.vocab_size, d_model=24, encoder_layers=2, decoder_layers=2,
+                        encoder_attention_heads=3, decoder_attention_heads=3, encoder_ffn_dim=32, decoder_ffn_dim=32,
+                        max_position_embeddings=64)
+    model = convert(BartModel(config), normalization="softmax").eval()
+    texts = ["A three-hour cinema master class.", "Too bad."]
+    result = collect(model, bert_tokenizer, texts, progress=False)
+    assert [layer["causal"] for layer in result.layers] == [False, False, True, False, True, False]
+    batch = bert_tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        out = model(**batch, decoder_input_ids=batch["input_ids"], decoder_attention_mask=batch["attention_mask"],
+                    output_attentions=True)
+    n = int(batch["attention_mask"][0].sum())
+    expected = [out.encoder_attentions[0], out.encoder_attentions[1], out.decoder_attentions[0],
+                out.cross_attentions[0], out.decoder_attentions[1], out.cross_attentions[1]]
+    for got, want in zip(result.example_attention, expected):
+        torch.testing.assert_close(torch.as_tensor(got), want[0, :, :n, :n].float(), rtol=1e-5, atol=1e-6)
