@@ -189,34 +189,35 @@ def embedding_cosine(cosines: np.ndarray, labels: tuple[str, str]) -> bytes:
 def head_maps(maps: Sequence[np.ndarray], tokens: Sequence[str], label: str, layers_per_page: int = 6) -> list[bytes]:
     """The example's attention per head: pages of ``layers_per_page`` layers × heads, one PNG per page.
 
-    ``maps[layer]`` is ``(H, N, N)`` (queries × keys) over ``tokens``; each page is at most
-    :data:`MAX_WIDTH_PX` wide whatever the number of heads (tokens are labelled for up to 24 tokens and 12 heads).
+    ``maps[layer]`` is ``(H, N, N)`` (queries × keys) over ``tokens``. Each page is one mosaic image (rows: layers,
+    columns: heads; one image per page keeps deep models fast to draw), at most :data:`MAX_WIDTH_PX` wide.
     """
     pages = []
     heads = max(m.shape[0] for m in maps)
-    cell = min(1.7, 27.0 / heads)
-    show = len(tokens) <= 24 and heads <= 12
+    n = len(tokens)
+    gap = max(1, n // 8)
+    block = n + gap
+    cell = min(1.4, 24.0 / heads)
     for first in range(0, len(maps), layers_per_page):
         chunk = maps[first : first + layers_per_page]
-        fig, axes = _grid(len(chunk), heads, cell)
+        mosaic = np.full((len(chunk) * block - gap, heads * block - gap), np.nan)
         for r, layer_maps in enumerate(chunk):
-            for h in range(heads):
-                ax = axes[r, h]
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if h >= layer_maps.shape[0]:
-                    ax.axis("off")
-                    continue
-                ax.imshow(layer_maps[h], vmin=0.0, vmax=1.0, cmap="Blues")
-                ax.set_title(f"L{first + r} H{h}", fontsize=7)
-                if show and h == 0:
-                    ax.set_yticks(range(len(tokens)), tokens, fontsize=4)
-                if show and r == len(chunk) - 1:
-                    ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=4)
+            for h in range(layer_maps.shape[0]):
+                mosaic[r * block : r * block + n, h * block : h * block + n] = layer_maps[h]
+        fig = Figure(figsize=(cell * heads + 1.4, cell * len(chunk) + 1.0), layout="constrained")
+        ax = fig.subplots()
+        image = ax.imshow(np.ma.masked_invalid(mosaic), vmin=0.0, vmax=1.0, cmap="Blues", interpolation="nearest")
+        ax.set_xticks([h * block + n / 2 - 0.5 for h in range(heads)], [f"H{h}" for h in range(heads)], fontsize=7)
+        ax.set_yticks([r * block + n / 2 - 0.5 for r in range(len(chunk))],
+                      [f"L{first + r}" for r in range(len(chunk))], fontsize=7)
+        ax.tick_params(length=0)
+        for side in ax.spines.values():
+            side.set_visible(False)
+        fig.colorbar(image, ax=ax, shrink=0.6)
         last = first + len(chunk) - 1
-        fig.suptitle(f"{label}: attention per head, layers {first}-{last} (rows: queries, columns: keys)",
-                     fontsize=10)
-        pages.append(to_png(fig, dpi=90))
+        ax.set_title(f"{label}: attention per head, layers {first}-{last} ({n} tokens; in each block rows are "
+                     "queries, columns keys)", fontsize=8)
+        pages.append(to_png(fig))
     return pages
 
 
