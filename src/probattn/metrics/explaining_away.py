@@ -12,7 +12,7 @@ is then ``m̃_j = m_j / u_j`` with ``u_j = Σ_{i may see j} 1 / n_i`` (``n_i`` =
 key ``j`` would receive if every query spread its attention uniformly over what it may see. Without a causal
 mask ``u_j = N_q / N_k``, the formula above; under any mask, uniform attention gives ``m̃_j = 1`` for every key.
 
-Sinks (:func:`attention_sinks`) are the other tail: keys with ``m̃_j ≥ κ`` (default ``κ = 5``, five times the
+Sinks (:func:`attention_sinks`) are the other tail: keys with ``m̃_j ≥ κ`` (default ``κ = 3``, three times the
 fair share) such as ``[CLS]``, ``[SEP]`` or a decoder's first token, reported apart from explained-away keys.
 """
 
@@ -25,7 +25,7 @@ from probattn.metrics._validity import validity
 
 __all__ = ["SINK_THRESHOLD", "attention_sinks", "explained_away_fraction", "incoming_mass", "min_incoming_mass"]
 
-SINK_THRESHOLD = 5.0
+SINK_THRESHOLD = 3.0  # a causal first key reaches at most m̃ = N / H_N (4.7 at N = 16, H_N harmonic)
 
 
 def incoming_mass(weights: Tensor, *, query_valid: Tensor | None = None, key_valid: Tensor | None = None,

@@ -29,7 +29,7 @@ def _round(a: np.ndarray, digits: int = 3) -> list:
     return np.round(np.asarray(a, dtype=float), digits).tolist()
 
 
-def token_view(view_id: str, models: Sequence[dict], *, threshold: float = 0.1, sink: float = 5.0) -> str:
+def token_view(view_id: str, models: Sequence[dict], *, threshold: float = 0.1, sink: float = 3.0) -> str:
     """``models``: ``[{"label", "tokens": [[str]] per example, "mass": [layer][example] (H, N)}]``."""
     data = [{"label": m["label"], "tokens": m["tokens"],
              "mass": [[_round(e) for e in layer] for layer in m["mass"]]} for m in models]
