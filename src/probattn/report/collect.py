@@ -32,7 +32,7 @@ from probattn.nn.hooks import PROBE_ATTR
 __all__ = ["Diagnosis", "attached_probes", "collect", "parameter_cosines"]
 
 TOKEN_EXAMPLES = 8  # examples kept for the token-level view
-HEAD_DISTANCE_EXAMPLES = 8  # examples of the first batch used for the all-layer head distances
+HEAD_DISTANCE_EXAMPLES = 4  # examples of the first batch used for the all-layer head distances
 OUTPUT_PROJECTIONS = ("o_proj", "out_proj", "c_proj", "out_lin")
 QKV_PROJECTIONS = (("query", "key", "value"), ("q_proj", "k_proj", "v_proj"), ("q_lin", "k_lin", "v_lin"))
 

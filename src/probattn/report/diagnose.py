@@ -59,8 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report in --output")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--pairwise-examples", type=int, default=64, help="measure head similarity, Lin and q/k "
-                        "MMD² (pairwise, the costly statistics) on the first N examples; 0 = all (default: 64)")
+    parser.add_argument("--pairwise-examples", type=int, default=32, help="measure head similarity, Lin and q/k "
+                        "MMD² (pairwise, the costly statistics) on the first N examples; 0 = all (default: 32)")
     parser.add_argument("--layers-per-page", type=int, default=6, help="layers per per-head attention figure "
                         "(deep models get several pages; default: 6)")
 
@@ -245,7 +245,7 @@ GLOSSARY = [
     ("attn sim", "1 − Jensen–Shannon divergence (bits) between two heads' attention rows, mean over queries and "
      "head pairs (1 = identical heads)."),
     ("head clusters", "heads of all layers grouped by average-linkage clustering of their Jensen–Shannon "
-     "divergences on the first examples, and laid out in 2-D by classical MDS of sqrt(JS), as in Clark et al. "
+     "divergences on the first 4 examples, and laid out in 2-D by classical MDS of sqrt(JS), as in Clark et al. "
      "(2019), What does BERT look at?"),
     ("output CKA", "linear CKA between heads' outputs over tokens (1 = same features up to rotation and scale)."),
     ("Lin", "‖AAᵀ − I‖_F over the heads' rows at each query (the repulsive-attention authors' code)."),
