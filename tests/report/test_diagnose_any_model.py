@@ -221,3 +221,16 @@ def test_encoder_decoder_maps_match_their_layers(bert_tokenizer):
                 out.cross_attentions[0], out.decoder_attentions[1], out.cross_attentions[1]]
     for got, want in zip(result.example_attention, expected):
         torch.testing.assert_close(torch.as_tensor(got), want[0, :, :n, :n].float(), rtol=1e-5, atol=1e-6)
+
+
+def test_registry_names_match_the_hf_registry(tmp_path, capsys):
+    from probattn.hf import PRETRAINED
+    from probattn.report.diagnose import REGISTRY
+
+    assert set(REGISTRY) == set(PRETRAINED)
+    assert main(["diagnose", str(tmp_path / "nowhere"), *FAST, "--output", str(tmp_path / "r")]) == 2
+    assert "neither a registered model (minilm, smollm2) nor an existing directory or .gguf file" in \
+        capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["diagnose", str(tmp_path / "empty"), *FAST, "--output", str(tmp_path / "r")]) == 2
+    assert "neither a Hugging Face model (config.json) nor a `probattn train` output" in capsys.readouterr().err
