@@ -69,6 +69,25 @@ def test_sinks():
         attention_sinks(mass, threshold=0.5)
 
 
+def test_causal_sinks_need_a_large_share_of_all_attention():
+    # 4 tokens, causal: the first token takes most attention; the last query gives 0.5 to itself
+    w = torch.tensor([[1.0, 0, 0, 0], [0.7, 0.3, 0, 0], [0.7, 0.15, 0.15, 0], [0.5, 0, 0, 0.5]],
+                     dtype=torch.float64)[None, None]
+    causal, plain = incoming_mass(w, causal=True), incoming_mass(w)
+    # by hand: u = (1 + 1/2 + 1/3 + 1/4, 1/2 + 1/3 + 1/4, 1/3 + 1/4, 1/4); m = (2.9, 0.45, 0.15, 0.5)
+    u = torch.tensor([25 / 12, 13 / 12, 7 / 12, 1 / 4], dtype=torch.float64)
+    m = torch.tensor([2.9, 0.45, 0.15, 0.5], dtype=torch.float64)
+    torch.testing.assert_close(causal[0, 0], m / u)
+    torch.testing.assert_close(plain[0, 0], m)  # N_k / N_q = 1
+    assert float(causal[0, 0, 3]) == pytest.approx(2.0)  # the last key: half of its only query's attention
+    sink, _ = attention_sinks(causal, threshold=1.3)
+    assert sink[0, 0].tolist() == [True, False, False, True]
+    sink, frac = attention_sinks(causal, threshold=1.3, plain_mass=plain)
+    assert sink[0, 0].tolist() == [True, False, False, False] and float(frac) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="plain_mass must have the shape"):
+        attention_sinks(causal, plain_mass=plain[:, :, :2])
+
+
 def test_causal_entropy_normalization_per_query():
     valid = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
     w = _causal_rows(2, 2, 5, seed=1, valid=valid)

@@ -71,17 +71,25 @@ def _causal_mass(weights: Tensor, query_valid: Tensor | None, key_valid: Tensor 
     return torch.where(uniform > 0, mass / uniform.clamp_min(torch.finfo(weights.dtype).tiny), 0.0)
 
 
-def attention_sinks(mass: Tensor, *, threshold: float = SINK_THRESHOLD,
-                    key_valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def attention_sinks(mass: Tensor, *, threshold: float = SINK_THRESHOLD, key_valid: Tensor | None = None,
+                    plain_mass: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Keys that absorb attention: ``m̃_j ≥ threshold`` (``threshold`` times the fair share).
 
-    ``mass (B, H, Lk)`` from :func:`incoming_mass`. Returns ``(is_sink (B, H, Lk) bool, fraction (B, H))``: which
-    real keys are sinks, and the fraction of real keys that are.
+    ``mass (B, H, Lk)`` from :func:`incoming_mass`. Under a causal mask pass ``mass`` from
+    ``incoming_mass(..., causal=True)`` and ``plain_mass`` from ``incoming_mass(..., causal=False)``: a sink must
+    then reach ``threshold`` in both, i.e. take a large share of what the queries that see it give *and* of all
+    the attention in the sequence (otherwise a last token attending to itself, the only query that sees it,
+    would count). Returns ``(is_sink (B, H, Lk) bool, fraction (B, H))``: which real keys are sinks, and the
+    fraction of real keys that are.
     """
     if not threshold > 1:
         raise ValueError(f"threshold must be > 1 (a multiple of the fair share 1), got {threshold}")
     valid = _key_mask(mass, key_valid)
     sink = (mass >= threshold) & valid
+    if plain_mass is not None:
+        if plain_mass.shape != mass.shape:
+            raise ValueError(f"plain_mass must have the shape of mass {tuple(mass.shape)}, got {tuple(plain_mass.shape)}")
+        sink &= plain_mass >= threshold
     return sink, sink.sum(-1).to(mass.dtype) / valid.sum(-1).to(mass.dtype)
 
 

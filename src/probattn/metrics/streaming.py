@@ -127,7 +127,8 @@ class AttentionStatistics:
         w = w.masked_fill(~real_rows, 0.0)  # padded rows / columns may hold garbage
         mass = incoming_mass(w, query_valid=qv, key_valid=kv, causal=self.causal)
         n_k = kv_full.sum(-1).to(torch.float64)  # (B,)
-        sink, sink_frac = attention_sinks(mass, threshold=self.sink_threshold, key_valid=kv)
+        plain = incoming_mass(w, query_valid=qv, key_valid=kv) if self.causal else None
+        sink, sink_frac = attention_sinks(mass, threshold=self.sink_threshold, key_valid=kv, plain_mass=plain)
         self.sinks += (sink_frac.to(torch.float64) * n_k[:, None]).sum(0).cpu()
         absorbed = (w * sink[:, :, None, :]).sum(-1)  # (B, H, Lq): each row's mass on sink keys
         self.sink_share += absorbed.masked_fill(~qv_full[:, None, :], 0.0).to(torch.float64).sum((0, 2)).cpu()

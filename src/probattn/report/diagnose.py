@@ -238,7 +238,9 @@ GLOSSARY = [
     ("min mass", "smallest m̃ seen over the data."),
     ("sinks", f"fraction of keys with m̃ ≥ {SINK_THRESHOLD:g} (three times the fair share): tokens such as [CLS], "
      "[SEP] or a decoder's first token that absorb attention; reported apart from explained-away keys. Under a "
-     "causal mask the first key reaches at most m̃ = N/H_N (H_N = 1 + 1/2 + … + 1/N; 4.7 at N = 16), hence 3."),
+     "causal mask the first key reaches at most m̃ = N/H_N (H_N = 1 + 1/2 + … + 1/N; 4.7 at N = 16), hence 3; "
+     "and a sink must also hold 3 times its share of all the attention (m_j·N_k/N_q ≥ 3), so that a last token "
+     "attending to itself, the only query that sees it, is no sink."),
     ("sink share", "mean over queries of the attention mass that lands on sink keys."),
     ("entropy", "row entropy −Σ_j A_ij ln A_ij / ln n_i (n_i = keys the query may see; queries that see one key "
      "are left out), mean over queries: 1 = uniform, 0 = one-hot."),
