@@ -66,7 +66,8 @@ class AttentionStatistics:
     incoming-mass histogram (values outside are counted in the first / last bin). ``causal``: the layer's
     queries see only keys ``j ≤ i`` (decoders): incoming mass and entropy use the causal-aware normalizations.
     ``sink_threshold``: keys with ``m̃ ≥`` it are sinks. ``token_examples``: keep the per-head ``m̃`` of the
-    first that many examples (``token_mass``, a list of ``(H, N)`` over real keys) for token-level views.
+    first that many examples (``token_mass``, a list of ``(H, N)`` over real keys, and ``token_sinks``, which of
+    them are sinks) for token-level views.
     ``pairwise_examples``: compute the costly pairwise statistics (head Jensen–Shannon similarity, Lin, q/k MMD²
     and distance) on the first that many examples only (None = all); the others always use every example.
     """
@@ -85,6 +86,7 @@ class AttentionStatistics:
         self.sink_threshold = sink_threshold
         self.token_examples = token_examples
         self.token_mass: list[Tensor] = []
+        self.token_sinks: list[Tensor] = []
         self.sinks = torch.zeros(heads, dtype=torch.float64)
         self.sink_share = torch.zeros(heads, dtype=torch.float64)
         self.thresholds = tuple(thresholds)
@@ -134,6 +136,7 @@ class AttentionStatistics:
         self.sink_share += absorbed.masked_fill(~qv_full[:, None, :], 0.0).to(torch.float64).sum((0, 2)).cpu()
         for e in range(min(b, self.token_examples - len(self.token_mass))):
             self.token_mass.append(mass[e][:, kv_full[e]].to(torch.float32).cpu())
+            self.token_sinks.append(sink[e][:, kv_full[e]].cpu())
         for t in self.thresholds:
             frac = explained_away_fraction(mass, threshold=t, key_valid=kv)
             self.below[t] += (frac.to(torch.float64) * n_k[:, None]).sum(0).cpu()

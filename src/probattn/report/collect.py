@@ -70,7 +70,8 @@ class Diagnosis:
     the causal-aware normalizations were used). ``example_attention[i]`` is the first example's per-head map in
     layer ``i``, ``(H, N, N)`` over its real tokens ``example_tokens``; ``example_maps[i]`` its head mean ``(N, N)``.
     ``token_examples`` holds the tokens of the first few examples and ``token_mass[i][e]`` the per-head normalized
-    incoming mass ``(H, N_e)`` of example ``e`` in layer ``i`` (token-level views). ``head_distance`` is the
+    incoming mass ``(H, N_e)`` of example ``e`` in layer ``i`` (token-level views), ``token_sinks[i][e]`` which of
+    those keys are sinks (:func:`probattn.metrics.attention_sinks`). ``head_distance`` is the
     Jensen–Shannon divergence (bits) between every pair of heads of all layers, ``(ΣH, ΣH)`` over the first batch
     (heads ordered layer by layer), None for a single head. ``embeddings (examples, D)``: the mean of the last
     hidden state over real tokens, None when the model returns no hidden state. ``calibration`` is None when it
@@ -89,6 +90,7 @@ class Diagnosis:
     example_attention: list[np.ndarray] = field(default_factory=list)
     token_examples: list[list[str]] = field(default_factory=list)
     token_mass: list[list[np.ndarray]] = field(default_factory=list)
+    token_sinks: list[list[np.ndarray]] = field(default_factory=list)
     head_distance: np.ndarray | None = None
     embeddings: np.ndarray | None = None
     normalization: str = "softmax"
@@ -401,6 +403,7 @@ def collect(
         examples=len(texts), seconds=seconds, layer_names=[n for n, _ in collector.modules],
         example_attention=per_head, token_examples=token_examples,
         token_mass=[[m.numpy() for m in p.stats.token_mass] for p in collector.probes], head_distance=head_distance,
+        token_sinks=[[m.numpy() for m in p.stats.token_sinks] for p in collector.probes],
         embeddings=torch.cat(pooled).numpy() if len(pooled) * batch_size >= len(texts) and pooled else None,
         normalization=_normalization(model, collector),
     )

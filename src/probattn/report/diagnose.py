@@ -312,7 +312,7 @@ def _token_markdown(r: Diagnosis) -> str:
              "pairs; the HTML report has the interactive view):", ""]
     for e, tokens in enumerate(r.token_examples):
         masses = np.concatenate([layer[e] for layer in r.token_mass if e < len(layer)])  # (ΣH, N)
-        sink = (masses >= SINK_THRESHOLD).mean(0) >= 0.5
+        sink = np.concatenate([layer[e] for layer in r.token_sinks if e < len(layer)]).mean(0) >= 0.5
         away = (masses < 0.1).mean(0) >= 0.5
         text = " ".join(f"**{t}**" if s else (f"~~{t}~~" if a else t) for t, s, a in zip(tokens, sink, away))
         lines.append(f"- example {e}: {text}")
@@ -363,8 +363,8 @@ def _build_report(results: list[Diagnosis], source: str, args) -> tuple[Report, 
                  f"(m̃ ≥ {SINK_THRESHOLD:g})", cmap="Oranges"), "fraction of keys that are sinks, layer x head")
     report.image("incoming_mass.png", figures.mass_histograms(runs),
                  "histograms of log10 normalized incoming mass per layer")
-    report.html(views.token_view("tokens", [{"label": r.label, "tokens": r.token_examples, "mass": r.token_mass}
-                                            for r in results], sink=SINK_THRESHOLD),
+    report.html(views.token_view("tokens", [{"label": r.label, "tokens": r.token_examples, "mass": r.token_mass,
+                                             "sinks": r.token_sinks} for r in results], sink=SINK_THRESHOLD),
                 "\n\n".join(_token_markdown(r) for r in results))
     report.heading("Heads")
     report.image("entropy.png", figures.layer_head_grid(runs, "entropy", "normalized attention entropy per head",

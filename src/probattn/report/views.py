@@ -30,9 +30,12 @@ def _round(a: np.ndarray, digits: int = 3) -> list:
 
 
 def token_view(view_id: str, models: Sequence[dict], *, threshold: float = 0.1, sink: float = 3.0) -> str:
-    """``models``: ``[{"label", "tokens": [[str]] per example, "mass": [layer][example] (H, N)}]``."""
+    """``models``: ``[{"label", "tokens": [[str]] per example, "mass": [layer][example] (H, N) normalized incoming
+    mass, "sinks": [layer][example] (H, N) bool}]`` (sinks as :func:`probattn.metrics.attention_sinks` found them;
+    ``sink`` is the threshold the legend names)."""
     data = [{"label": m["label"], "tokens": m["tokens"],
-             "mass": [[_round(e) for e in layer] for layer in m["mass"]]} for m in models]
+             "mass": [[_round(e) for e in layer] for layer in m["mass"]],
+             "sinks": [[np.asarray(e, dtype=int).tolist() for e in layer] for layer in m["sinks"]]} for m in models]
     payload = json.dumps({"models": data, "tau": threshold, "kappa": sink}).replace("</", "<\\/")
     vid = html.escape(view_id)
     return _STYLE + f"""<div class="pa-view" id="{vid}">
@@ -51,10 +54,10 @@ function setup(){{const m=D.models[+q("model").value||0];opts(q("example"),m.tok
 q("layer").max=m.mass.length-1;const H=m.mass[0][0].length;
 opts(q("head"),["all heads"].concat([...Array(H).keys()].map(h=>"head "+h)));draw();}}
 function draw(){{const m=D.models[+q("model").value||0],e=+q("example").value||0,l=+q("layer").value||0,
-hs=+q("head").value||0;out.textContent=l;box.innerHTML="";const M=m.mass[l][e],H=M.length;
-m.tokens[e].forEach((tok,j)=>{{const s=document.createElement("span");const col=M.map(r=>r[j]);
-let ea,sk;if(hs>0){{ea=col[hs-1]<D.tau?1:0;sk=col[hs-1]>=D.kappa?1:0;}}else{{
-ea=col.filter(v=>v<D.tau).length/H;sk=col.filter(v=>v>=D.kappa).length/H;}}
+hs=+q("head").value||0;out.textContent=l;box.innerHTML="";const M=m.mass[l][e],S=m.sinks[l][e],H=M.length;
+m.tokens[e].forEach((tok,j)=>{{const s=document.createElement("span");const col=M.map(r=>r[j]),sc=S.map(r=>r[j]);
+let ea,sk;if(hs>0){{ea=col[hs-1]<D.tau?1:0;sk=sc[hs-1];}}else{{
+ea=col.filter(v=>v<D.tau).length/H;sk=sc.reduce((a,b)=>a+b,0)/H;}}
 if(sk>0&&sk>=ea){{s.style.background="rgba(253,141,60,"+(0.25+0.75*sk)+")";s.className="pa-sink";}}
 else if(ea>0){{s.style.background="rgba(107,174,214,"+(0.25+0.75*ea)+")";s.className="pa-ea";}}
 s.textContent=tok;s.title="m̃ per head: "+col.map(v=>v.toFixed(3)).join(" ");box.appendChild(s);}});}}
