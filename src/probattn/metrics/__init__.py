@@ -4,14 +4,22 @@ entropy, calibration, edge-level versions for graph attention, and streaming acc
 from probattn.metrics.alignment import mean_distance, mmd_rbf, qk_alignment
 from probattn.metrics.calibration import CalibrationAccumulator, CalibrationResult, calibration
 from probattn.metrics.diversity import (
+    classical_mds,
     head_cka_from_covariance,
+    head_clusters,
     head_js_divergence,
     lin_redundancy,
     linear_cka,
     parameter_cosine_similarity,
 )
 from probattn.metrics.entropy import attention_entropy
-from probattn.metrics.explaining_away import explained_away_fraction, incoming_mass, min_incoming_mass
+from probattn.metrics.explaining_away import (
+    SINK_THRESHOLD,
+    attention_sinks,
+    explained_away_fraction,
+    incoming_mass,
+    min_incoming_mass,
+)
 from probattn.metrics.graph import (
     edge_explained_away_fraction,
     edge_fair_share,
@@ -22,18 +30,22 @@ from probattn.metrics.significance import PairedComparison, mean_interval, paire
 from probattn.metrics.streaming import AttentionStatistics, MomentAccumulator
 
 __all__ = [
+    "SINK_THRESHOLD",
     "AttentionStatistics",
     "CalibrationAccumulator",
     "CalibrationResult",
     "MomentAccumulator",
     "PairedComparison",
     "attention_entropy",
+    "attention_sinks",
     "calibration",
+    "classical_mds",
     "edge_explained_away_fraction",
     "edge_fair_share",
     "edge_head_js_divergence",
     "explained_away_fraction",
     "head_cka_from_covariance",
+    "head_clusters",
     "head_js_divergence",
     "incoming_mass",
     "lin_redundancy",

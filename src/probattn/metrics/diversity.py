@@ -14,6 +14,9 @@
 * :func:`parameter_cosine_similarity` — mean pairwise cosine of per-head weight vectors, the measure in the
   repulsive authors' GraphWriter code (``train_r.py``). Whether the paper reports either of these two is
   unverified; treat them as the code's measures, not the paper's.
+* :func:`head_clusters` / :func:`classical_mds` — heads of all layers grouped by their Jensen–Shannon
+  distances, and laid out in 2-D, as Clark et al. (2019, "What does BERT look at?", §6) did: compute
+  :func:`head_js_divergence` over the heads of every layer stacked on the head axis, then cluster / embed.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ from torch import Tensor
 from probattn.metrics._validity import validity
 
 __all__ = [
+    "classical_mds",
     "head_cka_from_covariance",
+    "head_clusters",
     "head_js_divergence",
     "lin_redundancy",
     "linear_cka",
@@ -119,3 +124,52 @@ def parameter_cosine_similarity(head_params: Tensor) -> Tensor:
     cos = unit @ unit.T
     h = cos.shape[0]
     return (cos.sum() - cos.diagonal().sum()) / (h * (h - 1))
+
+
+def _check_distance(distance: Tensor) -> int:
+    if distance.dim() != 2 or distance.shape[0] != distance.shape[1] or distance.shape[0] < 2:
+        raise ValueError(f"distance must be a square (n >= 2, n) matrix, got {tuple(distance.shape)}")
+    if not bool(torch.isfinite(distance).all()) or bool((distance < 0).any()):
+        raise ValueError("distance must hold finite, non-negative values")
+    return distance.shape[0]
+
+
+def classical_mds(distance: Tensor, dims: int = 2) -> Tensor:
+    """Classical (Torgerson) multidimensional scaling: points ``(n, dims)`` whose Euclidean distances best match
+    ``distance (n, n)`` (symmetric, zero diagonal): the top eigenvectors of ``B = −½ J D² J`` scaled by
+    ``sqrt(λ)`` (negative eigenvalues clipped to 0). Unique up to rotation / reflection."""
+    n = _check_distance(distance)
+    d2 = distance.to(torch.float64).pow(2)
+    centre = torch.eye(n, dtype=torch.float64, device=distance.device) - 1.0 / n
+    gram = -0.5 * centre @ d2 @ centre
+    values, vectors = torch.linalg.eigh((gram + gram.T) / 2)
+    top = values.flip(0)[:dims].clamp_min(0)
+    return vectors.flip(1)[:, :dims] * top.sqrt()
+
+
+def head_clusters(distance: Tensor, clusters: int) -> Tensor:
+    """Average-linkage agglomerative clustering of ``n`` heads from ``distance (n, n)`` into ``clusters`` groups.
+
+    Returns cluster ids ``(n,)`` long, numbered 0.. in order of each cluster's first member. Repeatedly merges the
+    two clusters with the smallest mean pairwise distance (ties: the lowest indices).
+    """
+    n = _check_distance(distance)
+    if not 1 <= clusters <= n:
+        raise ValueError(f"clusters must be between 1 and the number of heads ({n}), got {clusters}")
+    d = distance.to(torch.float64).clone()
+    members = [[i] for i in range(n)]
+    alive = list(range(n))
+    while len(alive) > clusters:
+        sub = d[alive][:, alive] + torch.diag(torch.full((len(alive),), float("inf"), dtype=torch.float64))
+        flat = int(torch.argmin(sub))
+        a, b = alive[flat // len(alive)], alive[flat % len(alive)]
+        a, b = min(a, b), max(a, b)
+        size_a, size_b = len(members[a]), len(members[b])
+        merged = (d[a] * size_a + d[b] * size_b) / (size_a + size_b)  # average linkage (Lance–Williams)
+        d[a], d[:, a] = merged, merged
+        members[a] += members[b]
+        alive.remove(b)
+    labels = torch.empty(n, dtype=torch.long)
+    for rank, root in enumerate(sorted(alive, key=lambda r: min(members[r]))):
+        labels[members[root]] = rank
+    return labels

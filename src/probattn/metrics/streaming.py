@@ -14,7 +14,13 @@ from probattn.metrics._validity import validity
 from probattn.metrics.alignment import qk_alignment
 from probattn.metrics.diversity import head_cka_from_covariance, head_js_divergence, lin_redundancy
 from probattn.metrics.entropy import attention_entropy
-from probattn.metrics.explaining_away import explained_away_fraction, incoming_mass, min_incoming_mass
+from probattn.metrics.explaining_away import (
+    SINK_THRESHOLD,
+    attention_sinks,
+    explained_away_fraction,
+    incoming_mass,
+    min_incoming_mass,
+)
 
 __all__ = ["AttentionStatistics", "MomentAccumulator"]
 
@@ -57,16 +63,32 @@ class AttentionStatistics:
     Feed it with :meth:`update_weights` (attention maps), :meth:`update_qk` (per-head queries and keys) and
     :meth:`update_head_outputs` (per-head outputs before the output projection); read :meth:`summary`.
     ``thresholds``: explained-away thresholds ``τ``; ``histogram_range``: ``log10 m̃`` range of the
-    incoming-mass histogram (values outside are counted in the first / last bin).
+    incoming-mass histogram (values outside are counted in the first / last bin). ``causal``: the layer's
+    queries see only keys ``j ≤ i`` (decoders): incoming mass and entropy use the causal-aware normalizations.
+    ``sink_threshold``: keys with ``m̃ ≥`` it are sinks. ``token_examples``: keep the per-head ``m̃`` of the
+    first that many examples (``token_mass``, a list of ``(H, N)`` over real keys, and ``token_sinks``, which of
+    them are sinks) for token-level views.
+    ``pairwise_examples``: compute the costly pairwise statistics (head Jensen–Shannon similarity, Lin, q/k MMD²
+    and distance) on the first that many examples only (None = all); the others always use every example.
     """
 
     def __init__(
         self, heads: int, *, thresholds: tuple[float, ...] = (0.1, 0.01),
-        histogram_range: tuple[float, float] = (-4.0, 2.5), histogram_bins: int = 50,
+        histogram_range: tuple[float, float] = (-4.0, 2.5), histogram_bins: int = 50, causal: bool = False,
+        sink_threshold: float = SINK_THRESHOLD, token_examples: int = 0, pairwise_examples: int | None = None,
     ) -> None:
         if heads < 1:
             raise ValueError(f"heads must be >= 1, got {heads}")
         self.heads = heads
+        self.causal = causal
+        self.pairwise_examples = pairwise_examples
+        self.pairwise_seen = 0
+        self.sink_threshold = sink_threshold
+        self.token_examples = token_examples
+        self.token_mass: list[Tensor] = []
+        self.token_sinks: list[Tensor] = []
+        self.sinks = torch.zeros(heads, dtype=torch.float64)
+        self.sink_share = torch.zeros(heads, dtype=torch.float64)
         self.thresholds = tuple(thresholds)
         self.histogram_range = histogram_range
         self.histogram_bins = histogram_bins
@@ -78,6 +100,7 @@ class AttentionStatistics:
         self.histogram = torch.zeros(histogram_bins, dtype=f64)
         self.entropy_sum = torch.zeros(heads, dtype=f64)
         self.queries = 0.0
+        self.entropy_queries = 0.0
         self.js_sum = torch.zeros(heads, heads, dtype=f64)
         self.redundancy_sum = 0.0
         self.qk_examples = 0
@@ -104,8 +127,16 @@ class AttentionStatistics:
         if not bool(torch.isfinite(w).logical_or(~real_rows).all()):
             raise ValueError("attention weights contain NaN or inf at real tokens; the model's forward pass is not finite")
         w = w.masked_fill(~real_rows, 0.0)  # padded rows / columns may hold garbage
-        mass = incoming_mass(w, query_valid=qv, key_valid=kv)
+        mass = incoming_mass(w, query_valid=qv, key_valid=kv, causal=self.causal)
         n_k = kv_full.sum(-1).to(torch.float64)  # (B,)
+        plain = incoming_mass(w, query_valid=qv, key_valid=kv) if self.causal else None
+        sink, sink_frac = attention_sinks(mass, threshold=self.sink_threshold, key_valid=kv, plain_mass=plain)
+        self.sinks += (sink_frac.to(torch.float64) * n_k[:, None]).sum(0).cpu()
+        absorbed = (w * sink[:, :, None, :]).sum(-1)  # (B, H, Lq): each row's mass on sink keys
+        self.sink_share += absorbed.masked_fill(~qv_full[:, None, :], 0.0).to(torch.float64).sum((0, 2)).cpu()
+        for e in range(min(b, self.token_examples - len(self.token_mass))):
+            self.token_mass.append(mass[e][:, kv_full[e]].to(torch.float32).cpu())
+            self.token_sinks.append(sink[e][:, kv_full[e]].cpu())
         for t in self.thresholds:
             frac = explained_away_fraction(mass, threshold=t, key_valid=kv)
             self.below[t] += (frac.to(torch.float64) * n_k[:, None]).sum(0).cpu()
@@ -115,11 +146,19 @@ class AttentionStatistics:
         selected = logm.masked_select(kv_full[:, None, :].expand_as(logm))
         lo, hi = self.histogram_range
         self.histogram += torch.histc(selected, bins=self.histogram_bins, min=lo, max=hi).to(torch.float64).cpu()
-        ent = attention_entropy(w, key_valid=kv, normalized=True)  # (B, H, Lq)
-        self.entropy_sum += ent.masked_fill(~qv_full[:, None, :], 0.0).to(torch.float64).sum((0, 2)).cpu()
+        ent = attention_entropy(w, key_valid=kv, normalized=True, causal=self.causal)  # (B, H, Lq)
+        # queries that see more than one key (a causal first query has no choice to make)
+        sees = kv_full.cumsum(-1) if self.causal and lq == lk else kv_full.sum(-1, keepdim=True).expand(b, lq)
+        choosing = qv_full & (sees > 1)
+        self.entropy_sum += ent.masked_fill(~choosing[:, None, :], 0.0).to(torch.float64).sum((0, 2)).cpu()
+        self.entropy_queries += float(choosing.sum())
         self.queries += float(qv_full.sum())
-        self.js_sum += head_js_divergence(w, query_valid=qv).to(torch.float64).sum(0).cpu()
-        self.redundancy_sum += float(lin_redundancy(w, query_valid=qv).sum())
+        take = b if self.pairwise_examples is None else max(0, min(b, self.pairwise_examples - self.pairwise_seen))
+        if take:
+            part_qv = None if qv is None else qv[:take]
+            self.js_sum += head_js_divergence(w[:take], query_valid=part_qv).to(torch.float64).sum(0).cpu()
+            self.redundancy_sum += float(lin_redundancy(w[:take], query_valid=part_qv).sum())
+            self.pairwise_seen += take
         if self.example_map is None:
             self.example_map = w[0][:, qv_full[0]][:, :, kv_full[0]].to(torch.float32).cpu()
         self.examples += b
@@ -128,6 +167,13 @@ class AttentionStatistics:
         self, q: Tensor, k: Tensor, *, query_valid: Tensor | None = None, key_valid: Tensor | None = None
     ) -> None:
         """Add per-head queries ``q (B, H, Lq, d)`` and keys ``k (B, H_kv, Lk, d)`` (projected, unscaled)."""
+        if self.pairwise_examples is not None:
+            take = max(0, min(q.shape[0], self.pairwise_examples - self.qk_examples))
+            if take == 0:
+                return
+            q, k = q[:take], k[:take]
+            query_valid = None if query_valid is None else query_valid[:take]
+            key_valid = None if key_valid is None else key_valid[:take]
         self._check_heads("q", q.shape[1] if q.dim() == 4 else -1)
         mmd, dist = qk_alignment(_at_least_float32(q), _at_least_float32(k),
                                  query_valid=query_valid, key_valid=key_valid)
@@ -153,15 +199,19 @@ class AttentionStatistics:
             for t in self.thresholds:
                 out[f"explained_away_{t:g}"] = (self.below[t] / self.keys).tolist()
             out["min_incoming_mass"] = self.min_mass.tolist()
+            out["sink_fraction"] = (self.sinks / self.keys).tolist()
+            out["sink_share"] = (self.sink_share / self.queries).tolist()
+            out["causal"] = self.causal
             out["incoming_mass_histogram"] = {
                 "log10_range": list(self.histogram_range), "counts": self.histogram.tolist()
             }
-            out["entropy"] = (self.entropy_sum / self.queries).tolist()
-            js = self.js_sum / self.examples
+            out["entropy"] = (self.entropy_sum / max(self.entropy_queries, 1.0)).tolist()
+            js = self.js_sum / max(self.pairwise_seen, 1)
             out["attention_similarity"] = (1 - js).tolist()
             off = ~torch.eye(self.heads, dtype=torch.bool)
             out["mean_attention_similarity"] = float((1 - js)[off].mean()) if self.heads > 1 else None
-            out["lin_redundancy"] = self.redundancy_sum / self.examples
+            out["lin_redundancy"] = self.redundancy_sum / max(self.pairwise_seen, 1)
+            out["pairwise_examples"] = self.pairwise_seen
         if self.qk_examples:
             out["qk_mmd2"] = (self.mmd_sum / self.qk_examples).tolist()
             out["qk_mean_distance"] = (self.mean_distance_sum / self.qk_examples).tolist()

@@ -33,7 +33,8 @@ def format_table(header: list[str], rows: list[list[Cell]]) -> str:
 @dataclass
 class Report:
     """Blocks in order: ``("heading", level, text)``, ``("text", text)``, ``("table", header, rows)``,
-    ``("image", file_name, png_bytes, caption)``."""
+    ``("image", file_name, png_bytes, caption)``, ``("html", html, markdown)`` (a fragment the HTML report
+    embeds as is, e.g. an interactive view, and the Markdown text that stands for it)."""
 
     title: str
     blocks: list[tuple] = field(default_factory=list)
@@ -49,6 +50,9 @@ class Report:
 
     def image(self, file_name: str, png: bytes, caption: str) -> None:
         self.blocks.append(("image", file_name, png, caption))
+
+    def html(self, fragment: str, markdown: str) -> None:
+        self.blocks.append(("html", fragment, markdown))
 
     def to_markdown(self) -> str:
         out = [f"# {self.title}", ""]
@@ -66,6 +70,8 @@ class Report:
                 out.append("")
             elif kind == "image":
                 out += [f"![{block[3]}]({block[1]})", "", f"*{block[3]}*", ""]
+            elif kind == "html":
+                out += [block[2], ""]
         return "\n".join(out)
 
     def to_html(self) -> str:
@@ -91,6 +97,8 @@ class Report:
                 data = base64.b64encode(block[2]).decode("ascii")
                 out.append(f'<figure><img alt="{esc(block[3])}" src="data:image/png;base64,{data}">'
                            f"<figcaption>{esc(block[3])}</figcaption></figure>")
+            elif kind == "html":
+                out.append(block[1])
         out.append("</body></html>")
         return "\n".join(out)
 
