@@ -62,7 +62,7 @@ def test_resume_after_a_crash_equals_the_uninterrupted_run(tmp_path, variant):
 def test_config_errors():
     with pytest.raises(ValueError, match="repulsive must be None, 'svgd' or 'spos'"):
         Seq2SeqTrainConfig(repulsive="sgld")
-    with pytest.raises(ValueError, match="unknown options"):
+    with pytest.raises(ValueError, match=r"unknown Seq2SeqTrainConfig options \['layers'\]"):
         Seq2SeqTrainConfig.from_dict({"layers": 3})
 
 

@@ -48,10 +48,7 @@ def _check_qkv(q: object, k: object, v: object) -> tuple[int, int, int, int, int
         if t.numel() == 0:
             raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); every dimension must be at least 1")
     assert isinstance(q, Tensor) and isinstance(k, Tensor) and isinstance(v, Tensor)
-    if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"q, k and v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if not (q.device == k.device == v.device):
-        raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}")
+    check_same_dtype_and_device(q, k, v)
     batch, heads, q_len, dim = q.shape
     if k.shape[0] != batch or v.shape[0] != batch:
         raise ValueError(f"batch sizes differ: q {q.shape[0]}, k {k.shape[0]}, v {v.shape[0]}")
@@ -72,6 +69,14 @@ def _check_qkv(q: object, k: object, v: object) -> tuple[int, int, int, int, int
 
 _ALPHA_NAN = ("hybrid_alpha is NaN; a learned weight (sigmoid of a logit) gets there when its logit diverged: "
               "lower the learning rate, clip gradients, or restart from an earlier checkpoint")
+
+
+def check_same_dtype_and_device(q: Tensor, k: Tensor, v: Tensor) -> None:
+    """``q``, ``k`` and ``v`` share one dtype and one device (errors name them)."""
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k and v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}")
 
 
 def check_hybrid_alpha(hybrid_alpha: object, heads: int) -> float | Tensor:

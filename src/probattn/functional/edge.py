@@ -31,7 +31,7 @@ import numbers
 import torch
 from torch import Tensor
 
-from probattn.functional.attention import NORMALIZATIONS, check_hybrid_alpha
+from probattn.functional.attention import NORMALIZATIONS, check_hybrid_alpha, check_same_dtype_and_device
 from probattn.masks import edge_validity
 
 __all__ = ["edge_attention", "segment_logsumexp"]
@@ -62,10 +62,7 @@ def _check_tensors(q: object, k: object, v: object) -> tuple[int, int, int]:
         if t.shape[0] < 1 or t.shape[1] < 1 or t.shape[2] < 1:
             raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); every dimension must be at least 1")
     assert isinstance(q, Tensor) and isinstance(k, Tensor) and isinstance(v, Tensor)
-    if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"q, k and v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if not (q.device == k.device == v.device):
-        raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}")
+    check_same_dtype_and_device(q, k, v)
     if not (q.shape[:2] == k.shape[:2] == v.shape[:2]):
         raise ValueError(f"q, k and v must agree on (num_nodes, heads): q {tuple(q.shape[:2])}, "
                          f"k {tuple(k.shape[:2])}, v {tuple(v.shape[:2])}")

@@ -57,6 +57,15 @@ def _decoder_error(where: str, normalization: str) -> ValueError:
         f"cross-attention must be 'softmax'. Use normalization={normalization!r} for the encoder self-attention only.")
 
 
+def dataclass_from_dict(cls: type, values: dict[str, Any]) -> Any:
+    """``cls(**values)`` for a dataclass, with a clear error naming unknown keys (a saved or user config)."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} options {unknown}; known: {sorted(known)}")
+    return cls(**values)
+
+
 @dataclass(frozen=True)
 class Seq2SeqConfig:
     """Sizes and options of :class:`Seq2SeqTransformer` (defaults: a small CPU model; the IWSLT model of the
@@ -105,11 +114,7 @@ class Seq2SeqConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Seq2SeqConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown Seq2SeqConfig options {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        return dataclass_from_dict(cls, values)
 
 
 @dataclass

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from probattn.models.seq2seq import (
     Seq2SeqTransformer,
     attention_modules,
     collate,
+    dataclass_from_dict,
     label_smoothed_loss,
     paper_particle_sets,
 )
@@ -94,11 +95,7 @@ class Seq2SeqTrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Seq2SeqTrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown options {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        return dataclass_from_dict(cls, values)
 
     def model_config(self, vocab_size: int, *, pad_id: int, bos_id: int, eos_id: int) -> Seq2SeqConfig:
         return Seq2SeqConfig(vocab_size=vocab_size, embed_dim=self.embed_dim, num_heads=self.num_heads,
