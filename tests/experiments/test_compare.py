@@ -147,3 +147,10 @@ def test_reduced_default_compare_end_to_end(tmp_path, monkeypatch, capsys):
     store, messages = TokenStateStore(), []
     store.encode(ood.texts, max_length=config.max_length, log=messages.append)
     assert messages and messages[0].startswith("using cached MiniLM token states for 60 texts")
+    # its rows read back as MiniLM's own token ids (checked against the tokenizer itself)
+    from probattn.hf.pretrained import load_tokenizer
+
+    encoded = store.encode(ood.texts[:3], max_length=config.max_length, log=messages.append)
+    want = load_tokenizer("minilm")(ood.texts[:3], truncation=True, max_length=config.max_length)["input_ids"]
+    for row, valid, ids in zip(encoded.input_ids, encoded.attention_mask, want):
+        assert store.token_ids(row[valid]).tolist() == ids

@@ -54,6 +54,9 @@ def test_probattn_train_output(tmp_path, capsys):
     assert len(model["layers"]) == 2 and model["layers"][0]["heads"] == 2
     assert model["calibration"]["count"] == 12  # a classifier and a labelled file: calibration is measured
     assert model["layers"][0]["causal"] is False
+    # the default preset's inputs are rows of the frozen-state store: the views must still show MiniLM's tokens
+    tokens = json.loads((out / "attention.json").read_text())["tokens"]
+    assert tokens[0] == "[CLS]" and any(t.isalpha() and len(t) > 2 for t in tokens), tokens
     # the same run switched to doubly-normalized attention
     assert main(["diagnose", str(run), *FAST, "--normalization", "doubly", "--output", str(tmp_path / "d")]) == 0
     (doubly,) = json.loads((tmp_path / "d" / "metrics.json").read_text())["models"]

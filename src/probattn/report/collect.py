@@ -246,7 +246,9 @@ class _Texts:
     def tokens(self, ids: list[int]) -> list[str]:
         if self.vocabulary is not None:
             return [self.vocabulary[i] if 0 <= i < len(self.vocabulary) else f"#{i}" for i in ids]
-        return self.tokenizer.convert_ids_to_tokens(ids)
+        # a probattn train model over frozen MiniLM states reads its input ids (store rows) back as tokens itself
+        convert = getattr(getattr(self.tokenizer, "tokenize", None), "convert_ids_to_tokens", None)
+        return (convert or self.tokenizer.convert_ids_to_tokens)(ids)
 
 
 def _forward(model: nn.Module, collector: _Collector, batch: dict[str, Tensor]) -> tuple[list[Tensor], object]:

@@ -6,6 +6,7 @@ output object with ``.logits``), and every encoder as ``encode(texts, pairs=None
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -142,6 +143,17 @@ def _minilm_states(config: TrainConfig, num_labels: int) -> tuple[nn.Module, Enc
     def tokenize(texts: list[str], pairs: list[str] | None, *, max_length: int) -> Encoded:
         return STORE.encode(texts, pairs, max_length=max_length)
 
+    @functools.cache
+    def minilm_tokenizer() -> Any:
+        from probattn.hf.pretrained import load_tokenizer
+
+        return load_tokenizer("minilm")
+
+    def convert_ids_to_tokens(rows: Sequence[int]) -> list[str]:  # input ids are store rows: read them as tokens
+        ids = STORE.token_ids(torch.as_tensor(list(rows), dtype=torch.long)).tolist()
+        return minilm_tokenizer().convert_ids_to_tokens(ids)
+
+    tokenize.convert_ids_to_tokens = convert_ids_to_tokens  # type: ignore[attr-defined]
     return model, Encoder(tokenize, config.max_length, {"kind": "minilm-states"})
 
 
