@@ -13,7 +13,7 @@ from probattn.masks import MaskSpec, build_mask_spec
 from probattn.nn import MultiheadAttention, replace_attention
 from probattn.repulsive import RepulsiveHeads, spos_direction, svgd_direction
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AlignmentRegularizer",
