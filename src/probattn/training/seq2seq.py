@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -98,11 +98,10 @@ class Seq2SeqTrainConfig:
         return dataclass_from_dict(cls, values)
 
     def model_config(self, vocab_size: int, *, pad_id: int, bos_id: int, eos_id: int) -> Seq2SeqConfig:
-        return Seq2SeqConfig(vocab_size=vocab_size, embed_dim=self.embed_dim, num_heads=self.num_heads,
-                             ffn_dim=self.ffn_dim, encoder_layers=self.encoder_layers,
-                             decoder_layers=self.decoder_layers, dropout=self.dropout,
-                             normalize_before=self.normalize_before, max_positions=self.max_positions,
-                             normalization=self.normalization, pad_id=pad_id, bos_id=bos_id, eos_id=eos_id)
+        # every model option this run config also has (sizes, dropout, norm placement, normalization), by name
+        shared = {f.name for f in fields(Seq2SeqConfig)} & {f.name for f in fields(self)}
+        return Seq2SeqConfig(vocab_size=vocab_size, pad_id=pad_id, bos_id=bos_id, eos_id=eos_id,
+                             **{name: getattr(self, name) for name in sorted(shared)})
 
 
 @dataclass(frozen=True)
