@@ -39,6 +39,7 @@ __all__ = [
     "from_hf_attention_mask",
     "from_torch_mha",
     "is_block_complete",
+    "padding_factors",
 ]
 
 # Additive mask entries at or below this value mean "may not attend". exp(-1e4) is 0 in every float dtype
@@ -294,6 +295,38 @@ def is_block_complete(allowed: Tensor) -> bool:
     row_code = first_query.gather(-1, first_key) * width + row_count
     key_code = first_query * width + row_count.gather(-1, first_query)
     return not bool(((row_code.unsqueeze(-1) != key_code.unsqueeze(-2)) & allowed).any())
+
+
+def padding_factors(spec: MaskSpec) -> tuple[Tensor | None, Tensor | None] | None:
+    """The pattern as padding: ``(query_valid, key_valid)`` with ``allowed == query_valid & key_valid``, or None.
+
+    Returns bool ``(B|1, H|1, Lq)`` and ``(B|1, H|1, Lk)`` factors (None = all valid) when ``spec`` has no
+    bias, no causal restriction, and its allowed pattern is, in every (batch, head) slice, the product of a
+    query validity and a key validity (padding on either axis in any spelling, e.g. a ``(B, 1, 1, Lk)`` bool
+    ``attn_mask``); None otherwise (bias, causal, block-diagonal or sparse patterns). A query that sees no key
+    is invalid (takes part in no column statistic and outputs zeros), as on every path. Exact, ``O(Lq * Lk)``;
+    under ``torch.compile`` only ``key_padding_mask`` / ``query_padding_mask`` count (no data-dependent check).
+    """
+    if spec.bias is not None or spec.causal:
+        return None
+    if not spec.patterned:
+        q_valid = None if spec.query_valid is None else spec.query_valid[:, None, :]
+        k_valid = None if spec.key_valid is None else spec.key_valid[:, None, :]
+        # a batch element with no real key has no valid query, and one with no real query no valid key
+        q_any = None if q_valid is None else q_valid.any(dim=-1, keepdim=True)
+        if k_valid is not None:
+            k_any = k_valid.any(dim=-1, keepdim=True)
+            q_valid = k_any.expand(-1, -1, spec.q_len) if q_valid is None else q_valid & k_any
+        if q_any is not None:
+            k_valid = q_any.expand(-1, -1, spec.k_len) if k_valid is None else k_valid & q_any
+        return q_valid, k_valid
+    if torch.compiler.is_compiling() or spec.allowed is None:
+        return None
+    allowed = spec.allowed
+    q_valid, k_valid = allowed.any(dim=-1), allowed.any(dim=-2)
+    if bool((allowed != (q_valid.unsqueeze(-1) & k_valid.unsqueeze(-2))).any()):
+        return None
+    return q_valid, k_valid
 
 
 def check_column_normalizable(spec: MaskSpec, normalization: str) -> None:

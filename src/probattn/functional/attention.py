@@ -4,8 +4,9 @@ Validates every argument (errors name the argument), builds the :class:`~probatt
 column-normalized schemes on causal problems, and dispatches:
 
 * ``"softmax"``  -> ``scaled_dot_product_attention`` (or a dense path when weights are requested);
-* ``"doubly"``, ``"hybrid"``, ``"sinkhorn"`` -> dense materialized scores (``impl="dense"``) or the
-  key-block streaming path of :mod:`probattn.functional.streaming` (``impl="chunked"``).
+* ``"doubly"``, ``"hybrid"``, ``"sinkhorn"`` -> dense materialized scores (``impl="dense"``), the
+  key-block streaming path of :mod:`probattn.functional.streaming` (``impl="chunked"``) or PyTorch's fused
+  kernels, FlashAttention on CUDA (``impl="sdpa"``, :mod:`probattn.functional.fused`; ``"auto"`` on CUDA).
 
 Scores, log-normalizers and softmaxes are computed in float32 for float16/bfloat16 inputs (float64 stays
 float64); the output has the inputs' dtype.
@@ -22,14 +23,21 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from probattn.functional.doubly import doubly_weights, hybrid_weights
+from probattn.functional.fused import excluded_gap, fused_normalized_attention
 from probattn.functional.sinkhorn import sinkhorn_weights
 from probattn.functional.softmax import sdpa_attention, softmax_weights
 from probattn.functional.streaming import chunked_attention, prefer_chunked
-from probattn.masks import MASKED_AT_OR_BELOW, MaskSpec, build_mask_spec, check_column_normalizable
+from probattn.masks import (
+    MASKED_AT_OR_BELOW,
+    MaskSpec,
+    build_mask_spec,
+    check_column_normalizable,
+    padding_factors,
+)
 
 NORMALIZATIONS: tuple[str, ...] = ("softmax", "doubly", "hybrid", "sinkhorn")
 COLUMN_NORMALIZED: frozenset[str] = frozenset({"doubly", "hybrid", "sinkhorn"})
-IMPLS: tuple[str, ...] = ("auto", "dense", "chunked")
+IMPLS: tuple[str, ...] = ("auto", "dense", "chunked", "sdpa")
 
 __all__ = ["COLUMN_NORMALIZED", "IMPLS", "NORMALIZATIONS", "attention", "check_hybrid_alpha"]
 
@@ -159,15 +167,17 @@ def _max_abs(name: str, t: Tensor) -> float:
     return max(-low, high)
 
 
-def _check_ranges(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec, scale: float, normalization: str) -> None:
-    """Finite inputs, and scores / bias that the computing dtype holds with room to spare.
+def _check_ranges(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec, scale: float, normalization: str) -> float | None:
+    """Finite inputs, and scores / bias that the computing dtype holds with room to spare; the score bound.
 
     The same bound decides for every path (dense, chunked, forward and backward): ``|scale * q.k| <= |scale| * D
     * max|q| * max|k|`` must stay below ``finfo(compute).max / 2**16`` (float32: 5.2e33), so no score,
     log-normalizer or gradient product overflows anywhere. Skipped under ``torch.compile`` (data-dependent).
+
+    Returns the bound on ``|score|`` (None under ``torch.compile``).
     """
     if torch.compiler.is_compiling():
-        return
+        return None
     q_max, k_max = _max_abs("q", q), _max_abs("k", k)
     _max_abs("v", v)
     compute = torch.float64 if q.dtype == torch.float64 else torch.float32
@@ -184,6 +194,7 @@ def _check_ranges(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec, scale: float,
             f"attn_mask holds finite values up to {spec.bias_absmax:.3g} in magnitude, more than {bias_dtype} holds "
             f"safely ({torch.finfo(bias_dtype).max / 2:.3g}); pass a smaller bias, or -inf / a bool mask to block pairs"
         )
+    return bound
 
 
 def _checked_output(out: Tensor) -> Tensor:
@@ -233,9 +244,11 @@ def attention(
         return_weights: also return the ``(B, H, Lq, Lk)`` attention weights (after dropout); this
             materializes the weights.
         impl: ``"dense"`` (materialized scores), ``"chunked"`` (key-block streaming, memory linear in the
-            sequence length) or ``"auto"`` (chunked from ``B * H * Lq * Lk >= 2**20`` scores when neither
-            ``return_weights`` nor ``dropout_p > 0`` is asked; see
-            :func:`probattn.functional.streaming.prefer_chunked`). Ignored for ``"softmax"``.
+            sequence length), ``"sdpa"`` (PyTorch's fused attention kernels, FlashAttention on CUDA; memory
+            linear; padding-shaped masks only, see :mod:`probattn.functional.fused`) or ``"auto"``: on CUDA
+            ``"sdpa"`` where it can run; else chunked from ``B * H * Lq * Lk >= 2**20`` scores when neither
+            ``return_weights`` nor ``dropout_p > 0`` is asked (see
+            :func:`probattn.functional.streaming.prefer_chunked`), else dense. Ignored for ``"softmax"``.
 
     Returns:
         ``out (B, H, Lq, Dv)``, or ``(out, weights)`` when ``return_weights``. Queries with no allowed key
@@ -268,7 +281,7 @@ def attention(
                 "(mean pooling); use 'softmax' for single-query pooling", UserWarning, stacklevel=2,
             )
     scale = float(scale) if scale is not None else 1.0 / math.sqrt(dim)
-    _check_ranges(q, k, v, spec, scale, normalization)
+    score_bound = _check_ranges(q, k, v, spec, scale, normalization)
     dropout_p = float(dropout_p)
 
     if normalization == "softmax" and not return_weights:
@@ -277,6 +290,16 @@ def attention(
         return _checked_output(out)
 
     groups = heads // kv_heads
+    if normalization != "softmax" and (impl == "sdpa" or (impl == "auto" and q.device.type == "cuda")):
+        factors, refusal = _fused_plan(q, spec, scale, score_bound, return_weights, dropout_p)
+        if impl == "sdpa" and refusal is not None:
+            raise ValueError(f"impl='sdpa' cannot run this call: {refusal}")
+        if factors is not None:
+            out = fused_normalized_attention(
+                q, _expand_kv(k, groups), _expand_kv(v, groups), query_valid=factors[0], key_valid=factors[1],
+                scale=scale, normalization=normalization, hybrid_alpha=alpha, sinkhorn_iters=int(sinkhorn_iters),
+            )
+            return _checked_output(out)
     # impl="auto": the key-block slab path where it is measured faster (many scores), and only when neither the
     # weights nor dropout (which need the materialized weights) are asked for
     auto_chunked = impl == "auto" and not return_weights and dropout_p == 0 and prefer_chunked(
@@ -296,6 +319,33 @@ def attention(
                               return_weights=return_weights)
     _checked_output(result[0] if return_weights else result)
     return result
+
+
+def _fused_plan(q: Tensor, spec: MaskSpec, scale: float, score_bound: float | None, return_weights: bool,
+                dropout_p: float) -> tuple[tuple[Tensor | None, Tensor | None] | None, str | None]:
+    """``(padding factors, None)`` when the fused-kernel path can run this call, else ``(None, why not)``."""
+    if q.device.type not in ("cpu", "cuda"):
+        return None, f"it runs on CPU and CUDA tensors, not {q.device.type}; use impl='chunked'"
+    if q.device.type == "cuda" and q.dtype == torch.float64:
+        return None, "float64 on CUDA has no fused kernel; use float32 or impl='chunked'"
+    if return_weights:
+        return None, "return_weights=True materializes the weights; use impl='dense' (or 'auto') for them"
+    if dropout_p > 0:
+        return None, "dropout_p > 0 is not supported; use impl='dense'"
+    if scale <= 0:
+        return None, f"scale must be > 0, got {scale}; use impl='chunked'"
+    if q.dtype == torch.float16:  # an excluded key must land far below every score, in float16's range
+        if score_bound is None:
+            return None, "float16 under torch.compile (the score range is unknown); use bfloat16 or impl='chunked'"
+        room = 4 * score_bound + 2 * math.log(spec.q_len * spec.k_len) + 50
+        if room > excluded_gap(q.dtype, scale) or room / scale > torch.finfo(q.dtype).max / 4:
+            return None, (f"float16 scores up to {score_bound:.3g} leave too little range for the bias in the extra "
+                          "head dimensions; use bfloat16 or float32, or impl='chunked'")
+    factors = padding_factors(spec)
+    if factors is None:
+        return None, ("it takes padding-shaped masks only (key_padding_mask / query_padding_mask, or an attn_mask "
+                      "that is their product); this mask has a bias or a block pattern: use impl='chunked'")
+    return factors, None
 
 
 def _dense_attention(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec, *, normalization: str, scale: float,

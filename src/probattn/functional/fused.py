@@ -1,0 +1,204 @@
+"""Doubly-normalized, hybrid and Sinkhorn attention from PyTorch's fused attention kernels (``impl="sdpa"``).
+
+Doubly-normalized attention is row-softmax attention with a per-key bias ``-c_j``, where ``c_j`` is the
+log-sum-exp of key ``j``'s column over the queries (:mod:`probattn.functional.doubly`). Every statistic is
+therefore the row log-sum-exp of *some* attention problem, which the fused kernels already compute:
+
+* ``c = LSE_i(S_ij)``: one kernel call with the roles swapped (keys attend to queries);
+* ``out = softmax_j(S_ij - c_j) V``: one kernel call with the bias ``-c_j`` riding inside the scores;
+* Sinkhorn: ``n - 1`` more pairs of such passes; hybrid: one more plain softmax pass.
+
+The kernels take no per-key bias, so it travels in extra head dimensions (zero-padded to a multiple of 8)::
+
+    q' = [q, 1, 1, 1, 0 ...]      k' = [k, f_j, b_j_hi / scale, b_j_lo / scale, 0 ...]
+
+``scale * q'.k' = scale * q.k + scale * f_j + b_j`` exactly as the kernel accumulates (float32): ``f_j`` is 0
+for a real key and a large negative number for an excluded one (its weight is exactly 0), and the bias is
+split into two numbers of the input dtype so that a bfloat16 bias keeps about 16 significant bits.
+Gradients: the output pass uses the public :func:`torch.nn.functional.scaled_dot_product_attention` (its own
+fused backward); each log-sum-exp is an autograd Function whose backward is one more fused pass with the roles
+swapped again. Nothing of size ``(Lq, Lk)`` is stored: memory is linear in the sequence length.
+
+Kernels (all return the row log-sum-exp): FlashAttention-2 on CUDA for float16/bfloat16, the memory-efficient
+kernel on CUDA for float32, PyTorch's flash kernel on the CPU (every float dtype, float64 included, which
+``gradcheck`` uses). Only padding-shaped masks (:func:`probattn.masks.padding_factors`) travel this way; other
+masks take the chunked or dense path.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["EXTRA_DIMS", "excluded_gap", "fused_normalized_attention", "row_logsumexp", "widened_head_dim"]
+
+EXTRA_DIMS = 3  # the exclusion flag and the two parts of the bias
+
+
+def widened_head_dim(head_dim: int, value_dim: int) -> int:
+    """Head dimension of the widened tensors: room for the extra dimensions, a multiple of 8 (kernel alignment)."""
+    return (max(head_dim + EXTRA_DIMS, value_dim) + 7) // 8 * 8
+
+
+def _exclusion_value(dtype: torch.dtype, scale: float) -> float:
+    """``f`` of an excluded key: ``scale * f`` far below any score, ``f`` representable in ``dtype``."""
+    return -min(torch.finfo(dtype).max / 4, 1e6 / scale)
+
+
+def excluded_gap(dtype: torch.dtype, scale: float) -> float:
+    """How far below the scores an excluded key lands (``scale * |f|``): 1e6 except in float16 (~2e3 at D = 64)."""
+    return scale * -_exclusion_value(dtype, scale)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _widen_query(x: Tensor, width: int) -> Tensor:
+    """``(B, H, L, D) -> (B, H, L, width)``: ``[x, 1, 1, 1, 0 ...]``."""
+    b, h, length, d = x.shape
+    return torch.cat([x, x.new_ones(b, h, length, EXTRA_DIMS), x.new_zeros(b, h, length, width - d - EXTRA_DIMS)], -1)
+
+
+def _widen_key(x: Tensor, bias: Tensor | None, valid: Tensor | None, scale: float, width: int) -> Tensor:
+    """``(B, H, L, D) -> (B, H, L, width)``: ``[x, f, bias_hi / scale, bias_lo / scale, 0 ...]``.
+
+    ``bias`` ``(B|1, H|1, L)`` in the compute dtype (differentiable) or None; ``valid`` ``(B|1, H|1, L)`` bool
+    or None (False = excluded: weight exactly 0).
+    """
+    b, h, length, d = x.shape
+    shape = (b, h, length, 1)
+    if valid is None:
+        flag = x.new_zeros(shape)
+    else:
+        flag = (~valid).to(x.dtype).mul(_exclusion_value(x.dtype, scale)).unsqueeze(-1).expand(shape)
+    if bias is None:
+        parts = [x.new_zeros(shape), x.new_zeros(shape)]
+    else:
+        scaled = (bias / scale).unsqueeze(-1).expand(shape)
+        hi = scaled.to(x.dtype)
+        parts = [hi, (scaled - hi.to(scaled.dtype)).to(x.dtype)]
+    return torch.cat([x, flag, *parts, x.new_zeros(b, h, length, width - d - EXTRA_DIMS)], -1)
+
+
+def _pad_values(v: Tensor, width: int) -> Tensor:
+    return v if v.shape[-1] == width else F.pad(v, (0, width - v.shape[-1]))
+
+
+def _kernel(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """One fused attention call without autograd: ``(out (B, H, Lq, W), row log-sum-exp (B, H, Lq))``."""
+    if q.device.type == "cuda":
+        if q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256:
+            res = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=scale)
+            return res[0], res[1]
+        res = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True, 0.0, False, scale=scale)
+        return res[0], res[1][..., : q.shape[-2]]
+    if q.device.type == "cpu":
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, scale=scale)
+        return out, lse
+    raise ValueError(f"the fused path runs on CPU and CUDA tensors, not {q.device.type}")
+
+
+class _RowLogSumExp(torch.autograd.Function):
+    """``l_i = LSE_{j valid}(scale * a_i.b_j + bias_j)`` ``(B, H, La)``; 0 where no ``j`` is valid."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor, bias: Tensor | None, valid: Tensor | None,  # type: ignore[override]
+                scale: float) -> Tensor:
+        d, compute = a.shape[-1], _compute_dtype(a.dtype)
+        width = widened_head_dim(d, d)
+        b_wide = _widen_key(b, bias, valid, scale, width)
+        out, lse = _kernel(_widen_query(a, width), b_wide, b_wide, scale)
+        lse = lse.to(compute)
+        if valid is not None:
+            lse = torch.where(valid.any(dim=-1, keepdim=True), lse, torch.zeros((), dtype=compute, device=a.device))
+        ctx.scale, ctx.width, ctx.has_bias = scale, width, bias is not None
+        ctx.save_for_backward(a, b, bias if bias is not None else lse.new_empty(0), valid if valid is not None else
+                              lse.new_empty(0, dtype=torch.bool), out[..., :d].contiguous(), lse)
+        ctx.has_valid = valid is not None
+        return lse
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        a, b, bias, valid, pooled_b, lse = ctx.saved_tensors
+        scale, width, d = ctx.scale, ctx.width, a.shape[-1]
+        compute = grad.dtype
+        if ctx.has_valid:  # rows with no valid column are 0 by definition: no gradient
+            grad = grad.masked_fill(~valid.any(dim=-1, keepdim=True), 0.0)
+        weighted = grad * scale
+        grad_a = grad_b = grad_bias = None
+        if ctx.needs_input_grad[0]:  # sum_j P_ij b_j was pooled in the forward pass
+            grad_a = (weighted.unsqueeze(-1) * pooled_b.to(compute)).to(a.dtype)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            # sum_i P_ij [g_i scale a_i, g_i] = exp(bias_j + m_j) * softmax_i(S_ij - l_i) [...]: the roles swapped
+            values = torch.cat([weighted.unsqueeze(-1) * a.to(compute), grad.unsqueeze(-1)], -1).to(a.dtype)
+            out, m = _kernel(_widen_query(b, width), _widen_key(a, -lse, None, scale, width),
+                             _pad_values(values, width), scale)
+            log_factor = m.to(compute) + bias if ctx.has_bias else m.to(compute)
+            factor = torch.exp(log_factor)
+            if ctx.has_valid:
+                factor = factor.masked_fill(~valid, 0.0)
+            pooled = out[..., : d + 1].to(compute) * factor.unsqueeze(-1)
+            grad_b = pooled[..., :d].to(b.dtype) if ctx.needs_input_grad[1] else None
+            if ctx.needs_input_grad[2]:
+                grad_bias = pooled[..., d]
+                if bias.shape != grad_bias.shape:  # a bias broadcast over batch or heads
+                    grad_bias = grad_bias.sum_to_size(bias.shape)
+        return grad_a, grad_b, grad_bias, None, None
+
+
+def row_logsumexp(a: Tensor, b: Tensor, bias: Tensor | None = None, valid: Tensor | None = None, *,
+                  scale: float) -> Tensor:
+    """Differentiable ``LSE_j(scale * a_i.b_j + bias_j)`` over the valid ``j``, from one fused kernel call.
+
+    Args:
+        a: ``(B, H, La, D)``; b: ``(B, H, Lb, D)`` (same dtype and device).
+        bias: ``(B|1, H|1, Lb)`` float32 (float64 for float64 inputs), or None.
+        valid: ``(B|1, H|1, Lb)`` bool, True = ``j`` takes part; None = all.
+        scale: score scale, > 0.
+
+    Returns:
+        ``(B, H, La)`` in float32 (float64 for float64 inputs); 0 where no ``j`` is valid.
+    """
+    return _RowLogSumExp.apply(a, b, bias, valid, scale)
+
+
+def fused_normalized_attention(q: Tensor, k: Tensor, v: Tensor, *, query_valid: Tensor | None,
+                               key_valid: Tensor | None, scale: float, normalization: str,
+                               hybrid_alpha: float | Tensor = 0.5, sinkhorn_iters: int = 1) -> Tensor:
+    """``doubly`` / ``hybrid`` / ``sinkhorn`` attention from fused kernels; memory linear in the length.
+
+    Args:
+        q: ``(B, H, Lq, D)``; k: ``(B, H, Lk, D)``; v: ``(B, H, Lk, Dv)`` (grouped-query heads already expanded).
+        query_valid: ``(B|1, H|1, Lq)`` bool (True = real query) or None; key_valid: ``(B|1, H|1, Lk)`` or None.
+            A batch element with no valid key must have no valid query (:func:`probattn.masks.padding_factors`).
+        scale: score scale, > 0.
+        normalization: ``"doubly"``, ``"hybrid"`` or ``"sinkhorn"``.
+        hybrid_alpha: weight of softmax in ``"hybrid"`` (float, or tensor broadcastable to ``(B, H, 1, 1)``).
+        sinkhorn_iters: column-then-row iterations for ``"sinkhorn"`` (1 == doubly).
+
+    Returns:
+        ``(B, H, Lq, Dv)`` in the inputs' dtype; invalid queries output zeros.
+    """
+    if not (scale > 0 and math.isfinite(scale)):
+        raise ValueError(f"scale must be a positive finite number for the fused path, got {scale!r}")
+    d, dv = q.shape[-1], v.shape[-1]
+    width = widened_head_dim(d, dv)
+    c = row_logsumexp(k, q, None, query_valid, scale=scale)  # column step
+    for _ in range(sinkhorn_iters - 1 if normalization == "sinkhorn" else 0):
+        u = -row_logsumexp(q, k, -c, key_valid, scale=scale)  # row step
+        c = row_logsumexp(k, q, u, query_valid, scale=scale)  # column step on the row-normalized plan
+    q_wide, v_wide = _widen_query(q, width), _pad_values(v, width)
+    out = F.scaled_dot_product_attention(q_wide, _widen_key(k, -c, key_valid, scale, width), v_wide,
+                                         scale=scale)[..., :dv]
+    if normalization == "hybrid":
+        soft = F.scaled_dot_product_attention(q_wide, _widen_key(k, None, key_valid, scale, width), v_wide,
+                                              scale=scale)[..., :dv]
+        alpha = hybrid_alpha.to(soft.dtype) if isinstance(hybrid_alpha, Tensor) else hybrid_alpha
+        out = alpha * soft + (1 - alpha) * out
+    if query_valid is not None:
+        out = out.masked_fill(~query_valid.unsqueeze(-1), 0.0)
+    return out
