@@ -29,13 +29,13 @@ stage() {  # stage NAME SECONDS command...
 
 { nvidia-smi -L; $PY -c "import sys, torch; print(sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"; } 2>&1 | tee -a "$LOG"
 stage import 60 $PY -c "import probattn, probattn.functional.fused; print('probattn', probattn.__version__)"
-stage gpu-tests 150 $PY -m pytest -q -p no:cacheprovider -m gpu -rf -W ignore::UserWarning tests/
+stage gpu-tests 90 $PY -m pytest -q -p no:cacheprovider -m gpu -rf -W ignore::UserWarning tests/
 tail -n 3 "$LOG"
 RES=$(mktemp -d)
-stage attention-grid 200 $PY benchmarks/attention_gpu.py --out "$RES"
+stage attention-grid 150 $PY benchmarks/attention_gpu.py --out "$RES"
 cp "$RES"/attention-gpu-*.json "$OUT/attention-gpu.json" 2>/dev/null
 cp "$RES"/attention-gpu-*.csv "$OUT/attention-gpu.csv" 2>/dev/null
-stage training-step 90 $PY benchmarks/training_step.py --device cuda --autocast bf16 --lengths 128 512 2048 \
+stage training-step 60 $PY benchmarks/training_step.py --device cuda --autocast bf16 --lengths 128 512 2048 \
   --batch 16 --steps 5 --out "$RES"
 cp "$RES"/training-step-gpu-*.json "$OUT/training-step-gpu.json" 2>/dev/null
 grep -E "^\| " "$LOG" | tail -n 20
