@@ -101,7 +101,7 @@ TIMING = ("ms_per_step", "cpu_ms_per_step", "test_seconds")
 def _without_timing(results: dict) -> dict:
     per_seed = {v: {k: m for k, m in metrics.items() if k not in TIMING} for v, metrics in results["per_seed"].items()}
     runs = [{"variant": r["variant"], "seed": r["seed"], "sentence_chrf": r["sentence_chrf"],
-             "history": [{k: x for k, x in h.items() if k != "val_seconds"} for h in r["history"]]}
+             "history": [{k: x for k, x in h.items() if k not in ("val_seconds", "wall_time")} for h in r["history"]]}
             for r in results["runs"]]
     return {"per_seed": per_seed, "paired_tests": results["paired_tests"], "runs": runs,
             "baselines": results["baselines"], "data": results["data"]}

@@ -377,7 +377,7 @@ def _train(config: Seq2SeqTrainConfig, data: Seq2SeqData, ctx: D.Distributed, ou
         timing["steps"] += 1
         sums = ctx.all_reduce_mean(torch.stack([loss_sum.detach(), nll_sum]).double().cpu() * ctx.world_size)
         record = {"step": step + 1, "loss": float(sums[0]) / tokens, "nll": float(sums[1]) / tokens,
-                  "tokens": tokens, "sentences": len(batch), "lr": _lr(config, step)}
+                  "tokens": tokens, "sentences": len(batch), "lr": _lr(config, step), "wall_time": time.time()}
         if config.alignment:
             record["alignment"] = float(align.detach())
         if repulsive is not None:
