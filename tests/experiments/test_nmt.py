@@ -90,3 +90,103 @@ def test_head_diversity_matches_an_independent_computation():
             per_layer.append(np.mean(per_example))
         assert result[f"js_{kind}"] == pytest.approx(np.mean(per_layer), rel=1e-6, abs=1e-9), kind
         assert -1 / 3 <= result[f"cos_{kind}"] <= 1
+
+
+PARALLEL = ["experiment", "nmt", "--data", "sample", "--size", "tiny", "--variants", "softmax", "svgd",
+            "--max-steps", "3", "--max-tokens", "400", "--vocab-size", "300", "--eval-every", "2", "--warmup-steps",
+            "1", "--test-examples", "6", "--validation-examples", "4", "--beam", "2", "--no-progress", "--threads", "1"]
+TIMING = ("ms_per_step", "cpu_ms_per_step", "test_seconds")
+
+
+def _without_timing(results: dict) -> dict:
+    per_seed = {v: {k: m for k, m in metrics.items() if k not in TIMING} for v, metrics in results["per_seed"].items()}
+    runs = [{"variant": r["variant"], "seed": r["seed"], "sentence_chrf": r["sentence_chrf"],
+             "history": [{k: x for k, x in h.items() if k not in ("val_seconds", "wall_time")} for h in r["history"]]}
+            for r in results["runs"]]
+    return {"per_seed": per_seed, "paired_tests": results["paired_tests"], "runs": runs,
+            "baselines": results["baselines"], "data": results["data"]}
+
+
+def _table_without_timing(markdown: str) -> list[str]:
+    """results.md without the command line and the two timing columns of the test table."""
+    lines = [line for line in markdown.splitlines() if not line.startswith("Command:")]
+    return [line.rsplit("|", 3)[0] if line.startswith("| ") and line.count("|") == 10 else line for line in lines]
+
+
+def test_parallel_processes_into_one_folder_give_the_sequential_table(tmp_path, capsys):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import probattn
+
+    sequential, parallel = tmp_path / "sequential", tmp_path / "parallel"
+    assert main([*PARALLEL, "--seeds", "0", "1", "--output", str(sequential)]) == 0
+    assert main([*PARALLEL, "--seeds", "0", "1", "--output", str(parallel), "--prepare-only"]) == 0
+    assert sorted(p.name for p in parallel.iterdir()) == ["prepared.json", "tokenizer.json"]
+    env = {**os.environ, "PYTHONPATH": str(Path(probattn.__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    workers = [subprocess.Popen([sys.executable, "-m", "probattn", *PARALLEL, "--seeds", seed, "--output",
+                                 str(parallel), "--resume", "--no-report"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for seed in ("0", "1")]
+    for worker in workers:
+        out, err = worker.communicate(timeout=300)
+        assert worker.returncode == 0, err[-2000:]
+        assert "--report-only" in out
+    assert not (parallel / "results.md").exists()  # the workers write their runs only
+    assert sorted(p.name for p in (parallel / "runs").iterdir()) == [
+        f"{v}-seed{s}.json" for v in ("softmax", "svgd") for s in (0, 1)]
+    capsys.readouterr()
+    assert main([*PARALLEL, "--seeds", "0", "1", "--output", str(parallel), "--resume", "--report-only"]) == 0
+    assert capsys.readouterr().out.count("finished before, skipped") == 4
+    assert not (parallel / "checkpoints").exists() or sorted(p.name for p in (parallel / "checkpoints").iterdir()) == [
+        f"{v}-seed{s}" for v in ("softmax", "svgd") for s in (0, 1)]
+    one, two = (json.loads((d / "results.json").read_text()) for d in (sequential, parallel))
+    assert _without_timing(two) == _without_timing(one)
+    assert _table_without_timing((parallel / "results.md").read_text()) == _table_without_timing(
+        (sequential / "results.md").read_text())
+    assert (parallel / "val_bleu.png").is_file()
+
+    # a report over runs that are not all finished names the missing ones and tables the others
+    assert main([*PARALLEL, "--seeds", "0", "1", "2", "--output", str(parallel), "--resume", "--report-only"]) == 0
+    assert capsys.readouterr().out.count("not finished, left out of the report") == 2
+    assert "Runs not finished (left out of every table): softmax-seed2, svgd-seed2." in (
+        parallel / "results.md").read_text()
+
+
+def test_report_only_needs_a_prepared_folder_and_finished_runs(tmp_path, capsys):
+    assert main([*PARALLEL, "--seeds", "0", "--output", str(tmp_path / "none"), "--report-only"]) == 2
+    assert "--report-only: " in capsys.readouterr().err
+    assert main([*PARALLEL, "--seeds", "0", "--output", str(tmp_path / "prep"), "--prepare-only"]) == 0
+    assert main([*PARALLEL, "--seeds", "0", "--output", str(tmp_path / "prep"), "--resume", "--report-only"]) == 2
+    assert "--report-only: no finished run of softmax svgd" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="2"):
+        main([*PARALLEL, "--seeds", "0", "--output", str(tmp_path / "x"), "--report-only", "--no-report"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_gpu_schedule_fills_the_options_not_given():
+    import argparse
+
+    from probattn.experiments.nmt import SCHEDULES, _apply_schedule, add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--schedule", "gpu", "--max-steps", "700"])
+    _apply_schedule(args)
+    assert (args.max_steps, args.max_tokens, args.eval_every) == (700, 8192, SCHEDULES["gpu"]["eval_every"])
+    args = parser.parse_args([])
+    _apply_schedule(args)
+    assert (args.max_steps, args.max_tokens, args.warmup_steps, args.eval_every, args.checkpoint_every,
+            args.validation_examples) == (500, 2048, 150, 100, 100, None)  # the CPU defaults, unchanged
+
+
+@pytest.mark.gpu
+def test_every_variant_trains_and_decodes_on_cuda(tmp_path):
+    out = tmp_path / "cuda"
+    assert main([*PARALLEL[:7], "softmax", "svgd", "spos", "doubly-encoder", "alignment", *PARALLEL[9:],
+                 "--seeds", "0", "--device", "cuda", "--output", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["variants"] == ["softmax", "svgd", "spos", "doubly-encoder", "alignment"]
+    for run in results["runs"]:
+        assert run["config"]["device"] == "cuda" and run["final_train_loss"] > 0

@@ -42,9 +42,9 @@ from typing import Any
 
 import torch
 
-from probattn.training.checkpoint import write_json
+from probattn.training.checkpoint import atomic_write, write_json
 
-__all__ = ["SIZES", "VARIANTS", "add_arguments", "baselines", "head_diversity", "run", "run_experiment",
+__all__ = ["SCHEDULES", "SIZES", "VARIANTS", "add_arguments", "baselines", "head_diversity", "run", "run_experiment",
            "write_summary"]
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -60,9 +60,20 @@ SIZES: dict[str, dict[str, int]] = {
     "medium": {"embed_dim": 256, "num_heads": 4, "ffn_dim": 1024, "encoder_layers": 6, "decoder_layers": 6},
     "iwslt": {"embed_dim": 512, "num_heads": 4, "ffn_dim": 1024, "encoder_layers": 6, "decoder_layers": 6},
 }
-DEFAULT_SIZE, DEFAULT_STEPS, DEFAULT_SEEDS = "small", 500, (0, 1)
+# --schedule: the step budget and evaluation costs (flags given explicitly win). ``cpu`` (the default) is sized for
+# a 2-core machine (about one epoch); ``gpu`` for one GPU (docs/experiments.md, "Translation"): 4x larger batches
+# (8192 padded tokens; the 31,002 training pairs, about 1M target tokens, make ~190 such batches), 1200 steps (~6
+# epochs; benchmarks/nmt_gpu.sh picks the step count that fits its budget), a cheap validation curve (256 pairs).
+SCHEDULES: dict[str, dict[str, int | None]] = {
+    "cpu": {"max_steps": 500, "max_tokens": 2048, "warmup_steps": 150, "eval_every": 100, "checkpoint_every": 100,
+            "validation_examples": None},
+    "gpu": {"max_steps": 1200, "max_tokens": 8192, "warmup_steps": 300, "eval_every": 300, "checkpoint_every": 0,
+            "validation_examples": 256},
+}
+DEFAULT_SIZE, DEFAULT_SCHEDULE, DEFAULT_SEEDS = "small", "cpu", (0, 1)
+DEFAULT_STEPS = SCHEDULES[DEFAULT_SCHEDULE]["max_steps"]
 DIVERSITY_EXAMPLES, EXAMPLES_SHOWN = 64, 4
-RUNS_DIR, TOKENIZER = "runs", "tokenizer.json"
+RUNS_DIR, TOKENIZER, PREPARED = "runs", "tokenizer.json", "prepared.json"
 
 
 def _is_main() -> bool:
@@ -178,6 +189,7 @@ def run_one(variant: str, seed: int, base: dict[str, Any], data, splits, tokeniz
                             validation_limit=args.validation_examples)
     if not _is_main():
         return {}
+    test_began = time.perf_counter()
     test = splits.test.head(args.test_examples)
     test_sources = tokenizer.encode(test.sources)
     hypotheses = tokenizer.decode(translate(trained.model, test_sources, beam=args.beam, lenpen=args.lenpen))
@@ -190,6 +202,7 @@ def run_one(variant: str, seed: int, base: dict[str, Any], data, splits, tokeniz
     metrics["cpu_ms_per_step"] = 1000 * timing["cpu_seconds"] / max(1, timing["steps"])
     validation = [h for h in trained.history if "val_bleu" in h]
     metrics["val_bleu"] = validation[-1]["val_bleu"] if validation else math.nan
+    metrics["test_seconds"] = time.perf_counter() - test_began  # beam search + head diversity
     train_records = [h for h in trained.history if "loss" in h]
     return {"variant": variant, "seed": seed, "config": config.to_dict(), "metrics": metrics,
             "sentence_chrf": _sentence_chrf(hypotheses, test.targets), "hypotheses": hypotheses,
@@ -252,6 +265,8 @@ def write_summary(output: Path, *, variants: Sequence[str], header: dict[str, An
             f"({', '.join(header['data']['test_books'])}; {header['test_examples']} decoded); joint BPE vocabulary "
             f"of {header['data']['vocab_size']}. Model: {header['model']}. {header['steps']} steps, beam "
             f"{header['beam']}, length penalty {header['lenpen']}. sacreBLEU {header['sacrebleu']}.\n",
+            *([f"Runs not finished (left out of every table): {', '.join(header['missing_runs'])}.\n"]
+              if header.get("missing_runs") else []),
             "Cells: mean over seeds [95% Student-t interval] (no interval for one seed). Δ chrF: paired bootstrap "
             "over seeds × test sentences of per-sentence chrF against softmax (10,000 resamples); a difference "
             "is called only when p < 0.05.\n",
@@ -285,7 +300,8 @@ def write_summary(output: Path, *, variants: Sequence[str], header: dict[str, An
         text.append("")
     text.append("![validation BLEU](val_bleu.png)\n")
     markdown = "\n".join(text)
-    (output / "results.md").write_text(markdown)
+    data = markdown.encode()
+    atomic_write(output / "results.md", lambda handle: handle.write(data))
     summary = {v: {k: of(v, k) for k in runs[0]["metrics"]} for v in present}
     write_json(output / "results.json", _finite({**header, "variants": present, "per_seed": summary,
                                                  "paired_tests": tests,
@@ -309,10 +325,43 @@ def _finite(value: Any) -> Any:
 
 
 # -- the command ------------------------------------------------------------------------------------------------
+def _apply_schedule(args: argparse.Namespace) -> None:
+    """Fill the options left at None from ``SCHEDULES[args.schedule]`` (explicit flags win)."""
+    name = getattr(args, "schedule", None) or DEFAULT_SCHEDULE
+    if name not in SCHEDULES:
+        raise ValueError(f"--schedule {name!r}: choose one of {', '.join(SCHEDULES)}")
+    for key, value in SCHEDULES[name].items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+
+
+def _baselines(output: Path, splits, test_examples: int) -> dict[str, dict[str, float]]:
+    """:func:`baselines`, computed once per output folder and test size (``prepared.json``), so that parallel
+    worker processes and the final report read the same numbers instead of each recomputing them."""
+    path = output / PREPARED
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        saved = {}
+    if saved.get("test_examples") == test_examples and saved.get("test_pairs") == len(splits.test):
+        return saved["baselines"]
+    scores = baselines(splits, test_examples)
+    if _is_main():
+        write_json(path, {"test_examples": test_examples, "test_pairs": len(splits.test), "baselines": scores})
+    return scores
+
+
 def run_experiment(args: argparse.Namespace, command: str = "probattn experiment nmt") -> dict[str, Any]:
-    """Every (variant, seed) of ``args`` (see :func:`add_arguments`); returns the content of ``results.json``."""
+    """Every (variant, seed) of ``args`` (see :func:`add_arguments`); returns the content of ``results.json``.
+
+    Parallel processes into one ``--output`` (benchmarks/nmt_gpu.sh): one ``--prepare-only`` process writes the
+    shared files (tokenizer, baselines), then one ``--resume --no-report`` process per (variant, seed) writes
+    its ``runs/<variant>-seed<k>.json``, then one ``--resume --report-only`` process builds the tables from the
+    finished runs. With ``--prepare-only`` the return value is empty.
+    """
     import sacrebleu
 
+    _apply_schedule(args)
     variants, seeds = list(args.variants), list(args.seeds)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:
@@ -321,6 +370,10 @@ def run_experiment(args: argparse.Namespace, command: str = "probattn experiment
         raise ValueError("--variants and --seeds must be non-empty and list each value once")
     if args.size not in SIZES:
         raise ValueError(f"--size {args.size!r}: choose one of {', '.join(SIZES)}")
+    prepare_only, report_only, no_report = (bool(getattr(args, k, False))
+                                            for k in ("prepare_only", "report_only", "no_report"))
+    if prepare_only + report_only + no_report > 1:
+        raise ValueError("--prepare-only, --report-only and --no-report exclude each other; pass one")
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads {args.threads}: must be >= 1")
@@ -329,25 +382,34 @@ def run_experiment(args: argparse.Namespace, command: str = "probattn experiment
     if _is_main() and (output / TOKENIZER).exists() and not args.resume:
         raise ValueError(f"--output {output} already holds a run; pass --resume to skip the finished runs and "
                          "continue the others, or choose another --output")
+    if report_only and not (output / TOKENIZER).exists():
+        raise ValueError(f"--report-only: {output} holds no prepared run (no {TOKENIZER}); run the experiment (or "
+                         "--prepare-only and the runs) into this --output first")
     output.mkdir(parents=True, exist_ok=True)
     splits = load_splits(args.data)
     tokenizer, data, stats = prepare(splits, output, vocab_size=args.vocab_size, max_length=args.max_length,
-                                     resume=args.resume)
+                                     resume=args.resume or report_only)
     size = {**SIZES[args.size], **{k: getattr(args, k) for k in SIZES[args.size] if getattr(args, k) is not None}}
     base = {**size, "max_steps": args.max_steps, "max_tokens": args.max_tokens, "lr": args.lr,
             "warmup_steps": args.warmup_steps, "dropout": args.dropout, "eval_every": args.eval_every,
             "checkpoint_every": args.checkpoint_every, "device": args.device,
             "max_positions": max(256, args.max_length + 2)}
     test_examples = min(len(splits.test), args.test_examples or len(splits.test))
+    scores = _baselines(output, splits, test_examples)
+    if prepare_only:
+        print(f"prepared {output}: {TOKENIZER} (vocabulary {stats['vocab_size']}), {PREPARED} (baselines on "
+              f"{test_examples} test pairs); now run each (variant, seed) with --resume --no-report", flush=True)
+        return {}
     shown = sorted({round(i * (test_examples - 1) / max(1, EXAMPLES_SHOWN - 1)) for i in range(EXAMPLES_SHOWN)})
     header = {"title": "Translation: Spanish RV1909 → English WEB (held-out books)", "command": command,
               "data": stats, "model": ", ".join(f"{k}={v}" for k, v in size.items()), "steps": args.max_steps,
               "beam": args.beam, "lenpen": args.lenpen, "seeds": seeds, "test_examples": test_examples,
-              "sacrebleu": sacrebleu.__version__, "baselines": baselines(splits, test_examples), "example_indices": shown,
+              "sacrebleu": sacrebleu.__version__, "baselines": scores, "example_indices": shown,
               "examples": {str(i): {"ref": splits.test.refs[i], "source": splits.test.sources[i],
                                     "target": splits.test.targets[i]} for i in shown}}
     args.test_examples = test_examples
     todo = [(v, s) for v in variants for s in seeds]
+    missing = []
     for i, (variant, seed) in enumerate(todo, 1):
         path = output / RUNS_DIR / f"{variant}-seed{seed}.json"
         if path.exists():
@@ -362,6 +424,10 @@ def run_experiment(args: argparse.Namespace, command: str = "probattn experiment
                                  "another --output")
             print(f"[{i}/{len(todo)}] {variant} seed {seed}: finished before, skipped", flush=True)
             continue
+        if report_only:
+            missing.append(f"{variant}-seed{seed}")
+            print(f"[{i}/{len(todo)}] {variant} seed {seed}: not finished, left out of the report", flush=True)
+            continue
         print(f"[{i}/{len(todo)}] {variant} seed {seed}: training {args.max_steps} steps ...", flush=True)
         record = run_one(variant, seed, base, data, splits, tokenizer, output, args)
         if not record:  # another torchrun process: rank 0 evaluates and writes
@@ -371,21 +437,32 @@ def run_experiment(args: argparse.Namespace, command: str = "probattn experiment
         print(f"[{i}/{len(todo)}] {variant} seed {seed}: test BLEU {m['bleu']:.2f}, chrF {m['chrf']:.2f}, "
               f"{m['ms_per_step']:.0f} ms/step ({m['cpu_ms_per_step']:.0f} CPU ms/step), {record['seconds']:.0f} s",
               flush=True)
-        write_summary(output, variants=variants, header=header, figures=False)
-    if not _is_main():
+        if not no_report:
+            write_summary(output, variants=variants, header=header, figures=False)
+    if not _is_main() or no_report:
         return {}
+    header["missing_runs"] = missing
     markdown = write_summary(output, variants=variants, header=header)
+    if not markdown:
+        raise ValueError(f"--report-only: no finished run of {' '.join(variants)} × seeds "
+                         f"{' '.join(map(str, seeds))} in {output / RUNS_DIR}")
     print(markdown)
     return json.loads((output / "results.json").read_text())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    cpu = SCHEDULES[DEFAULT_SCHEDULE]
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), metavar="NAME",
                         help=f"variants (default: all: {' '.join(VARIANTS)})")
     parser.add_argument("--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS),
                         help=f"seeds (default {' '.join(map(str, DEFAULT_SEEDS))})")
-    parser.add_argument("--max-steps", type=int, default=DEFAULT_STEPS,
-                        help=f"optimizer steps per run (default {DEFAULT_STEPS})")
+    parser.add_argument("--schedule", default=DEFAULT_SCHEDULE, choices=list(SCHEDULES),
+                        help="defaults of --max-steps, --max-tokens, --warmup-steps, --eval-every, "
+                             "--checkpoint-every and --validation-examples (flags given win): " + "; ".join(
+                                 f"{k}: " + ", ".join(f"{o} {v}" for o, v in d.items()) for k, d in SCHEDULES.items()))
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help=f"optimizer steps per run (default {cpu['max_steps']}; --schedule gpu: "
+                             f"{SCHEDULES['gpu']['max_steps']})")
     parser.add_argument("--size", default=DEFAULT_SIZE, choices=list(SIZES),
                         help=f"model size (default {DEFAULT_SIZE}): " + "; ".join(
                             f"{k}: {v['encoder_layers']}+{v['decoder_layers']} layers, E={v['embed_dim']}, "
@@ -396,17 +473,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="probattn-experiments/nmt", help="output folder")
     parser.add_argument("--resume", action="store_true",
                         help="skip finished runs in --output and continue unfinished ones from their checkpoints")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--prepare-only", action="store_true",
+                      help="write the files the runs share (tokenizer, baselines) into --output and stop: start "
+                           "parallel processes after it")
+    mode.add_argument("--no-report", action="store_true",
+                      help="train and save the runs only (runs/*.json), no results.md/json/png: for parallel "
+                           "processes into one --output (pass --resume after --prepare-only)")
+    mode.add_argument("--report-only", action="store_true",
+                      help="train nothing: build results.md/json/png from the finished runs in --output (the "
+                           "unfinished ones are listed and left out)")
     parser.add_argument("--data", default="bible", choices=("bible", "sample"),
                         help="bible: the SWORD export (default); sample: the 200 pairs shipped with probattn")
     parser.add_argument("--vocab-size", type=int, default=8000, help="joint BPE vocabulary size (default 8000)")
     parser.add_argument("--max-length", type=int, default=128,
                         help="drop training pairs with a side this many subwords or longer (default 128)")
-    parser.add_argument("--max-tokens", type=int, default=2048, help="padded tokens per batch (default 2048)")
+    parser.add_argument("--max-tokens", type=int, default=None,
+                        help=f"padded tokens per batch (default {cpu['max_tokens']})")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
-    parser.add_argument("--warmup-steps", type=int, default=150, help="linear warm-up steps (default 150)")
+    parser.add_argument("--warmup-steps", type=int, default=None,
+                        help=f"linear warm-up steps (default {cpu['warmup_steps']})")
     parser.add_argument("--dropout", type=float, default=0.1, help="dropout (default 0.1)")
-    parser.add_argument("--eval-every", type=int, default=100, help="validation BLEU every N steps (default 100)")
-    parser.add_argument("--checkpoint-every", type=int, default=100, help="checkpoint every N steps (0: at the end)")
+    parser.add_argument("--eval-every", type=int, default=None,
+                        help=f"validation BLEU every N steps (default {cpu['eval_every']})")
+    parser.add_argument("--checkpoint-every", type=int, default=None,
+                        help=f"checkpoint every N steps (0: at the end; default {cpu['checkpoint_every']})")
     parser.add_argument("--validation-examples", type=int, default=None,
                         help="decode only the first N validation pairs for the BLEU curve (default all)")
     parser.add_argument("--test-examples", type=int, default=None, help="decode only the first N test pairs")
@@ -421,5 +512,11 @@ def run(args: argparse.Namespace) -> int:
     typed = sys.argv[1:3] == ["experiment", "nmt"]
     command = shlex.join(["probattn", *(sys.argv[1:] if typed else ["experiment", "nmt"])])
     run_experiment(args, command)
-    print(f"wrote {Path(args.output) / 'results.md'}, results.json, val_bleu.png")
+    output = Path(args.output)
+    if args.prepare_only:
+        return 0
+    if args.no_report:
+        print(f"wrote the runs into {output / RUNS_DIR}; build the tables with --resume --report-only")
+        return 0
+    print(f"wrote {output / 'results.md'}, results.json, val_bleu.png")
     return 0

@@ -122,8 +122,9 @@ class Seq2SeqData:
 @dataclass
 class Seq2SeqRun:
     """What :func:`train_seq2seq` returns: the trained model (eval mode), the history (one record per step,
-    validation records carry ``val_bleu`` / ``val_chrf``) and ``timing``: wall and CPU seconds spent in
-    training steps (not evaluating) and how many steps they cover (all processes that resumed the run)."""
+    validation records carry ``val_bleu`` / ``val_chrf`` / ``val_seconds``) and ``timing``: wall and CPU seconds
+    spent in training steps (not evaluating; on CUDA after a synchronize, so the wall covers the GPU's work) and
+    how many steps they cover (all processes that resumed the run)."""
 
     model: Seq2SeqTransformer
     history: list[dict[str, Any]]
@@ -219,6 +220,12 @@ def corpus_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[
 # -- checkpoints ------------------------------------------------------------------------------------------------
 def _save(run_dir: Path, state: dict[str, Any], step: int) -> None:
     save_checkpoint(run_dir, state, step=step)  # safetensors + JSON directories checkpoint-<step>, digests checked
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for the queued GPU work, so that a wall-clock time covers it (CUDA runs kernels asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _load(run_dir: Path) -> dict[str, Any] | None:
@@ -319,10 +326,12 @@ def _train(config: Seq2SeqTrainConfig, data: Seq2SeqData, ctx: D.Distributed, ou
 
     def evaluate(step: int) -> None:
         if ctx.is_main:
+            began = time.perf_counter()
             sources = data.validation_sources[:validation_limit]
             hyps = data.decode(translate(model, sources, beam=1))
             scores = corpus_scores(hyps, data.validation_references[: len(sources)])
-            record = {"step": step, "val_bleu": scores["bleu"], "val_chrf": scores["chrf"]}
+            record = {"step": step, "val_bleu": scores["bleu"], "val_chrf": scores["chrf"],
+                      "val_seconds": time.perf_counter() - began}
             history.append(record)
             if on_eval is not None:
                 on_eval(record)
@@ -334,6 +343,7 @@ def _train(config: Seq2SeqTrainConfig, data: Seq2SeqData, ctx: D.Distributed, ou
         if position >= len(batches):
             epoch, position = epoch + 1, 0
             batches = epoch_batches(epoch)
+        _synchronize(ctx.device)
         began, cpu_began = time.perf_counter(), time.process_time()
         batch = batches[position]
         position += 1
@@ -361,12 +371,13 @@ def _train(config: Seq2SeqTrainConfig, data: Seq2SeqData, ctx: D.Distributed, ou
             nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        _synchronize(ctx.device)  # the step's kernels (optimizer included) inside its wall time
         timing["seconds"] += time.perf_counter() - began
         timing["cpu_seconds"] += time.process_time() - cpu_began
         timing["steps"] += 1
         sums = ctx.all_reduce_mean(torch.stack([loss_sum.detach(), nll_sum]).double().cpu() * ctx.world_size)
         record = {"step": step + 1, "loss": float(sums[0]) / tokens, "nll": float(sums[1]) / tokens,
-                  "tokens": tokens, "sentences": len(batch), "lr": _lr(config, step)}
+                  "tokens": tokens, "sentences": len(batch), "lr": _lr(config, step), "wall_time": time.time()}
         if config.alignment:
             record["alignment"] = float(align.detach())
         if repulsive is not None:
