@@ -55,7 +55,9 @@ class MaskSpec:
     Attributes:
         batch, heads, q_len, k_len: the attention problem's sizes ``(B, H, Lq, Lk)``.
         allowed: bool ``(B|1, H|1, Lq, Lk)``, True = may attend; ``None`` when every pair is allowed.
-            Already folds in ``query_valid``, ``key_valid`` and causality.
+            Folds in ``pattern``, ``query_valid`` and ``key_valid``; built on first use, so that a path that
+            needs only the validities (:func:`padding_factors`) never allocates ``Lq * Lk`` booleans.
+        pattern: bool ``(B|1, H|1, Lq, Lk)`` from ``attn_mask`` and causality, padding not folded in; or None.
         bias: float ``(B|1, H|1, Lq, Lk)`` finite additive bias (every entry above ``MASKED_AT_OR_BELOW``), or
             ``None``; kept in the mask's dtype.
         query_valid: bool ``(B, Lq)`` (``None`` = all valid). Queries that are padding.
@@ -69,13 +71,32 @@ class MaskSpec:
     heads: int
     q_len: int
     k_len: int
-    allowed: Tensor | None = None
+    pattern: Tensor | None = None
     bias: Tensor | None = None
     query_valid: Tensor | None = None
     key_valid: Tensor | None = None
     causal: bool = False
     bias_absmax: float = 0.0
     patterned: bool = False
+
+    @property
+    def allowed(self) -> Tensor | None:
+        """The full pattern (see the class docstring); computed once, on first use (every use under compile)."""
+        if torch.compiler.is_compiling():  # no caching inside a traced graph
+            return self._fold_validity()
+        if "_allowed" not in self.__dict__:
+            object.__setattr__(self, "_allowed", self._fold_validity())
+        return self.__dict__["_allowed"]
+
+    def _fold_validity(self) -> Tensor | None:
+        allowed = self.pattern
+        # skipping an all-True validity saves a pass in eager mode; compiled graphs fold it in (no data-dependent branch)
+        compiling = torch.compiler.is_compiling()
+        if self.key_valid is not None and (compiling or not bool(self.key_valid.all())):
+            allowed = _and(allowed, self.key_valid.view(self.batch, 1, 1, self.k_len))
+        if self.query_valid is not None and (compiling or not bool(self.query_valid.all())):
+            allowed = _and(allowed, self.query_valid.view(self.batch, 1, self.q_len, 1))
+        return allowed
 
     @property
     def is_trivial(self) -> bool:
@@ -240,18 +261,12 @@ def build_mask_spec(
     if is_causal:
         causal = torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril()
         allowed = _and(allowed, causal.view(1, 1, q_len, k_len))
-    # skipping an all-True validity saves a pass in eager mode; compiled graphs fold it in (no data-dependent branch)
-    compiling = torch.compiler.is_compiling()
-    if key_valid is not None and (compiling or not bool(key_valid.all())):
-        allowed = _and(allowed, key_valid.view(batch, 1, 1, k_len))
-    if query_valid is not None and (compiling or not bool(query_valid.all())):
-        allowed = _and(allowed, query_valid.view(batch, 1, q_len, 1))
     return MaskSpec(
         batch=batch,
         heads=heads,
         q_len=q_len,
         k_len=k_len,
-        allowed=allowed,
+        pattern=allowed,
         bias=bias,
         query_valid=query_valid,
         key_valid=key_valid,
