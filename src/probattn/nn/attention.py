@@ -46,7 +46,7 @@ class MultiheadAttention(nn.MultiheadAttention):
         hybrid_alpha: softmax weight for ``"hybrid"``: a float in [0, 1], or ``"learned"`` for a per-head
             weight ``sigmoid(hybrid_logit)`` with ``hybrid_logit`` a ``(num_heads,)`` parameter initialised at 0.
         sinkhorn_iters: iterations for ``"sinkhorn"``.
-        impl: ``"auto" | "dense" | "chunked"`` (see :func:`probattn.functional.attention`).
+        impl: ``"auto" | "dense" | "chunked" | "sdpa"`` (see :func:`probattn.functional.attention`).
 
     Shapes (batch_first=True): query ``(N, L, E)``, key/value ``(N, S, E_k|E_v)``, output ``(N, L, E)``,
     weights ``(N, L, S)`` averaged over heads or ``(N, H, L, S)``. Unbatched ``(L, E)`` inputs work too.
