@@ -35,6 +35,7 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 TOKENIZERS_PAR
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 [ "$DEVICE" = "${DEVICE#cuda}" ] || export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}
 COMMON=(--data "$DATA" --size "$SIZE" --schedule gpu --device "$DEVICE" --threads 1 --no-progress)
+[ "${NMT_GPU_TF32:-1}" = 1 ] && COMMON+=(--tf32)   # NMT_GPU_TF32=0: full float32 matmuls
 read -r -a EXTRA_ARGS <<< "$EXTRA"
 read -r -a VARIANT_LIST <<< "$VARIANTS"
 read -r -a SEED_LIST <<< "$SEEDS"
@@ -119,14 +120,14 @@ if [ -z "$N" ] || [ "$N" -lt 100 ]; then
     say "NO STEP COUNT FITS the budget left (see the calibration above and logs/times-calibration-*.log)"
     finish
 fi
-EVAL=$(( N / 4 ))
+EVAL=$(( N / 4 )) WARMUP=$(( N / 5 ))
 
 # (d) the grid: every worker N steps, together, each under timeout
 limit=$(( $(left) > RESERVE + 10 ? $(left) - RESERVE : 10 ))
-say "(d) full runs: N = $N steps, validation every $EVAL steps, timeout ${limit}s per worker"
+say "(d) full runs: N = $N steps, warm-up $WARMUP, validation every $EVAL steps, timeout ${limit}s per worker"
 for v in "${VARIANT_LIST[@]}"; do for s in "${SEED_LIST[@]}"; do
     worker "$v-seed$s" "$WORK/times-full" "$limit" "${COMMON[@]}" "${EXTRA_ARGS[@]}" --variants "$v" --seeds "$s" \
-        --max-steps "$N" --eval-every "$EVAL" --output "$EXP" --resume --no-report
+        --max-steps "$N" --eval-every "$EVAL" --warmup-steps "$WARMUP" --output "$EXP" --resume --no-report
 done; done
 wait
 for f in "$WORK"/times-full/*; do
@@ -142,6 +143,6 @@ done
 say "(e) report"
 timeout --kill-after=3 "$(( $(left) > 10 ? $(left) - 5 : 5 ))" "$PY" -m probattn experiment nmt "${COMMON[@]}" \
     "${EXTRA_ARGS[@]}" --variants "${VARIANT_LIST[@]}" --seeds "${SEED_LIST[@]}" --max-steps "$N" \
-    --eval-every "$EVAL" --output "$EXP" --resume --report-only > "$LOGS/report.log" 2>&1 \
+    --eval-every "$EVAL" --warmup-steps "$WARMUP" --output "$EXP" --resume --report-only > "$LOGS/report.log" 2>&1 \
     || { say "REPORT FAILED:"; tail -n 15 "$LOGS/report.log"; }
 finish
