@@ -4,8 +4,8 @@
 #   PROBATTN_CACHE=$PWD/.carry/probattn-cache OUT=/some/empty/folder bash benchmarks/nmt_gpu.sh BUDGET_SECONDS
 #
 # Run from the repository root (python3, PYTHONPATH=$PWD/src; no install, no internet: the Bible export must be in
-# $PROBATTN_CACHE/bible). Steps: (a) a tiny CUDA smoke run of every variant (stops here if it fails); (b) one
-# --prepare-only process writes the shared tokenizer and baselines; (c) calibration: all workers (one process per
+# $PROBATTN_CACHE/bible). Steps: (a) a tiny CUDA smoke run of every variant (stops here if it fails), beside (b) one
+# --prepare-only process that writes the shared tokenizer and baselines; (c) calibration: all workers (one process per
 # (variant, seed), one thread each) train together for a few steps, benchmarks/nmt_gpu_plan.py measures their
 # step rates and picks ONE step count N (a multiple of 100, the same for every variant) that fits the time left;
 # (d) the workers run N steps concurrently, each under `timeout`; (e) one --report-only process builds results.md;
@@ -22,8 +22,8 @@ SIZE=${NMT_GPU_SIZE:-small}
 EXTRA=${NMT_GPU_EXTRA:-}                         # extra options of every full and calibration run
 VARIANTS=${NMT_GPU_VARIANTS:-softmax svgd spos doubly-encoder alignment}
 SEEDS=${NMT_GPU_SEEDS:-0 1}
-CAL_STEPS=${NMT_GPU_CALIBRATION_STEPS:-50}
-CAL_TEST=${NMT_GPU_CALIBRATION_TEST:-64}         # test pairs decoded in the calibration (scaled to all)
+CAL_STEPS=${NMT_GPU_CALIBRATION_STEPS:-40}
+CAL_TEST=${NMT_GPU_CALIBRATION_TEST:-32}         # test pairs decoded in the calibration (scaled to all)
 MAX_N=${NMT_GPU_MAX_STEPS:-2000}
 RESERVE=${NMT_GPU_RESERVE:-25}                   # seconds kept for the report and the archive
 WORK=${NMT_GPU_WORK:-$(mktemp -d /tmp/nmt-gpu.XXXXXX)}
@@ -35,6 +35,7 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 TOKENIZERS_PAR
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 [ "$DEVICE" = "${DEVICE#cuda}" ] || export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}
 COMMON=(--data "$DATA" --size "$SIZE" --schedule gpu --device "$DEVICE" --threads 1 --no-progress)
+[ "${NMT_GPU_TF32:-1}" = 1 ] && COMMON+=(--tf32)   # NMT_GPU_TF32=0: full float32 matmuls
 read -r -a EXTRA_ARGS <<< "$EXTRA"
 read -r -a VARIANT_LIST <<< "$VARIANTS"
 read -r -a SEED_LIST <<< "$SEEDS"
@@ -79,11 +80,17 @@ say "device $DEVICE, data $DATA, size $SIZE, variants: $VARIANTS; seeds: $SEEDS;
 [ "$DATA" != bible ] || [ -n "${PROBATTN_CACHE:-}" ] || say "warning: PROBATTN_CACHE is not set (default cache)"
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
 
-# (a) smoke test: every variant, a few steps of the tiny model on the shipped sample
-say "(a) smoke test: every variant, 2 steps, tiny model, --data sample, --device $DEVICE"
+# (a) smoke test (GPU) and (b) the shared files (CPU: tokenizer, baselines), side by side
+say "(a) smoke test: every variant, 2 steps, tiny model, --data sample, --device $DEVICE; (b) preparing $EXP"
 timeout --kill-after=5 90 "$PY" -m probattn experiment nmt --data sample --size tiny --device "$DEVICE" --threads 1 \
     --no-progress --variants "${VARIANT_LIST[@]}" --seeds 0 --max-steps 2 --max-tokens 400 --vocab-size 300 \
-    --eval-every 2 --validation-examples 4 --test-examples 4 --beam 2 --output "$WORK/smoke" > "$LOGS/smoke.log" 2>&1
+    --eval-every 2 --validation-examples 4 --test-examples 4 --beam 2 --output "$WORK/smoke" > "$LOGS/smoke.log" 2>&1 &
+smoke=$!
+timeout --kill-after=5 "$(( $(left) > RESERVE + 10 ? $(left) - RESERVE : 10 ))" "$PY" -m probattn experiment nmt \
+    "${COMMON[@]}" "${EXTRA_ARGS[@]}" --variants "${VARIANT_LIST[@]}" --seeds "${SEED_LIST[@]}" --output "$EXP" \
+    --prepare-only > "$LOGS/prepare.log" 2>&1
+prepared=$?
+wait $smoke
 status=$?
 if [ $status -ne 0 ]; then
     say "SMOKE TEST FAILED (exit $status): the NMT stage stops here. Last lines of logs/smoke.log:"
@@ -91,12 +98,7 @@ if [ $status -ne 0 ]; then
     finish
 fi
 say "smoke test passed"
-
-# (b) the shared files, written once
-say "(b) preparing $EXP (tokenizer, baselines)"
-timeout --kill-after=5 "$(( $(left) > RESERVE + 10 ? $(left) - RESERVE : 10 ))" "$PY" -m probattn experiment nmt "${COMMON[@]}" \
-    "${EXTRA_ARGS[@]}" --variants "${VARIANT_LIST[@]}" --seeds "${SEED_LIST[@]}" --output "$EXP" --prepare-only \
-    > "$LOGS/prepare.log" 2>&1 || { say "PREPARE FAILED:"; tail -n 25 "$LOGS/prepare.log"; finish; }
+[ $prepared -eq 0 ] || { say "PREPARE FAILED (exit $prepared):"; tail -n 25 "$LOGS/prepare.log"; finish; }
 TEST_PAIRS=$("$PY" -c "import json, sys; print(json.load(open(sys.argv[1]))['test_examples'])" "$EXP/prepared.json")
 mkdir -p "$CAL" && cp "$EXP/tokenizer.json" "$CAL/"
 
@@ -119,14 +121,14 @@ if [ -z "$N" ] || [ "$N" -lt 100 ]; then
     say "NO STEP COUNT FITS the budget left (see the calibration above and logs/times-calibration-*.log)"
     finish
 fi
-EVAL=$(( N / 4 ))
+EVAL=$(( N / 4 )) WARMUP=$(( N / 5 ))
 
 # (d) the grid: every worker N steps, together, each under timeout
 limit=$(( $(left) > RESERVE + 10 ? $(left) - RESERVE : 10 ))
-say "(d) full runs: N = $N steps, validation every $EVAL steps, timeout ${limit}s per worker"
+say "(d) full runs: N = $N steps, warm-up $WARMUP, validation every $EVAL steps, timeout ${limit}s per worker"
 for v in "${VARIANT_LIST[@]}"; do for s in "${SEED_LIST[@]}"; do
     worker "$v-seed$s" "$WORK/times-full" "$limit" "${COMMON[@]}" "${EXTRA_ARGS[@]}" --variants "$v" --seeds "$s" \
-        --max-steps "$N" --eval-every "$EVAL" --output "$EXP" --resume --no-report
+        --max-steps "$N" --eval-every "$EVAL" --warmup-steps "$WARMUP" --output "$EXP" --resume --no-report
 done; done
 wait
 for f in "$WORK"/times-full/*; do
@@ -142,6 +144,6 @@ done
 say "(e) report"
 timeout --kill-after=3 "$(( $(left) > 10 ? $(left) - 5 : 5 ))" "$PY" -m probattn experiment nmt "${COMMON[@]}" \
     "${EXTRA_ARGS[@]}" --variants "${VARIANT_LIST[@]}" --seeds "${SEED_LIST[@]}" --max-steps "$N" \
-    --eval-every "$EVAL" --output "$EXP" --resume --report-only > "$LOGS/report.log" 2>&1 \
+    --eval-every "$EVAL" --warmup-steps "$WARMUP" --output "$EXP" --resume --report-only > "$LOGS/report.log" 2>&1 \
     || { say "REPORT FAILED:"; tail -n 15 "$LOGS/report.log"; }
 finish

@@ -174,7 +174,7 @@ def test_gpu_schedule_fills_the_options_not_given():
     add_arguments(parser)
     args = parser.parse_args(["--schedule", "gpu", "--max-steps", "700"])
     _apply_schedule(args)
-    assert (args.max_steps, args.max_tokens, args.eval_every) == (700, 8192, SCHEDULES["gpu"]["eval_every"])
+    assert (args.max_steps, args.max_tokens, args.eval_every) == (700, 16384, SCHEDULES["gpu"]["eval_every"])
     args = parser.parse_args([])
     _apply_schedule(args)
     assert (args.max_steps, args.max_tokens, args.warmup_steps, args.eval_every, args.checkpoint_every,
