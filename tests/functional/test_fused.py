@@ -211,6 +211,22 @@ def test_nothing_quadratic_is_allocated(normalization):
     assert 0 < LargestOutput.largest < length * length // 8
 
 
+def test_traces_as_one_graph_with_gradients():
+    """torch.compile(fullgraph=True) through the custom log-sum-exp Function (aot_eager: forward and backward)."""
+    q, k, v, qv, kv = _problem(2, 2, 1, 7, 9, 8, 8, torch.float32)
+
+    def f(q, k, v):
+        return attention(q, k, v, normalization="sinkhorn", sinkhorn_iters=2, key_padding_mask=kv,
+                         query_padding_mask=qv, impl="sdpa")
+
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    compiled_leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    f(*leaves).square().sum().backward()
+    torch.compile(f, fullgraph=True, backend="aot_eager")(*compiled_leaves).square().sum().backward()
+    for eager, compiled in zip(leaves, compiled_leaves, strict=True):
+        torch.testing.assert_close(compiled.grad, eager.grad, atol=1e-6, rtol=1e-6)
+
+
 def test_padding_shaped_attn_mask_takes_the_fused_path():
     """A (B, 1, 1, Lk) bool attn_mask is padding: the fused path accepts it and matches the reference."""
     q, k, v, _, kv = _problem(3, 2, 2, 5, 6, 8, 8, torch.float64)
