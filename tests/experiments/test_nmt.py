@@ -46,6 +46,22 @@ def test_smoke_run_writes_table_plot_runs_and_resumes(tmp_path, capsys):
     assert "pass --resume" in capsys.readouterr().err
 
 
+def test_a_larger_max_steps_continues_finished_runs(tmp_path, capsys):
+    out = tmp_path / "nmt"
+    short = [*SMOKE[:SMOKE.index("--variants")], "--variants", "softmax", *SMOKE[SMOKE.index("--seeds"):]]
+    short[short.index("--seeds") + 1: short.index("--seeds") + 3] = ["0"]
+    assert main([*short, "--output", str(out)]) == 0
+    capsys.readouterr()
+    longer = [*short, "--output", str(out), "--resume"]
+    longer[longer.index("--max-steps") + 1] = "5"
+    assert main(longer) == 0
+    assert "finished at 3 steps, continuing from its checkpoint to 5" in capsys.readouterr().out
+    run = json.loads((out / "runs" / "softmax-seed0.json").read_text())
+    assert [h["step"] for h in run["history"] if "loss" in h] == [1, 2, 3, 4, 5]
+    assert main([*short, "--output", str(out), "--resume", "--report-only"]) == 2  # 3 steps asked, 5 were run
+    assert "only a larger --max-steps continues finished runs" in capsys.readouterr().err
+
+
 def test_unknown_variant_is_refused(tmp_path, capsys):
     assert main(["experiment", "nmt", "--data", "sample", "--variants", "repulsive", "--output", str(tmp_path)]) == 2
     assert "--variants repulsive: choose from softmax, svgd, spos, doubly-encoder, alignment" in capsys.readouterr().err

@@ -59,6 +59,21 @@ def test_resume_after_a_crash_equals_the_uninterrupted_run(tmp_path, variant):
         train_seq2seq(config, _data(20), output=tmp_path / "cut", resume=True, progress=False)
 
 
+@pytest.mark.parametrize("variant", [{}, {"repulsive": "svgd"}])
+def test_a_larger_max_steps_continues_a_finished_run_exactly(tmp_path, variant):
+    """Train 6 steps, then resume with max_steps=9 (eval_every 3): the same weights as 9 steps in one go."""
+    data = _data()
+    whole = train_seq2seq(_config(max_steps=9, **variant), data, output=tmp_path / "whole", progress=False)
+    train_seq2seq(_config(max_steps=6, **variant), data, output=tmp_path / "short", progress=False)
+    longer = train_seq2seq(_config(max_steps=9, **variant), data, output=tmp_path / "short", resume=True,
+                           progress=False)
+    for (name, a), b in zip(whole.model.state_dict().items(), longer.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert longer.steps_this_process == 3
+    with pytest.raises(ValueError, match=r"--resume: .* other options .*max_steps"):  # fewer steps than were run
+        train_seq2seq(_config(max_steps=4, **variant), data, output=tmp_path / "short", resume=True, progress=False)
+
+
 def test_config_errors():
     with pytest.raises(ValueError, match="repulsive must be None, 'svgd' or 'spos'"):
         Seq2SeqTrainConfig(repulsive="sgld")

@@ -424,10 +424,18 @@ def run_experiment(args: argparse.Namespace, command: str = "probattn experiment
             expected = Seq2SeqTrainConfig.from_dict({**base, **VARIANTS[variant], "seed": seed}).to_dict()
             diff = {k: (saved["config"].get(k), v) for k, v in expected.items()
                     if saved["config"].get(k) != v and k != "device"}
-            if diff:
+            longer = set(diff) == {"max_steps"} and diff["max_steps"][0] < diff["max_steps"][1] and not report_only
+            if diff and not longer:
                 raise ValueError(f"--resume: {path} was made with other options {diff}; use the same options or "
-                                 "another --output")
-            print(f"[{i}/{len(todo)}] {variant} seed {seed}: finished before, skipped", flush=True)
+                                 "another --output (only a larger --max-steps continues finished runs)")
+            if not longer:
+                print(f"[{i}/{len(todo)}] {variant} seed {seed}: finished before, skipped", flush=True)
+                continue
+            print(f"[{i}/{len(todo)}] {variant} seed {seed}: finished at {diff['max_steps'][0]} steps, continuing "
+                  f"from its checkpoint to {args.max_steps} ...", flush=True)
+            record = run_one(variant, seed, base, data, splits, tokenizer, output, args)
+            if record:
+                write_json(path, _finite(record))
             continue
         if report_only:
             missing.append(f"{variant}-seed{seed}")

@@ -269,6 +269,9 @@ def _train(config: Seq2SeqTrainConfig, data: Seq2SeqData, ctx: D.Distributed, ou
     if saved is not None:
         before = saved["config"]
         diff = {k: (before.get(k), v) for k, v in config.to_dict().items() if before.get(k) != v and k != "device"}
+        # a larger max_steps continues the run: the learning-rate schedule and the batch order do not depend on it
+        if "max_steps" in diff and config.max_steps >= int(saved["step"]):
+            del diff["max_steps"]
         if diff:
             raise ValueError(f"--resume: {out} was written with other options {diff}; resume with the same options "
                              "or use another --output")
