@@ -302,14 +302,21 @@ def test_cuda_matches_reference(normalization, iters, dtype, shape):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("normalization", ["doubly", "hybrid", "sinkhorn"])
-def test_cuda_auto_takes_the_fused_path_and_stays_linear(normalization):
+def test_cuda_auto_takes_the_fused_path_and_stays_linear(normalization, monkeypatch):
     """impl='auto' on CUDA: no (Lq, Lk) tensor: peak memory at L = 16384 far below one float32 score matrix."""
+    import sys
+
+    module = sys.modules["probattn.functional.attention"]
+    calls = []
+    fused = module.fused_normalized_attention
+    monkeypatch.setattr(module, "fused_normalized_attention", lambda *a, **kw: calls.append(1) or fused(*a, **kw))
     q, k, v, qv, kv = _problem(2, 4, 4, 16384, 16384, 64, 64, torch.bfloat16, "cuda")
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     attention(q, k, v, normalization=normalization, key_padding_mask=kv, query_padding_mask=qv)
     torch.cuda.synchronize()
+    assert calls == [1]
     extra = torch.cuda.max_memory_allocated() - base
     # linear: a dozen copies of q at most; the padding folded into one (B, 1, L, L) bool would be 512 MiB
     assert extra < 12 * q.numel() * q.element_size()

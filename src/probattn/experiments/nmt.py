@@ -417,6 +417,7 @@ def run_experiment(args: argparse.Namespace, command: str = "probattn experiment
     missing = []
     for i, (variant, seed) in enumerate(todo, 1):
         path = output / RUNS_DIR / f"{variant}-seed{seed}.json"
+        action = f"training {args.max_steps} steps"
         if path.exists():
             saved = json.loads(path.read_text())
             from probattn.training.seq2seq import Seq2SeqTrainConfig
@@ -431,17 +432,12 @@ def run_experiment(args: argparse.Namespace, command: str = "probattn experiment
             if not longer:
                 print(f"[{i}/{len(todo)}] {variant} seed {seed}: finished before, skipped", flush=True)
                 continue
-            print(f"[{i}/{len(todo)}] {variant} seed {seed}: finished at {diff['max_steps'][0]} steps, continuing "
-                  f"from its checkpoint to {args.max_steps} ...", flush=True)
-            record = run_one(variant, seed, base, data, splits, tokenizer, output, args)
-            if record:
-                write_json(path, _finite(record))
-            continue
-        if report_only:
+            action = f"finished at {diff['max_steps'][0]} steps, continuing from its checkpoint to {args.max_steps}"
+        elif report_only:
             missing.append(f"{variant}-seed{seed}")
             print(f"[{i}/{len(todo)}] {variant} seed {seed}: not finished, left out of the report", flush=True)
             continue
-        print(f"[{i}/{len(todo)}] {variant} seed {seed}: training {args.max_steps} steps ...", flush=True)
+        print(f"[{i}/{len(todo)}] {variant} seed {seed}: {action} ...", flush=True)
         record = run_one(variant, seed, base, data, splits, tokenizer, output, args)
         if not record:  # another torchrun process: rank 0 evaluates and writes
             continue
