@@ -112,7 +112,7 @@ def token_states(texts: Sequence[str], pairs: Sequence[str] | None = None, *, ma
 def _save(path: Path, tensors: dict[str, Tensor], meta: dict) -> None:
     from safetensors.torch import save
 
-    from probattn.training.checkpoint import atomic_write, write_json
+    from probattn.io import atomic_write, write_json
 
     atomic_write(path.with_suffix(".safetensors"), lambda handle: handle.write(save(tensors)))
     write_json(path.with_suffix(".json"), meta)  # written last: its presence marks a complete entry
