@@ -187,7 +187,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = claim_output_dir(args.output, command="probattn experiment gmm", overwrite=args.overwrite)
+    out = claim_output_dir(args.output, command="probattn experiment gmm", overwrite=args.overwrite,
+                           will_write=("results.md", "results.json", "gmm.png"))
     result = run_gmm(args.sizes, iterations=args.iterations, sigma2=args.sigma2, seed=args.seed)
     table = to_markdown(result)
     write_text(out / "results.md", f"# GMM explaining-away toy\n\n{table}\n\n![gmm](gmm.png)\n")

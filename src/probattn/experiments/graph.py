@@ -214,7 +214,8 @@ def _figures(summary: dict[str, Any], output: Path) -> list[Path]:
 def run_graph(args: argparse.Namespace, command: str) -> dict[str, Any]:
     """Train every (variant, seed), saving each run as it finishes; then the tables, JSON and figures."""
     output = claim_output_dir(args.output, command="probattn experiment graph",
-                              overwrite=getattr(args, "overwrite", False), resume=args.resume)
+                              overwrite=getattr(args, "overwrite", False), resume=args.resume,
+                              will_write=("results.md", "results.json"))
     prep_cpu, prep_wall = time.process_time(), time.perf_counter()
     data = prepare_graph(args.wordnet, args.sample, args.features)
     prep_cpu, prep_wall = time.process_time() - prep_cpu, time.perf_counter() - prep_wall

@@ -392,7 +392,8 @@ def run_experiment(args: argparse.Namespace, command: str = "probattn experiment
                          "--prepare-only and the runs) into this --output first")
     if _is_main():  # refuses a folder holding files probattn did not write
         claim_output_dir(output, command="probattn experiment nmt", overwrite=overwrite,
-                         resume=args.resume or report_only)
+                         resume=args.resume or report_only,
+                         will_write=(TOKENIZER, PREPARED, "results.md", "results.json"))
     output.mkdir(parents=True, exist_ok=True)
     splits = load_splits(args.data)
     tokenizer, data, stats = prepare(splits, output, vocab_size=args.vocab_size, max_length=args.max_length,
