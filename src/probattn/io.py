@@ -380,7 +380,7 @@ def claim_output_dir(path: str | Path, *, command: str, overwrite: bool = False,
     ``log`` (default: stderr) reports. A link as the folder is refused (:class:`UnsafeWriteError`).
     """
     root = Path(os.path.abspath(path))
-    say = log or (lambda message: print(f"{command}: {message}", file=sys.stderr, flush=True))
+    say = log or (lambda message: print(f"probattn: {message}", file=sys.stderr, flush=True))
     if root.is_symlink():
         raise UnsafeWriteError(f"--output {path} is a symbolic link (to {os.readlink(root)}); probattn never writes "
                                f"through a link: pass the real folder")
