@@ -121,9 +121,12 @@ def test_one_token_and_odd_shapes(normalization, iters, shape):
 
 @pytest.mark.parametrize(("normalization", "iters"), NORMS)
 def test_extreme_scores(normalization, iters):
-    """Scores of magnitude ~ 1e3: softmax saturates, the column statistics still must not."""
+    """Scores of magnitude ~ 1e3: softmax saturates, the column statistics still must not.
+
+    float32 at spread 9 (score bound ~800, inside the fused path's float32 range for 3 Sinkhorn passes, 956).
+    """
     _check_against_reference("cpu", torch.float64, normalization, iters, spread=12.0)
-    _check_against_reference("cpu", torch.float32, normalization, iters, spread=12.0, grads=False)
+    _check_against_reference("cpu", torch.float32, normalization, iters, spread=9.0, grads=False)
 
 
 @pytest.mark.parametrize(("normalization", "iters"), NORMS)
@@ -274,7 +277,8 @@ def test_refusals_name_the_reason(kwargs, message):
 
 def test_float16_scores_too_large_are_refused():
     q = torch.full((1, 1, 4, 64), 8.0).half()
-    with pytest.raises(ValueError, match=r"float16 scores up to .* leave too little range"):
+    with pytest.raises(ValueError, match=r"scores may reach 512 .* beyond 322, the bound .* in torch.float16 .* "
+                                         r"bfloat16 instead of float16"):
         attention(q, q, q, normalization="doubly", impl="sdpa")
 
 
