@@ -111,11 +111,10 @@ def max_score_bound(dtype: torch.dtype, scale: float, q_len: int, k_len: int, pa
 def score_bound(q: Tensor, k: Tensor, scale: float) -> float:
     """``scale * max ||q_i|| * max ||k_j||`` (Cauchy-Schwarz bound on ``|scale * q.k|``): one pass, one sync.
 
-    The norms are taken in float64 for float64 inputs, else float32 (of the inputs' own values).
+    The norms are taken in float64 (float32's sum of squares overflows from norms of ~1e19 on).
     """
-    compute = _compute_dtype(q.dtype)
-    norms = torch.stack([torch.linalg.vector_norm(q, dim=-1, dtype=compute).amax(),
-                         torch.linalg.vector_norm(k, dim=-1, dtype=compute).amax()]).tolist()
+    norms = torch.stack([torch.linalg.vector_norm(q, dim=-1, dtype=torch.float64).amax(),
+                         torch.linalg.vector_norm(k, dim=-1, dtype=torch.float64).amax()]).tolist()
     return abs(scale) * norms[0] * norms[1]
 
 
