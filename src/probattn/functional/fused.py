@@ -10,14 +10,32 @@ therefore the row log-sum-exp of *some* attention problem, which the fused kerne
 
 The kernels take no per-key bias, so it travels in extra head dimensions (zero-padded to a multiple of 8)::
 
-    q' = [q, 1, 1, 1, 0 ...]      k' = [k, f_j, b_j_hi / scale, b_j_lo / scale, 0 ...]
+    q' = [q, 1, 1, 1, 1, 0 ...]      k' = [k, f_j, b1_j / scale, b2_j / scale, b3_j / scale, 0 ...]
 
-``scale * q'.k' = scale * q.k + scale * f_j + b_j`` exactly as the kernel accumulates (float32): ``f_j`` is 0
-for a real key and a large negative number for an excluded one (its weight is exactly 0), and the bias is
-split into two numbers of the input dtype so that a bfloat16 bias keeps about 16 significant bits.
+``scale * q'.k' = scale * q.k + scale * f_j + b_j`` as the kernel accumulates it (float32; float64 for float64
+inputs): ``f_j`` is 0 for a real key and ``-G / scale`` for an excluded one, and the bias is split by successive
+rounding into three numbers of the input dtype (bfloat16 keeps 24 bits, as float32).
 Gradients: the output pass uses the public :func:`torch.nn.functional.scaled_dot_product_attention` (its own
 fused backward); each log-sum-exp is an autograd Function whose backward is one more fused pass with the roles
 swapped again. Nothing of size ``(Lq, Lk)`` is stored: memory is linear in the sequence length.
+
+The range in which this is exact (docs/attention.md, "the fused path's range"; :func:`max_score_bound`).
+With ``S`` a bound on ``|scale * q.k|`` (:func:`score_bound`: ``scale * max||q|| * max||k||``) and ``n`` column
+passes, every entry and bias any kernel sees, forward and backward, lies within ``R = (2n + 1)(S + log(Lq + Lk))``
+(each column or row half-step widens the potentials' range by at most ``S + log L``). Then
+
+1. exclusion: an excluded key or query lands ``G`` (:func:`excluded_gap`: ``min(finfo(float32).max / 2**8,
+   scale * finfo(dtype).max / 4)``) lower; its weight relative to the row's largest entry is at most
+   ``exp(2R - G)``, exactly 0 in the computing dtype when ``G >= 2R + 105`` (float64: 746);
+2. representation: ``R / scale <= finfo(dtype).max / 4`` (the bias parts are numbers of the input dtype);
+3. precision: each pass rounds its scores and biases on its own, so exponents are off by about ``u * R``; the
+   output error, at most ``0.082 u R max|v|`` measured (``benchmarks/fused_precision.py``), is kept within half
+   the dtype's tolerance (:data:`TOLERANCE`) with the constant 0.25.
+
+:func:`range_refusal` checks ``S`` on every call (one pass over q and k, one sync); ``attention(impl="sdpa")``
+raises outside the range, ``impl="auto"`` takes the chunked or dense path. Inside it the backward stays finite
+(``exp(m_j + bias_j) = sum_i P_ij`` is bounded by the row count; the pooled values are scaled by a power of two
+before the cast to the input dtype).
 
 Kernels (all return the row log-sum-exp): FlashAttention-2 on CUDA for float16/bfloat16, the memory-efficient
 kernel on CUDA for float32, PyTorch's flash kernel on the CPU (every float dtype, float64 included, which
@@ -33,7 +51,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["EXTRA_DIMS", "excluded_gap", "fused_normalized_attention", "row_logsumexp", "widened_head_dim"]
+__all__ = [
+    "BIAS_PARTS", "EXTRA_DIMS", "TOLERANCE", "column_passes", "excluded_gap", "fused_normalized_attention",
+    "max_score_bound", "range_refusal", "row_logsumexp", "score_bound", "widened_head_dim",
+]
 
 EXTRA_DIMS = 4  # the exclusion flag and the three parts of the bias
 BIAS_PARTS = 3
@@ -77,9 +98,9 @@ def column_passes(normalization: str, sinkhorn_iters: int) -> int:
 # (tests/functional/test_fuzz.py) holds every path to, per input dtype.
 TOLERANCE: dict[torch.dtype, float] = {torch.float64: 1e-9, torch.float32: 2e-4, torch.float16: 3e-2,
                                        torch.bfloat16: 6e-2}
-# Output error per unit of ``u * R`` (``u`` the computing dtype's unit roundoff, ``R`` below): at most 0.06 measured
-# over 2 x 400 random cases (float64/float32/bfloat16, D = 1..64, |q|,|k| = 0.1..1e4, scale = 1e-3..1e3, padding on
-# both axes, doubly/hybrid/sinkhorn 2 and 4); the range uses four times that.
+# Output error per unit of ``u * R * max|v|`` (``u`` the computing dtype's unit roundoff, ``R`` below), beyond 8 ulps
+# of the input dtype: at most 0.082 measured over 3 x 400 random cases (float64/float32/bfloat16, D = 1..64,
+# |q|,|k| = 0.1..1e4, scale = 1e-3..1e3, padding on both axes, doubly/hybrid/sinkhorn 2 and 4); the range uses 0.25.
 ROUNDING_CONSTANT = 0.25
 
 
@@ -121,9 +142,8 @@ def score_bound(q: Tensor, k: Tensor, scale: float) -> float:
 def range_refusal(q: Tensor, k: Tensor, *, scale: float, normalization: str, sinkhorn_iters: int) -> str | None:
     """None when the fused path is exact for these inputs (:func:`max_score_bound`), else why not.
 
-    ``q (B, H, Lq, D)``, ``k (B, H_kv, Lk, D)``. Under ``torch.compile`` (no data-dependent branch) only float16
-    is refused: float32 and bfloat16 are exact up to the score bound every path enforces (5.2e33) at any scale
-    of at least ``1e-3``.
+    ``q (B, H, Lq, D)``, ``k (B, H_kv, Lk, D)``. Under ``torch.compile`` (no data-dependent branch) the range is
+    not checked and only float16 (whose range is small) is refused.
     """
     passes = column_passes(normalization, sinkhorn_iters)
     limit = max_score_bound(q.dtype, scale, q.shape[-2], k.shape[-2], passes)
