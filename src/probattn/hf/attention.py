@@ -29,13 +29,14 @@ The work goes to :func:`probattn.functional.attention`, the mask reading to :mod
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.masking_utils import sdpa_mask
 
-from probattn.functional import COLUMN_NORMALIZED, attention
+from probattn.functional import COLUMN_NORMALIZED, NORMALIZATIONS, attention
 from probattn.masks import add_bias, build_mask_spec, from_hf_attention_mask
 from probattn.nn.hooks import is_observed, observe_qk
 
@@ -53,9 +54,12 @@ NAMES: dict[str, str | None] = {
     "probattn_sinkhorn": "sinkhorn",
 }
 SETTINGS_ATTR = "probattn_settings"
+CONFIG_KEY = "probattn"  # the entry of config.json that holds convert's settings
+MAX_SINKHORN_ITERS = 10_000  # a saved setting above this is a damaged file, not a choice (each is one pass)
 HYBRID_ATTR = "probattn_hybrid"
 
-__all__ = ["ATTENTION_NAME", "NAMES", "HybridWeight", "LayerSettings", "probattn_attention", "register"]
+__all__ = ["ATTENTION_NAME", "NAMES", "HybridWeight", "LayerSettings", "check_saved_settings", "probattn_attention",
+           "register"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,41 @@ class HybridWeight(nn.Module):
     def forward(self) -> Tensor:
         """``alpha (H,)`` in (0, 1)."""
         return torch.sigmoid(self.logit)
+
+
+def check_saved_settings(settings: object, source: str) -> dict[str, Any]:
+    """Check a saved ``config.probattn`` entry (what :func:`probattn.hf.convert` writes); returns it unchanged.
+
+    Raises ``ValueError`` naming ``source`` (the file) and the field for a value convert would not have
+    written: an unknown normalization, ``hybrid_alpha`` outside [0, 1] (or not a number / ``"learned"``),
+    ``sinkhorn_iters`` that is not an integer in ``1..MAX_SINKHORN_ITERS`` (``2.7`` is refused, never
+    truncated), ``layers`` that is not a list of integers.
+    """
+    if not isinstance(settings, dict):
+        raise ValueError(f"{source}: field {CONFIG_KEY!r} must be a JSON object (what probattn.hf.convert "
+                         f"writes), got {type(settings).__name__}; the file is damaged")
+
+    def bad(field: str, what: str) -> ValueError:
+        return ValueError(f"{source}: field {CONFIG_KEY}.{field} = {settings[field]!r}: {what}; the file is "
+                          "damaged or was edited by hand (convert the model again)")
+
+    normalization = settings.get("normalization", "softmax")
+    if normalization not in NORMALIZATIONS:
+        raise bad("normalization", f"must be one of {', '.join(map(repr, NORMALIZATIONS))}")
+    if "hybrid_alpha" in settings:
+        alpha = settings["hybrid_alpha"]
+        if not (alpha is None or alpha == "learned" or (
+                isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and 0.0 <= alpha <= 1.0)):
+            raise bad("hybrid_alpha", "must be a number in [0, 1], 'learned' or null")
+    if "sinkhorn_iters" in settings:
+        iters = settings["sinkhorn_iters"]
+        if isinstance(iters, bool) or not isinstance(iters, int) or not 1 <= iters <= MAX_SINKHORN_ITERS:
+            raise bad("sinkhorn_iters", f"must be an integer in 1..{MAX_SINKHORN_ITERS}")
+    layers = settings.get("layers")
+    if layers is not None and not (isinstance(layers, list) and all(
+            isinstance(i, int) and not isinstance(i, bool) for i in layers)):
+        raise bad("layers", "must be null or a list of integers")
+    return settings
 
 
 # keyword -> why probattn refuses it (each changes the scores in a way the core does not model)
@@ -124,12 +163,18 @@ def _needs_load(cfg: dict) -> bool:
     return cfg.get("layers") is not None or cfg.get("hybrid_alpha") == "learned" or cfg.get("alignment") is not None
 
 
+def _check_saved(cfg: object) -> None:
+    check_saved_settings(cfg, "config.json of this model (config.probattn)")
+
+
 def _settings(module: nn.Module, forced: str | None) -> tuple[str, float | str, int]:
     """``(normalization, hybrid_alpha, sinkhorn_iters)`` of ``module`` under an attn_implementation name."""
     settings = getattr(module, SETTINGS_ATTR, None)
     if settings is not None:
         return settings.normalization, settings.hybrid_alpha, settings.sinkhorn_iters
     cfg = getattr(getattr(module, "config", None), "probattn", None)
+    if cfg is not None:  # read from a saved config.json: a hand-edited 2.7 must not become 2
+        _check_saved(cfg)
     cfg = cfg if isinstance(cfg, dict) else {}
     if forced is None:
         if not cfg:
@@ -144,7 +189,7 @@ def _settings(module: nn.Module, forced: str | None) -> tuple[str, float | str, 
     same = cfg.get("normalization") == forced
     alpha = cfg.get("hybrid_alpha") if same and cfg.get("hybrid_alpha") is not None else 0.5
     iters = cfg.get("sinkhorn_iters", 3) if same else 3
-    return forced, alpha, int(iters)
+    return forced, alpha, iters
 
 
 def _check_not_causal(module: nn.Module, normalization: str, is_causal: bool) -> None:

@@ -37,24 +37,25 @@ from probattn.alignment import AlignmentRegularizer, attach_alignment
 from probattn.functional import COLUMN_NORMALIZED, NORMALIZATIONS, check_hybrid_alpha
 from probattn.hf.attention import (
     ATTENTION_NAME,
+    CONFIG_KEY,
     HYBRID_ATTR,
     SETTINGS_ATTR,
     SOFTMAX,
     HybridWeight,
     LayerSettings,
+    check_saved_settings,
     register,
 )
 from probattn.nn.hooks import REGULARIZER_ATTR
 from probattn.repulsive import PRESETS, HeadSlice, Projection, RepulsiveHeads, register_adapter
 
-CONFIG_KEY = "probattn"
 SUPPORTED_FAMILIES = (
     "BERT, RoBERTa, XLM-R, DistilBERT, ALBERT, ELECTRA, ModernBERT, GPT-2, ViT, DeiT, DINOv2, CLIP, "
     "Llama, Mistral, Qwen2/3, Phi-3 and the other families whose attention layers call "
     "transformers' ALL_ATTENTION_FUNCTIONS"
 )
 
-__all__ = ["CONFIG_KEY", "attention_modules", "convert", "repulsive_heads"]
+__all__ = ["CONFIG_KEY", "attention_modules", "check_saved_settings", "convert", "repulsive_heads"]
 
 
 @functools.cache
