@@ -59,7 +59,7 @@ MAX_SINKHORN_ITERS = 10_000  # a saved setting above this is a damaged file, not
 HYBRID_ATTR = "probattn_hybrid"
 
 __all__ = ["ATTENTION_NAME", "NAMES", "HybridWeight", "LayerSettings", "check_saved_settings", "probattn_attention",
-           "register"]
+           "record_implementation", "register"]
 
 
 @dataclass(frozen=True)
@@ -297,14 +297,97 @@ def _named(normalization: str):
 _FUNCTIONS = {name: probattn_attention if norm is None else _named(norm) for name, norm in NAMES.items()}
 
 
+def _forced_settings(config: Any, forced: str) -> dict[str, Any]:
+    """What a forced name runs on every layer, written as :func:`probattn.hf.convert` records its settings."""
+    cfg = getattr(config, CONFIG_KEY, None)
+    cfg = cfg if isinstance(cfg, dict) else {}
+    same = cfg.get("normalization") == forced
+    alpha = cfg.get("hybrid_alpha") if same and cfg.get("hybrid_alpha") is not None else 0.5
+    return {"normalization": forced, "hybrid_alpha": alpha if forced == "hybrid" else None,
+            "sinkhorn_iters": cfg.get("sinkhorn_iters", 3) if same else 3, "alignment": None,
+            "repulsive": cfg.get("repulsive"), "layers": None}
+
+
+def record_implementation(model: nn.Module) -> None:
+    """Make ``model.config`` say which probattn attention the model runs, so that ``save_pretrained`` (and
+    ``Trainer.save_model``) writes it: a plain ``from_pretrained`` of the saved folder then runs the same attention
+    (or raises), and :func:`probattn.hf.load` accepts the folder, exactly as after :func:`probattn.hf.convert`.
+
+    * ``"probattn_doubly"`` / ``"_hybrid"`` / ``"_sinkhorn"`` (no settings stored on the modules by convert):
+      ``config.probattn`` gets that normalization on every layer and ``config.attn_implementation = "probattn"``;
+      the first time, a warning says that pretrained softmax weights now give other outputs (as convert's does);
+    * ``"probattn"`` with a ``config.probattn`` entry (a converted model reloaded with ``from_pretrained``):
+      ``config.attn_implementation = "probattn"`` again (transformers consumes that key on load, so a second
+      ``save_pretrained`` would otherwise write a model that reloads as plain SDPA softmax); without one (it runs
+      probattn's softmax), ``normalization="softmax"`` is recorded, without a warning.
+
+    Runs after every transformers model's ``__init__`` and ``set_attn_implementation`` once ``probattn.hf``
+    is imported (see :func:`register`); other attention implementations are left alone.
+    """
+    config = getattr(model, "config", None)
+    name = getattr(config, "_attn_implementation", None)
+    if not isinstance(name, str) or name not in NAMES:
+        return
+    forced = NAMES[name]
+    if forced is None:
+        if isinstance(getattr(config, CONFIG_KEY, None), dict):
+            config.attn_implementation = ATTENTION_NAME
+            return
+        forced = "softmax"  # "probattn" without settings runs probattn's softmax: recorded as such
+    if any(hasattr(m, SETTINGS_ATTR) for m in model.modules()):
+        return  # convert's per-module settings win over the name; config.probattn already records them
+    settings = _forced_settings(config, forced)
+    if getattr(config, CONFIG_KEY, None) == settings and config.__dict__.get("attn_implementation") == ATTENTION_NAME:
+        return  # already recorded (e.g. the inner model of a task model shares the config)
+    config.probattn = settings
+    config.attn_implementation = ATTENTION_NAME
+    for module in model.modules():  # sub-configs (CLIP towers) are what their attention layers read
+        sub = getattr(module, "config", None)
+        if sub is not None and sub is not config and hasattr(sub, "to_dict"):
+            sub.probattn = settings
+    if forced == "softmax":
+        return
+    import warnings
+
+    warnings.warn(
+        f"attn_implementation={name!r} runs {forced} attention on every layer; weights trained for softmax give "
+        "other outputs than the original model (MiniLM sentence embeddings: cosine 0.50 for doubly). Fine-tune, or "
+        "distil back with probattn.hf.adapt. Recorded in config.probattn: save_pretrained keeps it.",
+        UserWarning, stacklevel=3,
+    )
+
+
+def _install_recording() -> None:
+    """Wrap ``PreTrainedModel.post_init`` and ``set_attn_implementation`` (once) to call
+    :func:`record_implementation` after them."""
+    from transformers import PreTrainedModel
+
+    for method in ("post_init", "set_attn_implementation"):
+        original = getattr(PreTrainedModel, method)
+        if getattr(original, "_probattn_records", False):
+            continue
+
+        def wrapper(self, *args, _original=original, **kwargs):
+            result = _original(self, *args, **kwargs)
+            record_implementation(self)
+            return result
+
+        wrapper.__name__, wrapper.__qualname__, wrapper.__doc__ = original.__name__, original.__qualname__, original.__doc__
+        wrapper._probattn_records = True  # type: ignore[attr-defined]
+        setattr(PreTrainedModel, method, wrapper)
+
+
 def register() -> str:
     """Register the attention functions and the ``sdpa`` mask function under every name of :data:`NAMES`
     (idempotent; done on ``import probattn.hf``); returns ``"probattn"``, the name ``convert`` switches to.
 
     Both registrations are process-global in transformers; the mask function must carry the same name, or
-    transformers passes ``attention_mask=None`` and padding and causal masks are silently lost.
+    transformers passes ``attention_mask=None`` and padding and causal masks are silently lost. Also makes every
+    transformers model record a probattn implementation in its config (:func:`record_implementation`), so that
+    what a model ran with is what ``save_pretrained`` writes.
     """
     for name, fn in _FUNCTIONS.items():
         AttentionInterface.register(name, fn)
         AttentionMaskInterface.register(name, sdpa_mask)
+    _install_recording()
     return ATTENTION_NAME
