@@ -47,7 +47,8 @@ from probattn.hf.attention import (
     register,
 )
 from probattn.nn.hooks import REGULARIZER_ATTR
-from probattn.repulsive import PRESETS, HeadSlice, Projection, RepulsiveHeads, register_adapter
+from probattn.repulsive import PRESETS, Projection, RepulsiveHeads, register_adapter
+from probattn.repulsive.adapters import is_linear, linear_projection
 
 SUPPORTED_FAMILIES = (
     "BERT, RoBERTa, XLM-R, DistilBERT, ALBERT, ELECTRA, ModernBERT, GPT-2, ViT, DeiT, DINOv2, CLIP, "
@@ -235,10 +236,9 @@ def _distilbert_projections(module: nn.Module) -> list[Projection] | None:
     """Repulsive adapter for DistilBERT's attention: ``q_lin`` / ``k_lin`` / ``v_lin`` + ``n_heads``."""
     linears = [getattr(module, name, None) for name in ("q_lin", "k_lin", "v_lin")]
     heads = getattr(module, "n_heads", None)
-    if not isinstance(heads, int) or not all(isinstance(m, nn.Linear) for m in linears):
+    if not isinstance(heads, int) or not all(is_linear(m) for m in linears):
         return None
-    return [Projection(role, heads, HeadSlice.linear(m.weight, heads),
-                       None if m.bias is None else HeadSlice.linear(m.bias, heads)) for role, m in zip("qkv", linears)]
+    return [linear_projection(role, m, heads) for role, m in zip("qkv", linears)]
 
 
 register_adapter("hf_distilbert", _distilbert_projections)
