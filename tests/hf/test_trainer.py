@@ -190,3 +190,24 @@ def test_frozen_alignment_networks_are_reported_in_an_own_loop():
                                          r"parameters are frozen.*unfreeze_probattn"):
         alignment_loss(model)
     assert len(unfreeze_probattn(model)) > 0 and unfreeze_probattn(model) == []
+
+
+def test_saving_a_lora_adapter_warns_that_learned_hybrid_weights_are_not_in_it(tmp_path):
+    model = _lora(_tiny_classifier(normalization="hybrid", hybrid_alpha="learned"))
+    trainer = Trainer(model=model, args=_args(tmp_path, max_steps=1, gradient_accumulation_steps=1),
+                      train_dataset=_Tokens(n=8))
+    assert len(trainer.unfrozen) == 2  # one logit vector per layer, frozen by peft
+    trainer.train()
+    with pytest.warns(UserWarning, match=r"does not hold the 2 learned hybrid weights .*merge_and_unload"):
+        trainer.save_model(str(tmp_path / "adapter"))
+    merged = tmp_path / "merged"
+    model.merge_and_unload().save_pretrained(merged)
+    from probattn.hf import load
+
+    reloaded = load(merged)
+    trained = {n: p for n, p in model.named_parameters() if "probattn_hybrid" in n}
+    assert all(p.abs().sum() > 0 for p in trained.values())  # moved away from their zero initialisation
+    restored = {n: p for n, p in reloaded.named_parameters() if "probattn_hybrid" in n}
+    assert len(restored) == 2
+    for name, param in restored.items():  # the merged save keeps them
+        assert torch.equal(param, next(p for n, p in trained.items() if n.endswith(name)))

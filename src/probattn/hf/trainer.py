@@ -170,6 +170,23 @@ class Trainer(transformers.Trainer):
             loss = loss + term.to(loss.dtype)
         return (loss, outputs) if return_outputs else loss
 
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """``transformers.Trainer.save_model``; for a PEFT model with learned hybrid weights, a warning (once)
+        that the adapter it writes does not hold them (see :func:`unfreeze_probattn`)."""
+        super().save_model(output_dir, _internal_call)
+        model = self.accelerator.unwrap_model(self.model)
+        if getattr(self, "_warned_peft_save", False) or not _is_peft_model(model):
+            return
+        hybrid = [name for name, _ in model.named_parameters() if ".probattn_hybrid." in f".{name}"]
+        if hybrid:
+            self._warned_peft_save = True
+            warnings.warn(
+                f"the PEFT adapter saved in {output_dir or self.args.output_dir} does not hold the {len(hybrid)} "
+                "learned hybrid weights (probattn_hybrid) this run trained: a model rebuilt from it runs other "
+                "attention. Save the merged model to keep them: model.merge_and_unload().save_pretrained(d), "
+                "reloaded with probattn.hf.load(d)", UserWarning, stacklevel=2,
+            )
+
     def _loss_is_scaled_for_ga(self, num_items_in_batch: Any) -> bool:
         """The rule of ``transformers.Trainer.training_step`` for whether it divides the loss by the GA steps."""
         if self.loss_is_scaled_for_ga is not None:
