@@ -411,3 +411,10 @@ def test_converted_model_with_ct_alignment_compiles_in_training_with_no_graph_br
     torch.testing.assert_close(got, want)
     (out.sum() + got).backward()
     assert all(p.grad is not None for n, p in model.named_parameters() if "probattn_alignment" in n)
+
+
+def test_switching_a_converted_model_back_saves_the_new_implementation(tiny, tmp_path):
+    model = _quiet_convert(tiny.build("bert", initializer_range=0.5), normalization="doubly")
+    model.set_attn_implementation("sdpa")
+    model.save_pretrained(tmp_path)
+    assert transformers.AutoModel.from_pretrained(tmp_path).config._attn_implementation == "sdpa"

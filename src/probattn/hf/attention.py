@@ -321,12 +321,19 @@ def record_implementation(model: nn.Module) -> None:
       ``save_pretrained`` would otherwise write a model that reloads as plain SDPA softmax); without one (it runs
       probattn's softmax), ``normalization="softmax"`` is recorded, without a warning.
 
+    * another name set on a model whose config said ``"probattn"`` (``set_attn_implementation("sdpa")`` after
+      convert): ``config.attn_implementation`` becomes that name, so the saved model reloads with it.
+
     Runs after every transformers model's ``__init__`` and ``set_attn_implementation`` once ``probattn.hf``
-    is imported (see :func:`register`); other attention implementations are left alone.
+    is imported (see :func:`register`); models that never ran a probattn implementation are left alone.
     """
     config = getattr(model, "config", None)
     name = getattr(config, "_attn_implementation", None)
-    if not isinstance(name, str) or name not in NAMES:
+    if not isinstance(name, str):
+        return
+    if name not in NAMES:
+        if config.__dict__.get("attn_implementation") == ATTENTION_NAME:
+            config.attn_implementation = name  # switched away from probattn: save what runs now
         return
     forced = NAMES[name]
     if forced is None:
