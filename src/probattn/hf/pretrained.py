@@ -46,9 +46,9 @@ from probattn.hf.convert import convert
 TASKS = ("encoder", "classification")
 PROBATTN_KEY_MARK = ".probattn_"
 
-__all__ = ["PRETRAINED", "TASKS", "PretrainedSpec", "RemoteCodeError", "cache_directory", "check_gguf_file", "check_model_folder",
-           "check_no_remote_code", "gguf_directory", "load", "load_model", "load_pretrained", "load_tokenizer",
-           "read_config_json"]
+__all__ = ["PRETRAINED", "TASKS", "PretrainedSpec", "RemoteCodeError", "cache_directory", "check_gguf_file",
+           "check_model_folder", "check_no_remote_code", "gguf_directory", "load", "load_model", "load_pretrained",
+           "load_tokenizer", "read_config_json"]
 
 # the files of a model folder in which transformers looks for ``auto_map`` (classes defined by Python files in
 # the folder, run on load when trust_remote_code=True)
