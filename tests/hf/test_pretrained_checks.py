@@ -5,6 +5,7 @@ folder (``auto_map``), pickled weights, damaged ``config.json`` values and damag
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -64,24 +65,42 @@ def test_a_tokenizer_config_with_auto_map_is_refused(tmp_path):
         load_tokenizer(folder)
 
 
-@pytest.mark.parametrize("command", ["diagnose", "train", "adapt"])
-def test_the_cli_refuses_remote_code_without_a_prompt(tmp_path, command):
-    folder = _evil_folder(tmp_path / "evil", "evil-custom")
+def _cli_args(command: str, folder: Path, tmp_path: Path) -> list[str]:
     data = tmp_path / "d.csv"
     data.write_text("text,label\n" + "".join(f"a b {i},{i % 2}\n" for i in range(24)))
     lines = tmp_path / "lines.txt"
     lines.write_text("a b\nb a\na a\n")
-    args = {"diagnose": ["diagnose", str(folder), "--data", str(data), "--output", str(tmp_path / "report")],
+    return {"diagnose": ["diagnose", str(folder), "--data", str(data), "--output", str(tmp_path / "report")],
             "train": ["train", "--model", str(folder), "--data", str(data), "--text-column", "text",
                       "--label-column", "label", "--max-steps", "1", "--batch-size", "2"],
-            "adapt": ["adapt", "--model", str(folder), "--data", str(lines), "--held-out", "1", "--steps", "1"]}
-    result = subprocess.run([sys.executable, "-m", "probattn", *args[command]], stdin=subprocess.DEVNULL,
-                            capture_output=True, text=True, timeout=600, cwd=tmp_path,
-                            env={**__import__("os").environ, "PYTHONPATH": str(ROOT / "src")})
-    assert result.returncode != 0
-    assert "auto_map" in result.stderr and "--trust-remote-code" in result.stderr and str(folder) in result.stderr
-    assert "[y/N]" not in result.stdout + result.stderr and "Traceback" not in result.stderr
+            "adapt": ["adapt", "--model", str(folder), "--data", str(lines), "--held-out", "1", "--steps", "1"],
+            }[command]
+
+
+def _check_refusal(code: int, out: str, err: str, folder: Path) -> None:
+    assert code != 0
+    assert "carries 'auto_map'" in err and "--trust-remote-code" in err and str(folder) in err
+    assert "[y/N]" not in out + err and "Traceback" not in err
     assert not (folder / "MARKER").exists()
+
+
+def test_diagnose_refuses_remote_code_with_stdin_closed(tmp_path):
+    """A real process with stdin closed: before, transformers asked "[y/N]" (and ran the code on "y")."""
+    folder = _evil_folder(tmp_path / "evil", "evil-custom")
+    result = subprocess.run([sys.executable, "-m", "probattn", *_cli_args("diagnose", folder, tmp_path)],
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    _check_refusal(result.returncode, result.stdout, result.stderr, folder)
+
+
+@pytest.mark.parametrize("command", ["train", "adapt"])
+def test_train_and_adapt_refuse_remote_code(tmp_path, capsys, command):
+    from probattn.cli import main
+
+    folder = _evil_folder(tmp_path / "evil", "evil-custom")
+    code = main(_cli_args(command, folder, tmp_path))  # pytest's stdin cannot be read: no prompt can wait
+    captured = capsys.readouterr()
+    _check_refusal(code, captured.out, captured.err, folder)
 
 
 def test_trust_remote_code_is_passed_through(tmp_path, monkeypatch):
