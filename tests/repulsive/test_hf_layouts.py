@@ -158,3 +158,16 @@ def test_lora_on_a_fused_projection_is_refused():
     model = peft.get_peft_model(transformers.GPT2Model(config), peft.LoraConfig(r=2, target_modules=["c_attn"]))
     with pytest.raises(ValueError, match=r"LoRA on GPT-2's fused Conv1D c_attn is not supported"):
         RepulsiveHeads(model)
+
+
+def test_lora_spos_and_joint_grouping_run_in_b_space():
+    _model, attention = _lora_bert()
+    for options in ({"method": "spos"}, {"grouping": "joint"}):
+        repulsive = RepulsiveHeads([attention], **options)
+        lora_b = [attention.query.lora_B["default"].weight, attention.value.lora_B["default"].weight]
+        for p in lora_b:
+            p.grad = torch.randn_like(p)
+        before = [p.grad.clone() for p in lora_b]
+        stats = repulsive.step()
+        assert all(torch.isfinite(p.grad).all() and not torch.equal(p.grad, b) for p, b in zip(lora_b, before))
+        assert all(s["repulsion_ratio"] > 0 for s in stats["sets"].values())
