@@ -149,3 +149,30 @@ def test_checkpoint_directories_are_recorded_and_pruned(tmp_path):
     assert [s for s, _ in find_checkpoints(out)] == [2, 3]
     assert _manifest(out)["dirs"] == ["checkpoint-00000002", "checkpoint-00000003"]
     assert claim_output_dir(out, command="probattn test", resume=True) == out
+
+
+@pytest.mark.parametrize("entry", ["../elsewhere/precious.txt", "ABSOLUTE", "a/../../elsewhere/precious.txt", 7])
+def test_overwrite_never_deletes_outside_the_folder_whatever_its_manifest_lists(tmp_path, entry):
+    target = _outside(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    name = str(target) if entry == "ABSOLUTE" else entry
+    (out / MANIFEST).write_text(json.dumps({"format": 1, "files": {}, "dirs": [name]}))
+    with pytest.raises(OutputFolderError, match=rf"{MANIFEST}.*is not a path inside the folder"):
+        claim_output_dir(out, command="probattn test", overwrite=True)
+    assert target.read_text() == "keep me"
+
+
+def test_overwrite_never_deletes_through_a_recorded_folder_replaced_by_a_link(tmp_path):
+    target = _outside(tmp_path)
+    out = claim_output_dir(tmp_path / "out", command="probattn test")
+    write_text(out / "runs" / "precious.txt", "{}")
+    for name in os.listdir(out / "runs"):
+        os.unlink(out / "runs" / name)
+    os.rmdir(out / "runs")
+    (out / "runs").symlink_to(target.parent, target_is_directory=True)
+    with pytest.raises(UnsafeWriteError, match=r"runs \(inside the output folder \S+\) is a symbolic link"):
+        claim_output_dir(out, command="probattn test", overwrite=True)
+    with pytest.raises(UnsafeWriteError, match=r"runs \(inside the output folder \S+\) is a symbolic link"):
+        safe_io.remove(out / "runs" / "precious.txt")
+    assert target.read_text() == "keep me"

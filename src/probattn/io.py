@@ -144,11 +144,22 @@ def _read_manifest(root: Path) -> dict[str, Any]:
         manifest = json.loads((root / MANIFEST).read_text())
         if not (isinstance(manifest.get("files"), dict) and isinstance(manifest.get("dirs", []), list)):
             raise ValueError("files must be an object and dirs a list")
+        for name in [*manifest["files"], *manifest.get("dirs", [])]:
+            if not _inside_name(name):  # --overwrite deletes what is listed: never anything outside the folder
+                raise ValueError(f"{name!r} is not a path inside the folder")
     except (OSError, ValueError, AttributeError) as exc:
         raise OutputFolderError(f"{root / MANIFEST} (probattn's record of the files it wrote in {root}) is "
                                 f"unreadable ({type(exc).__name__}: {exc}); choose another --output") from exc
     manifest.setdefault("dirs", [])
     return manifest
+
+
+def _inside_name(name: object) -> bool:
+    """Whether a manifest entry is a plain relative path below its folder (no ``..``, not absolute)."""
+    if not isinstance(name, str) or not name or "\0" in name:
+        return False
+    parts = name.split("/")
+    return not name.startswith("/") and all(part not in ("", ".", "..") for part in parts)
 
 
 def _write_manifest(root: Path, manifest: dict[str, Any]) -> None:
@@ -316,6 +327,7 @@ def remove(path: str | Path) -> None:
     root = output_root(path)
     if root is not None:
         relative = _relative(root, path)
+        _check_no_links(root, path.parent / "x")
         with _locked(root) as manifest:
             inside = [f"{relative}/{name}" for name in _entries(path)] if path.is_dir() and not path.is_symlink() \
                 else []
@@ -413,6 +425,7 @@ def claim_output_dir(path: str | Path, *, command: str, overwrite: bool = False,
         if overwrite and not resume:
             for name in sorted(manifest["files"]) + sorted(manifest["dirs"]):
                 target = root / name
+                _check_no_links(root, target.parent / "x")  # never delete through a linked folder
                 if target.is_symlink():
                     target.unlink()
                 elif target.exists():
