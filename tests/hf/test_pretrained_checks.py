@@ -160,6 +160,9 @@ def test_bogus_probattn_settings_in_config_json_name_the_file_and_field(tmp_path
     ({"num_hidden_layers": -3}, r"field num_hidden_layers = -3 is outside"),
     ({"vocab_size": 99.5}, r"field vocab_size = 99\.5 must be an integer"),
     ({"text_config": {"hidden_size": 10**15}}, r"field text_config\.hidden_size = 1000000000000000 is outside"),
+    ({"hidden_size": True}, r"field hidden_size = True must be an integer"),
+    ({"num_attention_heads": "4"}, r"field num_attention_heads = '4' must be an integer"),
+    ({"num_attention_heads": 0}, r"field num_attention_heads = 0: a model needs at least one attention head"),
     ({"hidden_size": 2**20, "intermediate_size": 2**20}, r"describes a model of .* parameters \(.*hidden_size="
                                                          r"1048576.*more than this machine's memory"),
 ])
@@ -205,3 +208,13 @@ def test_malformed_gguf_files_are_one_clear_line(tmp_path, monkeypatch, damage, 
     bad.write_bytes(damage(good))
     with pytest.raises(ValueError, match=message):
         load_model(bad)
+
+
+@pytest.mark.parametrize(("field", "value"), [("layers", [10**20]), ("repulsive", {"kind": "svgd"}),
+                                              ("alignment", 7), ("unknown_option", 1)])
+def test_settings_convert_cannot_apply_name_the_file(tmp_path, field, value):
+    settings = {"normalization": "doubly", "hybrid_alpha": None, "sinkhorn_iters": 3, "alignment": None,
+                "repulsive": None, "layers": None, field: value}
+    folder = _bert_folder(tmp_path / "m", probattn=settings, attn_implementation="probattn")
+    with pytest.raises(ValueError, match=r"m/config\.json: its 'probattn' entry cannot be applied to this model"):
+        load(folder)

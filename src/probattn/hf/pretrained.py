@@ -278,6 +278,10 @@ _SIZE_SUFFIXES = ("_size", "_dim", "_layers", "_heads", "_embeddings", "_positio
 _SIZE_NAMES = frozenset({"dim", "hidden_dim", "n_embd", "n_layer", "n_head", "n_positions", "n_ctx", "n_layers",
                          "n_heads", "n_inner", "d_model", "d_ff", "d_kv", "num_layers", "num_heads"})
 MAX_CONFIG_SIZE = 2**31 - 1  # no tensor dimension of a real model comes near this
+# fields that are always a count (never a flag or a name) and that models divide by: an integer >= 1
+_HEAD_COUNTS = frozenset({"num_attention_heads", "num_key_value_heads", "encoder_attention_heads",
+                          "decoder_attention_heads", "n_head", "n_heads", "num_heads"})
+_COUNTS = _HEAD_COUNTS | {"hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size"} | _SIZE_NAMES
 PICKLED_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 
@@ -291,12 +295,17 @@ def _check_sizes(values: dict, file: Path, prefix: str = "") -> None:
         field = f"{prefix}{key}"
         if isinstance(value, dict):
             _check_sizes(value, file, f"{field}.")
+        elif key in _COUNTS and isinstance(value, (bool, str)):
+            raise ValueError(f"{file}: field {field} = {value!r} must be an integer; the file is damaged")
         elif _is_size_field(str(key)) and value is not None and not isinstance(value, (bool, list, str)):
             if not isinstance(value, int):  # bools are flags (tie_word_embeddings), strings names
                 raise ValueError(f"{file}: field {field} = {value!r} must be an integer; the file is damaged")
             if not 0 <= value <= MAX_CONFIG_SIZE:
                 raise ValueError(f"{file}: field {field} = {value} is outside 0..{MAX_CONFIG_SIZE}; the file is "
                                  "damaged (refused before allocating anything)")
+            if key in _HEAD_COUNTS and value < 1:
+                raise ValueError(f"{file}: field {field} = {value}: a model needs at least one attention head; "
+                                 "the file is damaged")
 
 
 def read_config_json(file: Path) -> dict[str, Any]:
@@ -517,7 +526,11 @@ def load(path: str | os.PathLike, *, task: str | None = None, num_labels: int | 
     model = _from_pretrained(path, task, num_labels, quiet=True, trust_remote_code=trust_remote_code)
     with warnings.catch_warnings():  # the settings were chosen (and warned about) when the model was converted
         warnings.filterwarnings("ignore", message=r"convert\(normalization=", category=UserWarning)
-        convert(model, **settings)
+        try:
+            convert(model, **settings)
+        except (TypeError, ValueError) as exc:  # a field check_saved_settings leaves to convert (layers, repulsive)
+            raise ValueError(f"{path / 'config.json'}: its {CONFIG_KEY!r} entry cannot be applied to this model "
+                             f"({exc}); the file is damaged or was edited by hand (convert the model again)") from exc
     _restore_probattn_tensors(model, path)
     return model.eval()
 
