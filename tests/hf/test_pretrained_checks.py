@@ -161,6 +161,8 @@ def test_bogus_probattn_settings_in_config_json_name_the_file_and_field(tmp_path
     ({"vocab_size": 99.5}, r"field vocab_size = 99\.5 must be an integer"),
     ({"text_config": {"hidden_size": 10**15}}, r"field text_config\.hidden_size = 1000000000000000 is outside"),
     ({"hidden_size": True}, r"field hidden_size = True must be an integer"),
+    ({"num_hidden_layers": 10**9}, r"field num_hidden_layers = 1000000000 is above 10000"),
+    ({"text_config": {"num_local_experts": 2**31 - 1}}, r"field text_config\.num_local_experts = 2147483647 is above"),
     ({"num_attention_heads": "4"}, r"field num_attention_heads = '4' must be an integer"),
     ({"num_attention_heads": 0}, r"field num_attention_heads = 0: a model needs at least one attention head"),
     ({"hidden_size": 2**20, "intermediate_size": 2**20}, r"describes a model of .* parameters \(.*hidden_size="

@@ -281,6 +281,11 @@ MAX_CONFIG_SIZE = 2**31 - 1  # no tensor dimension of a real model comes near th
 # fields that are always a count (never a flag or a name) and that models divide by: an integer >= 1
 _HEAD_COUNTS = frozenset({"num_attention_heads", "num_key_value_heads", "encoder_attention_heads",
                           "decoder_attention_heads", "n_head", "n_heads", "num_heads"})
+# fields that count modules (each layer or expert is a Python object even on the meta device): a hostile value
+# within MAX_CONFIG_SIZE would still take hours and all memory to build; no real model comes near this
+MAX_MODULE_COUNT = 10_000
+_MODULE_COUNT_SUFFIXES = ("_layers", "_experts")
+_MODULE_COUNT_NAMES = frozenset({"n_layer", "n_layers", "num_layers"})
 _COUNTS = _HEAD_COUNTS | {"hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size"} | _SIZE_NAMES
 PICKLED_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
@@ -303,6 +308,9 @@ def _check_sizes(values: dict, file: Path, prefix: str = "") -> None:
             if not 0 <= value <= MAX_CONFIG_SIZE:
                 raise ValueError(f"{file}: field {field} = {value} is outside 0..{MAX_CONFIG_SIZE}; the file is "
                                  "damaged (refused before allocating anything)")
+            if (key in _MODULE_COUNT_NAMES or str(key).endswith(_MODULE_COUNT_SUFFIXES)) and value > MAX_MODULE_COUNT:
+                raise ValueError(f"{file}: field {field} = {value} is above {MAX_MODULE_COUNT} (layers or experts "
+                                 "are built one by one); the file is damaged (refused before building anything)")
             if key in _HEAD_COUNTS and value < 1:
                 raise ValueError(f"{file}: field {field} = {value}: a model needs at least one attention head; "
                                  "the file is damaged")
