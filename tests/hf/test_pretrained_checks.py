@@ -220,3 +220,40 @@ def test_settings_convert_cannot_apply_name_the_file(tmp_path, field, value):
     folder = _bert_folder(tmp_path / "m", probattn=settings, attn_implementation="probattn")
     with pytest.raises(ValueError, match=r"m/config\.json: its 'probattn' entry cannot be applied to this model"):
         load(folder)
+
+
+def _gguf_with_tokenizer(path: Path, *, blocks: int = 1, merges: tuple[bytes, ...] = (b"a b",)) -> Path:
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(blocks)
+    writer.add_embedding_length(4)
+    writer.add_feed_forward_length(8)
+    writer.add_head_count(1)
+    writer.add_head_count_kv(1)
+    writer.add_context_length(16)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list([b"a", b"b", b"ab", b"d", b"e", b"f", b"g", b"h"])
+    writer.add_token_merges(list(merges))
+    writer.add_token_types([1] * 8)
+    writer.add_tensor("token_embd.weight", np.zeros((8, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    # block_count 10**7 built ten million layers (minutes, then all memory)
+    (dict(blocks=10**7), r"t\.gguf: GGUF field llama\.block_count = 10000000 is outside 0\.\.10000"),
+    # a merge naming a token that is not in the vocabulary: a bare Exception from tokenizers
+    (dict(merges=(b"a zz",)), r"t\.gguf: damaged or unsupported GGUF file \(its tokenizer or model could not be "
+                              r"built: .*zz"),
+])
+def test_hostile_gguf_headers_are_one_clear_line(tmp_path, monkeypatch, options, message):
+    monkeypatch.setenv("PROBATTN_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match=message):
+        load_model(_gguf_with_tokenizer(tmp_path / "t.gguf", **options))

@@ -221,10 +221,18 @@ def _convert_gguf(file: Path, folder: Path) -> None:
     check_gguf_file(file)
     from transformers import AutoModelForCausalLM
 
-    with _offline(quiet=True):
-        tokenizer = AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name, trust_remote_code=False)
-        quantized = AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name, dtype=torch.float32,
-                                                         trust_remote_code=False)
+    try:
+        with _offline(quiet=True):
+            tokenizer = AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name, trust_remote_code=False)
+            quantized = AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name, dtype=torch.float32,
+                                                             trust_remote_code=False)
+    except BaseException as exc:  # tokenizers' Rust panics (PanicException) derive from BaseException only
+        if type(exc).__name__ != "PanicException" and (
+                not isinstance(exc, Exception) or isinstance(exc, (ImportError, OSError, MemoryError))):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{file}: damaged or unsupported GGUF file (its tokenizer or model could not be built: "
+                         f"{first})") from None
     config = quantized.config
     config.__dict__.pop("quantization_config", None)  # a GGUF-loaded model refuses save_pretrained
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -234,6 +242,12 @@ def _convert_gguf(file: Path, folder: Path) -> None:
 
 
 GGUF_MAGIC = b"GGUF"
+
+
+# GGUF header fields that size the model (llama.block_count, llama.embedding_length, ...)
+_GGUF_COUNT_KEYS = (".block_count", ".expert_count", ".expert_used_count")
+_GGUF_SIZE_KEYS = (*_GGUF_COUNT_KEYS, ".embedding_length", ".feed_forward_length", ".context_length",
+                   ".head_count", ".head_count_kv", ".vocab_size", ".key_length", ".value_length")
 
 
 def check_gguf_file(file: str | os.PathLike) -> None:
@@ -251,6 +265,16 @@ def check_gguf_file(file: str | os.PathLike) -> None:
     except Exception as exc:  # the reader raises ValueError, IndexError, struct errors... on damaged files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"{file}: damaged GGUF file (truncated or malformed header / tensor table: {first})") from None
+    for name, field in reader.fields.items():  # sizes become config values: refused before building anything
+        if not name.endswith(_GGUF_SIZE_KEYS) or len(field.data) != 1:
+            continue
+        value = field.parts[field.data[0]]
+        if value.size != 1 or value.dtype.kind not in "iu":
+            raise ValueError(f"{file}: GGUF field {name} must be one integer; the file is damaged")
+        value, limit = int(value[0]), MAX_MODULE_COUNT if name.endswith(_GGUF_COUNT_KEYS) else MAX_CONFIG_SIZE
+        if not 0 <= value <= limit:
+            raise ValueError(f"{file}: GGUF field {name} = {value} is outside 0..{limit}; the file is damaged "
+                             "(refused before building anything)")
     if "general.architecture" not in reader.fields:
         raise ValueError(f"{file}: the GGUF header has no field general.architecture; transformers cannot tell "
                          "which model it holds")
