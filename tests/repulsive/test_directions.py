@@ -192,6 +192,8 @@ def test_translation_invariant_and_finite(m, p, shift, seed):
         (dict(median="upper"), ValueError, "median must be 'true' or 'lower', got 'upper'"),
         (dict(kernel_grad_div="h3"), ValueError, "kernel_grad_div must be 'h2' or 'h', got 'h3'"),
         (dict(bandwidth=-1.0), ValueError, r"bandwidth must be 'median' or a positive number h, got -1\.0"),
+        (dict(bandwidth=1e-30), ValueError, r"bandwidth h = 1e-30 is outside \[3\.29e-10, 1\.84e\+19\]"),  # NaN
+        (dict(bandwidth=1e300), ValueError, r"bandwidth h = 1e\+300 is outside"),  # raw OverflowError
     ],
 )
 def test_bad_input_is_named(kwargs, error, match):

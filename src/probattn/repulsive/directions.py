@@ -26,7 +26,13 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from probattn.repulsive.kernels import MedianKind, median_bandwidth, rbf_kernel, sq_dists_from_gram
+from probattn.repulsive.kernels import (
+    MedianKind,
+    median_bandwidth,
+    min_squared_bandwidth,
+    rbf_kernel,
+    sq_dists_from_gram,
+)
 
 KernelGradDiv = Literal["h2", "h"]
 Bandwidth = float | Literal["median"]
@@ -78,6 +84,11 @@ def check_options(alpha: float, stepsize: float, kernel_grad_div: str, bandwidth
         isinstance(bandwidth, (int, float)) and not isinstance(bandwidth, bool) and bandwidth > 0
     ):
         raise ValueError(f"bandwidth must be 'median' or a positive number h, got {bandwidth!r}")
+    if bandwidth != "median":  # h² in float32's normal range above the median's floor: α / h², 1 / h⁴ stay finite
+        low, high = math.sqrt(min_squared_bandwidth(torch.float32)), math.sqrt(torch.finfo(torch.float32).max)
+        if not low <= bandwidth <= high:
+            raise ValueError(f"bandwidth h = {bandwidth!r} is outside [{low:.3g}, {high:.3g}]: h² would under- or "
+                             "overflow in float32 and the direction become NaN; use 'median' or a bandwidth in range")
 
 
 def compute_dtype(*tensors: Tensor) -> torch.dtype:
