@@ -257,3 +257,19 @@ def test_hostile_gguf_headers_are_one_clear_line(tmp_path, monkeypatch, options,
     monkeypatch.setenv("PROBATTN_CACHE", str(tmp_path / "cache"))
     with pytest.raises(ValueError, match=message):
         load_model(_gguf_with_tokenizer(tmp_path / "t.gguf", **options))
+
+
+@pytest.mark.parametrize("shard", ["weights-00001.bin", "../elsewhere/model.safetensors"])
+def test_a_safetensors_index_naming_another_kind_of_shard_is_refused(tmp_path, shard):
+    """The index decides which files transformers opens: a pickled shard was unpickled (raw UnpicklingError)."""
+    import torch
+
+    folder = _bert_folder(tmp_path / "m")
+    names = list(build("bert").state_dict())
+    (folder / "model.safetensors").unlink()
+    torch.save({"x": torch.zeros(1)}, folder / "weights-00001.bin")
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": {
+        name: shard for name in names}}))
+    with pytest.raises(ValueError, match=r"model\.safetensors\.index\.json: field weight_map names the shard "
+                                         r".*not a \.safetensors file"):
+        load_model(folder)

@@ -373,6 +373,16 @@ def check_model_folder(path: str | os.PathLike) -> None:
         if CONFIG_KEY in values:
             check_saved_settings(values[CONFIG_KEY], str(config_file))
         _check_sizes(values, config_file)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file() and not (folder / "model.safetensors").is_file():
+        weight_map = read_config_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{index}: field weight_map must be an object (tensor name -> shard file); the file "
+                             "is damaged")
+        for shard in sorted(set(map(str, weight_map.values()))):  # transformers opens whatever the index names
+            if not shard.endswith(".safetensors") or "/" in shard or "\\" in shard or shard.startswith("."):
+                raise ValueError(f"{index}: field weight_map names the shard {shard!r}, which is not a .safetensors "
+                                 f"file in {folder}; probattn loads safetensors only (a pickled shard can run code)")
     if folder.is_dir() and not any((folder / name).is_file() for name in SAFE_WEIGHTS):
         pickled = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLED_WEIGHTS and p.is_file())
         if pickled:
