@@ -160,9 +160,10 @@ def _column_sweep(q, k_scaled, v, allowed, bias, rho_prev, block, soft):
     running max: one GEMM ``exp(S - colmax) @ [v / colsum, 1 / colsum]`` gives both.
     ``soft`` (hybrid) additionally accumulates the plain row softmax of ``S``.
 
-    Returns ``c (B, H, 1, Lk)``, ``l (B, H, Lq, 1)`` and ``acc (B, H, Lq, Dv)`` (None when ``v`` is None).
+    Returns ``c (B, H, 1, Lk)``, ``l (B, H, Lq, 1)``, ``acc (B, H, Lq, Dv)`` (None when ``v`` is None) and
+    ``has_query (B, H, 1, Lk)``, the columns some query may see.
     """
-    c_blocks, total = [], None
+    c_blocks, seen, total = [], [], None
     for j0, j1 in _key_blocks(k_scaled.shape[-2], block):
         s = _slab(q, k_scaled, allowed, bias, j0, j1)
         v_block = None if v is None else v[:, :, j0:j1]
@@ -175,14 +176,49 @@ def _column_sweep(q, k_scaled, v, allowed, bias, rho_prev, block, soft):
         e = s.sub_(top).exp_()
         colsum = e.sum(dim=-2, keepdim=True)  # >= 1, or 0 for a column no query may see
         has_query = colsum > 0
+        seen.append(has_query)
         c_blocks.append(torch.where(has_query, top + colsum.log(), 0.0))
-        inv = torch.where(has_query, colsum.reciprocal(), 0.0).transpose(-1, -2)  # (B, H, Bk, 1)
-        rhs = inv if v_block is None else torch.cat([v_block * inv, inv], dim=-1)
-        if total is None:
-            total = torch.matmul(e, rhs)
-        else:  # accumulate in place: (G * H', Lq, Bk) @ (G * H', Bk, Dv + 1)
-            total.flatten(0, 1).baddbmm_(e.flatten(0, 1), rhs.flatten(0, 1))
-    return torch.cat(c_blocks, dim=-1), total[..., -1:], None if v is None else total[..., :-1]
+        total = _accumulate_rows(total, e, torch.where(has_query, colsum.reciprocal(), 0.0), v_block)
+    return torch.cat(c_blocks, dim=-1), total[..., -1:], None if v is None else total[..., :-1], torch.cat(seen, -1)
+
+
+def _accumulate_rows(total: Tensor | None, e: Tensor, inv: Tensor, v_block: Tensor | None) -> Tensor:
+    """``total + e @ [v_block * invᵀ, invᵀ]`` (or ``e @ invᵀ`` without values): row sums of ``e`` with column
+    weights ``inv`` (G, H', 1, Bk), and the weighted values. Without values the product is formed as the row
+    vector ``inv eᵀ``: a batched matrix product with one output column runs several times slower on the CPU."""
+    if v_block is None:
+        row = torch.matmul(inv, e.transpose(-1, -2)).transpose(-1, -2)  # (G, H', Lq, 1)
+        return row if total is None else total.add_(row)
+    inv = inv.transpose(-1, -2)
+    rhs = torch.cat([v_block * inv, inv], dim=-1)
+    if total is None:
+        return torch.matmul(e, rhs)
+    # accumulate in place: (G * H', Lq, Bk) @ (G * H', Bk, Dv + 1)
+    return total.flatten(0, 1).baddbmm_(e.flatten(0, 1), rhs.flatten(0, 1)).view(total.shape)
+
+
+def _centred_column_sweep(q, k_scaled, v, allowed, bias, rho_prev, c_prev, has_query, block):
+    """Sinkhorn iteration t >= 2 without a column max: ``A^(t-1) = exp(S - c^(t-1) - rho^(t-1)) <= 1`` comes out of
+    the score GEMM itself (``[q, 1, -rho] [scale k, -c, 1]ᵀ``), its column sums are ``exp(c^t - c^(t-1))``.
+
+    Returns what :func:`_column_sweep` returns, or None when a column that has a query sums below
+    ``sqrt(finfo.tiny)`` (its entries may have underflowed: the caller redoes the iteration with a column max).
+    ``has_query`` (G, H', 1, Lk): the columns some query may see (from iteration 1).
+    """
+    q_c = torch.cat([q, torch.ones_like(rho_prev), -rho_prev], dim=-1)
+    k_c = torch.cat([k_scaled, -c_prev.transpose(-1, -2), torch.ones_like(c_prev).transpose(-1, -2)], dim=-1)
+    sums, total = [], None
+    for j0, j1 in _key_blocks(k_scaled.shape[-2], block):
+        e = _slab(q_c, k_c, allowed, bias, j0, j1).exp_()
+        colsum = e.sum(dim=-2, keepdim=True)
+        sums.append(colsum)
+        inv = torch.where(has_query[..., j0:j1], colsum.reciprocal(), 0.0)
+        total = _accumulate_rows(total, e, inv, None if v is None else v[:, :, j0:j1])
+    colsum = torch.cat(sums, dim=-1)
+    if bool(((colsum < math.sqrt(torch.finfo(colsum.dtype).tiny)) & has_query).any()):
+        return None
+    c = torch.where(has_query, c_prev + colsum.log(), 0.0)
+    return c, total[..., -1:], None if v is None else total[..., :-1], has_query
 
 
 def _underflowed(row_sum: Tensor, allowed: Tensor | None) -> bool:
@@ -214,11 +250,16 @@ def _forward_rows(q, k_scaled, v, allowed, bias, iters, hybrid, block):
     """Potentials and outputs of one row group: ``(out_dbl, out_soft, rho_soft, [c^1..c^k], [rho^1..rho^k])``."""
     cs: list[Tensor] = []  # c^1..c^k, each (G, H', 1, Lk)
     rhos: list[Tensor] = []  # rho^1..rho^k, each (G, H', Lq, 1)
-    rho_prev = soft = None
+    rho_prev = soft = has_query = None
     for t in range(1, iters + 1):
         values = v if t == iters else None
         soft = _OnlineSoftmax(q, v.shape[-1]) if (hybrid and t == iters) else None
-        c, row_sum, acc = _column_sweep(q, k_scaled, values, allowed, bias, rho_prev, block, soft)
+        swept = None
+        if t > 1:  # (hybrid runs one iteration only, so soft is None here)
+            swept = _centred_column_sweep(q, k_scaled, values, allowed, bias, rho_prev, cs[-1], has_query, block)
+        if swept is None:
+            swept = _column_sweep(q, k_scaled, values, allowed, bias, rho_prev, block, soft)
+        c, row_sum, acc, has_query = swept
         if _underflowed(row_sum, allowed):
             out_dbl, rho = _exact_row_sweep(q, k_scaled, values, allowed, bias, c, block)
         else:  # l_i = exp(rho^t_i - rho^(t-1)_i); rows with no key give 0
@@ -233,13 +274,119 @@ def _forward_rows(q, k_scaled, v, allowed, bias, iters, hybrid, block):
     return out_dbl, out_soft, rho_soft, cs, rhos
 
 
+def _rescaling_factors(cs: list[Tensor], rhos: list[Tensor | None]) -> tuple[list[Tensor], list[Tensor]] | None:
+    """``(ex, ey)`` with every Sinkhorn stage matrix a diagonal rescaling of ``A = A^k``, or None if unsafe.
+
+    ``P^t = A * ex[t-1] * ey[t]ᵀ`` and ``A^t = A * ex[t] * ey[t]ᵀ`` with ``ex[t] = exp(rho^k - rho^t)`` (Lq, 1),
+    ``t = 0..k`` (``rho^0 = 0``), and ``ey[t] = exp(c^k - c^t)`` (Lk, 1), ``t = 1..k``. Exact in real arithmetic;
+    in floating point a factor ``exp(x)`` multiplies an ``A_ij`` that may have underflowed, losing ``P_ij`` below
+    ``tiny * exp(|x|)``, and products of two factors must stay far from overflow. So every exponent must satisfy
+    ``|x| <= log(finfo.max) / 5`` (float32: 17.7, so ``exp(2|x|) <= 2.6e15``; float64: 142); otherwise (a query
+    that loses every key by many nats, extreme scores) None, and the caller takes the exact log-domain sweeps.
+    """
+    iters = len(cs)
+    rho_k, c_k = rhos[iters], cs[-1].transpose(-1, -2)
+    xs = [rho_k - (0.0 if t == 0 else rhos[t]) for t in range(iters)]
+    ys = [c_k - cs[t - 1].transpose(-1, -2) for t in range(1, iters)]
+    limit = math.log(torch.finfo(rho_k.dtype).max) / 5
+    if float(torch.stack([x.abs().amax() for x in xs + ys]).amax()) > limit:
+        return None
+    ones_q, ones_k = torch.ones_like(rho_k), torch.ones_like(c_k)
+    return [x.exp() for x in xs] + [ones_q], [ones_k] + [y.exp() for y in ys] + [ones_k]  # ey[0] unused
+
+
+def _times_row(a: Tensor, x: Tensor) -> Tensor:
+    """``a @ x`` for ``a`` (G, H', Lq, Bk) and one column ``x`` (G, H', Bk, 1), as ``(xᵀ aᵀ)ᵀ``: a batched matrix
+    product with one output column runs several times slower on the CPU than one with one output row."""
+    return torch.matmul(x.transpose(-1, -2), a.transpose(-1, -2)).transpose(-1, -2)
+
+
+def _times_column(a: Tensor, x: Tensor) -> Tensor:
+    """``aᵀ @ x`` for ``a`` (G, H', Lq, Bk) and one column ``x`` (G, H', Lq, 1), as ``(xᵀ a)ᵀ`` (see ``_times_row``)."""
+    return torch.matmul(x.transpose(-1, -2), a).transpose(-1, -2)
+
+
+def _sinkhorn_backward_rows(d_out, q, k_scaled, v, allowed, bias, out, cs, rhos, ex, ey, d_bias, block):
+    """Sinkhorn (k >= 2) gradients with one exponential per slab: every stage matrix is ``A`` rescaled.
+
+    With ``A = exp(S - c^k - rho^k)`` (the output weights) and the factors of :func:`_rescaling_factors`:
+
+    * pass 1 (t = k): ``dv = Aᵀ dO`` and ``dc^k = -colsum(A * (dP - D))`` from one GEMM ``Aᵀ [dO, -D]``;
+      ``drho^(k-1) = -ex[k-1] * A (ey[k] * dc^k)``;
+    * passes t = k-1 .. 2: ``dc^t = -ey[t] * Aᵀ (ex[t] * drho^t)``, ``drho^(t-1) = -ex[t-1] * A (ey[t] * dc^t)``;
+    * final pass: ``dc^1`` as above (complete in the slab), then
+      ``dS = A * (dP - D + Σ_t ex[t-1] (ey[t] dc^t)ᵀ + Σ_(t<k) (ex[t] drho^t) ey[t]ᵀ)``, one GEMM
+      ``[dO, -D, F] [v, 1, G]ᵀ`` with the ``2k - 1`` rank-one terms riding in extra columns; ``dk``, ``dq``.
+
+    Per slab: ``k`` score GEMMs and exponentials in all, plus ``Aᵀ [dO, -D]``, ``dP``, ``dk``, ``dq``
+    (the exact sweeps of :func:`_backward_rows` need ``2k + 1`` exponentials per slab and one more GEMM).
+    """
+    iters, dv_dim = len(cs), v.shape[-1]
+    blocks = _key_blocks(k_scaled.shape[-2], block)
+    rho_k = rhos[iters]
+    do_aug = torch.cat([d_out, -(d_out * out).sum(-1, keepdim=True)], dim=-1)  # [dO, -D]
+    q_c = torch.cat([q, torch.ones_like(rho_k), -rho_k], dim=-1)  # S - c^k - rho^k in the score GEMM
+    k_c = torch.cat([k_scaled, -cs[-1].transpose(-1, -2), torch.ones_like(ey[1])], dim=-1)
+
+    def weights(j0: int, j1: int) -> Tensor:
+        return _slab(q_c, k_c, allowed, bias, j0, j1).exp_()
+
+    dcs: list[Tensor | None] = [None] * (iters + 1)  # dc^t as (G, H', Lk, 1)
+    drhos: list[Tensor | None] = [None] * (iters + 1)  # drho^t as (G, H', Lq, 1)
+    dv = torch.empty_like(v)
+    drho, dc_blocks = torch.zeros_like(rho_k), []
+    for j0, j1 in blocks:  # pass 1: t = k
+        a = weights(j0, j1)
+        m = torch.matmul(a.transpose(-1, -2), do_aug)  # (G, H', Bk, Dv + 1)
+        dv[:, :, j0:j1] = m[..., :dv_dim]
+        dc = (v[:, :, j0:j1] * m[..., :dv_dim]).sum(-1, keepdim=True).add_(m[..., dv_dim:]).neg_()
+        dc_blocks.append(dc)
+        drho.sub_(_times_row(a, dc))  # ey[k] = 1
+    dcs[iters], drhos[iters - 1] = torch.cat(dc_blocks, dim=-2), drho.mul_(ex[iters - 1])
+    for t in range(iters - 1, 1, -1):  # passes t = k-1 .. 2
+        w = ex[t] * drhos[t]
+        drho, dc_blocks = torch.zeros_like(rho_k), []
+        for j0, j1 in blocks:
+            a = weights(j0, j1)
+            dc = _times_column(a, w).mul_(ey[t][:, :, j0:j1]).neg_()
+            dc_blocks.append(dc)
+            drho.sub_(_times_row(a, dc * ey[t][:, :, j0:j1]))
+        dcs[t], drhos[t - 1] = torch.cat(dc_blocks, dim=-2), drho.mul_(ex[t - 1])
+    w1 = ex[1] * drhos[1]
+    lhs = torch.cat([do_aug, *ex[:iters], *(ex[t] * drhos[t] for t in range(1, iters))], dim=-1)
+    dq = torch.zeros_like(q)
+    dk = torch.empty_like(k_scaled)
+    for j0, j1 in blocks:  # final pass
+        a = weights(j0, j1)
+        eyj = [None] + [e[:, :, j0:j1] for e in ey[1:iters]]
+        dc1 = _times_column(a, w1).mul_(eyj[1]).neg_()
+        rhs = torch.cat([v[:, :, j0:j1], torch.ones_like(dc1), dc1 * eyj[1],
+                         *(eyj[t] * dcs[t][:, :, j0:j1] for t in range(2, iters)), dcs[iters][:, :, j0:j1],
+                         *eyj[1:]], dim=-1)
+        ds = torch.matmul(lhs, rhs.transpose(-1, -2)).mul_(a)
+        del a
+        dk[:, :, j0:j1] = torch.matmul(ds.transpose(-1, -2), q)
+        dq += torch.matmul(ds, k_scaled[:, :, j0:j1])
+        if d_bias is not None:
+            target = _columns(d_bias, j0, j1)
+            target += ds.sum_to_size(target.shape)
+    return dq, dk, dv
+
+
 def _backward_rows(d_out, q, k_scaled, v, allowed, bias, alpha, out_dbl, out_soft, rho_soft, cs, rhos, d_bias,
                    block):
     """Gradients ``(dq, dk_scaled, dv)`` of one row group; adds the bias gradient into ``d_bias`` (a view) if given.
 
-    ``cs`` holds c^1..c^k, ``rhos`` holds rho^0 = None, rho^1..rho^k.
+    ``cs`` holds c^1..c^k, ``rhos`` holds rho^0 = None, rho^1..rho^k. Sinkhorn (k >= 2) takes the rescaled
+    one-exponential sweeps of :func:`_sinkhorn_backward_rows` when :func:`_rescaling_factors` allows, else the
+    exact log-domain sweeps below.
     """
     iters, hybrid = len(cs), out_soft is not None
+    if iters > 1 and not hybrid:
+        factors = _rescaling_factors(cs, rhos)
+        if factors is not None:
+            return _sinkhorn_backward_rows(d_out, q, k_scaled, v, allowed, bias, out_dbl, cs, rhos, *factors,
+                                           d_bias, block)
     blocks = _key_blocks(k_scaled.shape[-2], block)
     dv_dim = v.shape[-1]
     d_dbl = (d_out * out_dbl).sum(-1, keepdim=True)  # D_i = <dO_i, O_i>
