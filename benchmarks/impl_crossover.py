@@ -4,8 +4,8 @@ For every torch thread count, head dim and shape ``(B, H, L)`` (float32, CPU), t
 of ``attention(..., impl=...)`` run **interleaved** (dense, chunked, dense, chunked, ...; one warm-up call
 each) for the forward pass and for forward+backward; the ratio chunked / dense is the ratio of the medians of
 process CPU time (wall time is recorded beside it). From the doubly-normalized forward+backward ratios it
-derives, per (threads, head dim), the **crossover**: the smallest measured score count ``B·H·L·L`` from which
-on the chunked path was never slower. ``probattn.functional.streaming.AUTO_MIN_SCORES`` is this table.
+derives, per (threads, head dim), the **crossover**: the score count ``B·H·Lq·Lk`` from which on the chunked
+path is faster (see :func:`crossovers`). ``probattn.functional.streaming.AUTO_MIN_SCORES`` is this table.
 
     python benchmarks/impl_crossover.py                 # about 3-4 minutes on an idle 2-core machine
     python benchmarks/impl_crossover.py --rounds 3 --threads 1 --head-dims 64   # a quick look
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import statistics
 import sys
@@ -79,19 +80,40 @@ def measure(shape: tuple[int, int, int, int], normalization: str, rounds: int, t
 
 
 def crossovers(rows: list[dict[str, object]]) -> dict[tuple[int, int], int | None]:
-    """Per (threads, head_dim): the smallest measured score count from which on every doubly fwd+bwd ratio
-    is <= 1 (None: the chunked path lost even at the largest shape)."""
+    """Per (threads, head_dim): where doubly forward+backward chunked / dense crosses 1, as a power of two.
+
+    The ratios of shapes with the same score count are combined by their median. If the chunked path wins at
+    every measured count from some point on, the crossing is interpolated linearly in (log2 scores, log ratio)
+    between the last losing count and the next one, and rounded to the nearest power of two; if it wins at every
+    count, the smallest measured count; if it loses at the largest, None (dense everywhere measured).
+    """
     table: dict[tuple[int, int], int | None] = {}
     for key in sorted({(r["threads"], r["head_dim"]) for r in rows}):
-        points = sorted((r["scores"], r["fwd_bwd_ratio"]) for r in rows
-                        if (r["threads"], r["head_dim"]) == key and r["normalization"] == "doubly")
-        crossing = None
-        for i, (scores, _) in enumerate(points):
-            if all(ratio <= 1.0 for _, ratio in points[i:]):
-                crossing = scores
-                break
-        table[key] = crossing
+        by_count: dict[int, list[float]] = {}
+        for r in rows:
+            if (r["threads"], r["head_dim"]) == key and r["normalization"] == "doubly":
+                by_count.setdefault(r["scores"], []).append(r["fwd_bwd_ratio"])
+        points = sorted((count, statistics.median(ratios)) for count, ratios in by_count.items())
+        if points[-1][1] > 1.0:
+            table[key] = None
+            continue
+        last_loss = max((i for i, (_, ratio) in enumerate(points) if ratio > 1.0), default=None)
+        if last_loss is None:
+            table[key] = points[0][0]
+            continue
+        (n0, r0), (n1, r1) = points[last_loss], points[last_loss + 1]
+        x0, x1, y0, y1 = math.log2(n0), math.log2(n1), math.log(r0), math.log(r1)
+        table[key] = 2 ** round(x0 + (x1 - x0) * y0 / (y0 - y1))
     return table
+
+
+def print_crossovers(table: dict[tuple[int, int], int | None]) -> None:
+    print("\nCrossover (doubly, forward+backward): chunked from this many scores on")
+    print("| threads | D | crossover |")
+    print("|---:|---:|---:|")
+    for (threads, head_dim), scores in table.items():
+        shown = "never (dense wins at every measured size)" if scores is None else f"2**{scores.bit_length() - 1}"
+        print(f"| {threads} | {head_dim} | {shown} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,7 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--all-normalizations-at", type=int, default=64, metavar="D",
                         help="head dim at which hybrid and sinkhorn are measured too (doubly at every head dim)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--from-json", metavar="PATH", default=None,
+                        help="measure nothing: print the crossover table derived from a stored run's rows")
     args = parser.parse_args(argv)
+    if args.from_json:
+        print_crossovers(crossovers(json.loads(Path(args.from_json).read_text())["rows"]))
+        return 0
     if args.rounds < 1 or min(args.threads) < 1 or min(args.head_dims) < 1:
         raise SystemExit("--rounds, --threads and --head-dims must be positive")
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
@@ -127,12 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"{normalization} | {res['fwd_ratio']:.2f} | {res['fwd_bwd_ratio']:.2f} | "
                           f"{res['fwd_bwd_dense_cpu_ms']:.1f} | {res['fwd_bwd_ratio_wall']:.2f} |", flush=True)
     table = crossovers(rows)
-    print("\nCrossover (doubly, forward+backward): chunked from this many scores on")
-    print("| threads | D | crossover |")
-    print("|---:|---:|---:|")
-    for (threads, head_dim), scores in table.items():
-        shown = "never (dense wins at every measured size)" if scores is None else f"2**{scores.bit_length() - 1}"
-        print(f"| {threads} | {head_dim} | {shown} |")
+    print_crossovers(table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")

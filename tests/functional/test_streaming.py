@@ -342,11 +342,36 @@ def chunked_calls(monkeypatch):
     return calls
 
 
-def test_prefer_chunked_rule():
-    assert not streaming.prefer_chunked(2, 4, 64, 64)  # few scores: the dense path is faster
-    assert not streaming.prefer_chunked(1, 1, 512, 512)  # on par: keep the dense path
-    assert streaming.prefer_chunked(16, 12, 128, 128)  # a MiniLM-shaped batch
-    assert streaming.prefer_chunked(1, 1, 1024, 1024)
+def test_auto_rule_is_the_measured_crossover_table():
+    """A pure function of (B, H, Lq, Lk, head dim, threads): chunked from the table's score count on."""
+    for (threads, head_dim), min_scores in streaming.AUTO_MIN_SCORES.items():
+        assert streaming.auto_min_scores(head_dim, threads) == min_scores
+        assert streaming.prefer_chunked(1, 1, min_scores // 64, 64, head_dim=head_dim, threads=threads)
+        assert not streaming.prefer_chunked(1, 1, min_scores // 64 - 1, 64, head_dim=head_dim, threads=threads)
+    table = streaming.AUTO_MIN_SCORES
+    # between and beyond the measured points: the next measured head dim up, the nearest thread count below
+    assert streaming.auto_min_scores(48, 1) == table[(1, 64)]
+    assert streaming.auto_min_scores(16, 2) == table[(2, 32)]
+    assert streaming.auto_min_scores(256, 1) == table[(1, 128)]
+    assert streaming.auto_min_scores(64, 8) == table[(2, 64)]
+    # the benchmark shapes: (1, 8, 256, 64) is dense (2**19 scores), (1, 8, 1024, 64) chunked, at 1 and 2 threads
+    for threads in (1, 2):
+        assert not streaming.prefer_chunked(1, 8, 256, 256, head_dim=64, threads=threads)
+        assert streaming.prefer_chunked(1, 8, 1024, 1024, head_dim=64, threads=threads)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("head_dim", [32, 128])
+def test_attention_auto_follows_the_rule(chunked_calls, monkeypatch, threads, head_dim):
+    """``attention(impl="auto")`` asks the rule with the call's head dim and torch's thread count."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    min_scores = streaming.auto_min_scores(head_dim, threads)
+    for q_len, expected in ((min_scores // 64 - 1, False), (min_scores // 64, True)):
+        chunked_calls.clear()
+        q = torch.randn(1, 1, q_len, head_dim)
+        k = v = torch.randn(1, 1, 64, head_dim)
+        attention(q, k, v, normalization="doubly")
+        assert bool(chunked_calls) == expected
 
 
 @pytest.mark.parametrize(

@@ -42,7 +42,7 @@ from torch import Tensor
 
 from probattn.masks import MaskSpec
 
-__all__ = ["chunked_attention", "prefer_chunked", "slab_shape"]
+__all__ = ["AUTO_MIN_SCORES", "auto_min_scores", "chunked_attention", "prefer_chunked", "slab_shape"]
 
 NORMALIZATIONS = ("doubly", "hybrid", "sinkhorn")
 
@@ -71,16 +71,41 @@ def slab_shape(batch: int, heads: int, q_len: int, k_len: int) -> tuple[int, int
     return block, min(rows, batch * heads)
 
 
-# impl="auto": what decides is the total number of scores B * H * Lq * Lk, not the length. Measured by
-# benchmarks/impl_crossover.py (CPU, float32, 1 thread; docs/performance.md): from 2**21 scores on the slab path
-# took 0.22-0.86x the dense path's time (Sinkhorn at (16, 12, 128, 128) fwd+bwd: 1.00x) and far less memory; at
-# 2**19 the two are on par (0.71-1.23x); at 2**17 the slab path's fixed cost per slab loses (1.24-2.14x).
-AUTO_MIN_SCORES = 2**20
+# impl="auto" on the CPU: the slab path from AUTO_MIN_SCORES[(threads, head_dim)] scores B * H * Lq * Lk on, the
+# dense path below. How it was derived: benchmarks/impl_crossover.py runs both paths interleaved (process CPU time,
+# median of 5 rounds, doubly-normalized forward+backward, float32) at score counts 2**17 .. 2**23 (shapes with the
+# same count but different lengths agree within the noise) for head dims 32 / 64 / 128 under 1 and 2 torch threads,
+# and interpolates where chunked / dense crosses 1 (log2 scores vs log ratio, rounded to a power of two; 2**17 means
+# chunked won from the smallest measured size on). Below the crossing the slab path's fixed cost per slab (a few
+# dozen small ops) loses; above it the dense path's passes over (B, H, Lq, Lk) tensors fall out of cache. A wider
+# head moves it up (more of the time is in the GEMMs both paths share). Run on a nearly idle 2-core machine (load
+# 0.2-0.6): results/impl-crossover-cpu-20261205-012104.json; the table is
+# `python benchmarks/impl_crossover.py --from-json benchmarks/results/impl-crossover-cpu-20261205-012104.json`.
+# More threads than measured use the 2-thread row; hybrid and Sinkhorn use doubly's crossing.
+AUTO_MIN_SCORES: dict[tuple[int, int], int] = {
+    (1, 32): 2**17, (1, 64): 2**20, (1, 128): 2**21,
+    (2, 32): 2**19, (2, 64): 2**21, (2, 128): 2**21,
+}
 
 
-def prefer_chunked(batch: int, heads: int, q_len: int, k_len: int) -> bool:
-    """Whether ``impl="auto"`` should take the slab path: ``batch * heads * q_len * k_len >= AUTO_MIN_SCORES``."""
-    return batch * heads * q_len * k_len >= AUTO_MIN_SCORES
+def auto_min_scores(head_dim: int, threads: int) -> int:
+    """The score count from which ``impl="auto"`` takes the slab path on the CPU.
+
+    Looked up in ``AUTO_MIN_SCORES``: the measured thread count nearest below ``threads`` (more threads than
+    measured use the largest measured count), and the smallest measured head dim ``>= head_dim`` (the largest
+    for wider heads).
+    """
+    counts = sorted({t for t, _ in AUTO_MIN_SCORES})
+    t = max([c for c in counts if c <= max(threads, 1)] or counts[:1])
+    dims = sorted(d for tt, d in AUTO_MIN_SCORES if tt == t)
+    d = next((x for x in dims if x >= head_dim), dims[-1])
+    return AUTO_MIN_SCORES[(t, d)]
+
+
+def prefer_chunked(batch: int, heads: int, q_len: int, k_len: int, *, head_dim: int, threads: int) -> bool:
+    """Whether ``impl="auto"`` should take the slab path on the CPU: ``batch * heads * q_len * k_len`` at least
+    :func:`auto_min_scores` for this head dim and torch thread count (a pure function of the shape)."""
+    return batch * heads * q_len * k_len >= auto_min_scores(head_dim, threads)
 
 
 def _row_groups(batch: int, heads: int, rows_per_group: int) -> list[tuple[slice, slice]]:
