@@ -533,3 +533,58 @@ def test_sinkhorn_needs_one_exponential_per_slab_and_pass():
         out.backward(torch.ones_like(out))
     assert ops.exps == (3 + 3) * 4
     assert ops.single_column == 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# several torch threads: (batch, head) row groups split across threads, one torch thread each
+
+
+@pytest.fixture
+def two_threads(monkeypatch):
+    """Two torch threads, and the split taken for any problem size; records the OS threads that ran groups."""
+    import threading
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    monkeypatch.setattr(streaming, "PARALLEL_MIN_SCORES", 0)
+    idents = set()
+    forward_rows, backward_rows = streaming._forward_rows, streaming._backward_rows
+    monkeypatch.setattr(streaming, "_forward_rows",
+                        lambda *a: idents.add(("fwd", threading.get_ident())) or forward_rows(*a))
+    monkeypatch.setattr(streaming, "_backward_rows",
+                        lambda *a: idents.add(("bwd", threading.get_ident())) or backward_rows(*a))
+    yield idents
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("normalization", SCHEMES)
+def test_threads_split_row_groups_and_match_the_reference(two_threads, normalization):
+    q, k, v = _inputs(21, b=2, h=3, lq=7, lk=9)
+    masks = _masks(21, 2, 3, 7, 9)
+    masks.pop("attn_mask")  # padding on both axes, no bias to learn (a learned bias is summed on one thread)
+    spec = _spec(q, k, **masks)
+    out = chunked_attention(q, k, v, spec, scale=0.7, normalization=normalization, sinkhorn_iters=3, block_size=4)
+    ref, _ = reference_attention(q, k, v, normalization=normalization, allowed=spec.allowed, scale=0.7,
+                                 sinkhorn_iters=3)
+    torch.testing.assert_close(out, ref, **TOL[torch.float64])
+    for mine, theirs in zip(_grads(out, (q, k, v)), _grads(ref, (q, k, v))):
+        torch.testing.assert_close(mine, theirs, **TOL[torch.float64])
+    assert len({i for stage, i in two_threads if stage == "fwd"}) == 2  # forward groups ran on two OS threads
+    assert len({i for stage, i in two_threads if stage == "bwd"}) == 2
+    assert torch.get_num_threads() == 2  # restored after the split
+
+
+def test_threads_keep_inference_mode_and_a_learned_bias_sums_on_one_thread(two_threads):
+    q, k, v = _inputs(22, b=2, h=2, lq=5, lk=6)
+    with torch.inference_mode():
+        spec = _spec(q, k)
+        out = chunked_attention(q, k, v, spec, scale=0.5, normalization="doubly", block_size=2)
+    assert out.is_inference()
+    bias = torch.randn(1, 2, 5, 6, dtype=torch.float64, requires_grad=True)  # shared by both batch elements
+    two_threads.clear()
+    out = chunked_attention(q, k, v, _spec(q, k, attn_mask=bias), scale=0.5, normalization="sinkhorn", block_size=2)
+    (d_bias,) = torch.autograd.grad(out, (bias,), torch.ones_like(out))
+    ref, _ = reference_attention(q, k, v, normalization="sinkhorn", bias=bias, scale=0.5)
+    (ref_bias,) = torch.autograd.grad(ref, (bias,), torch.ones_like(ref))
+    torch.testing.assert_close(d_bias, ref_bias, **TOL[torch.float64])
+    assert len({i for stage, i in two_threads if stage == "bwd"}) == 1

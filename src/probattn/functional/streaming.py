@@ -36,6 +36,8 @@ key outputs zeros and receives zero gradient; nothing ever becomes NaN.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import Tensor
@@ -56,6 +58,10 @@ SLAB_ELEMENTS = 2**18
 MIN_BLOCK = 64
 
 _NEG_INF = float("-inf")
+
+# Below this many scores B * H * Lq * Lk a call stays on the calling thread (with torch's intra-op threads):
+# starting worker threads costs ~0.1 ms.
+PARALLEL_MIN_SCORES = 2**20
 
 
 def slab_shape(batch: int, heads: int, q_len: int, k_len: int) -> tuple[int, int]:
@@ -491,6 +497,43 @@ def _backward_rows(d_out, q, k_scaled, v, allowed, bias, alpha, out_dbl, out_sof
     return dq, dk, dv
 
 
+def _run_groups(work: Callable[[tuple[slice, slice]], None], batch: int, heads: int, rows_per_group: int,
+                scores_per_row: int, *, parallel: bool) -> None:
+    """Call ``work(rows)`` for every (batch, head) row group, split across torch's CPU threads when it pays.
+
+    With ``torch.get_num_threads() = n > 1``, at least ``PARALLEL_MIN_SCORES`` scores and ``parallel``, the groups
+    (made smaller if there are fewer than ``n``) are dealt round-robin to ``n`` Python threads that each run
+    their share with one torch thread; the process goes back to ``n`` threads afterwards. Every group is an
+    independent problem writing disjoint rows, so the results do not depend on the split. Why: inside a slab
+    loop every op is a separate OpenMP parallel region (thousands per call), and each of them waits for the
+    slowest thread; one split per call (what SDPA's CPU kernel does) waits once.
+    """
+    threads = torch.get_num_threads()
+    if not parallel or threads < 2 or batch * heads < 2 or batch * heads * scores_per_row < PARALLEL_MIN_SCORES:
+        for rows in _row_groups(batch, heads, rows_per_group):
+            work(rows)
+        return
+    groups = _row_groups(batch, heads, min(rows_per_group, -(-batch * heads // threads)))
+    shares = [groups[i::threads] for i in range(threads) if groups[i::threads]]
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+
+    def run(share: list[tuple[slice, slice]]) -> None:
+        torch.set_num_threads(1)  # OpenMP's thread count is per OS thread: set it in each worker
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            for rows in share:
+                work(rows)
+
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(len(shares) - 1) as pool:
+            futures = [pool.submit(run, share) for share in shares[1:]]
+            run(shares[0])
+            for future in futures:
+                future.result()
+    finally:
+        torch.set_num_threads(threads)
+
+
 class _SlabAttention(torch.autograd.Function):
     """out = alpha * softmax(S) v + (1 - alpha) * sinkhorn_k(S) v, computed over key-block slabs.
 
@@ -508,7 +551,7 @@ class _SlabAttention(torch.autograd.Function):
         rho_soft = q.new_empty((batch, heads, q_len, 1)) if hybrid else None
         cs = q.new_empty((iters, batch, heads, 1, k.shape[-2]))
         rhos = q.new_empty((iters, batch, heads, q_len, 1))
-        for rows in _row_groups(batch, heads, rows_per_group):
+        def work(rows: tuple[slice, slice]) -> None:
             # scaling keys (per group), not queries, keeps the O(Lq) buffers to the outputs
             o_dbl, o_soft, r_soft, c_list, r_list = _forward_rows(
                 q[rows], k[rows] * scale, v[rows], _rows(allowed, rows), _rows(bias, rows), iters, hybrid, block
@@ -518,6 +561,8 @@ class _SlabAttention(torch.autograd.Function):
             rhos[(slice(None), *rows)] = torch.stack(r_list)
             if hybrid:
                 out_soft[rows], rho_soft[rows] = o_soft, r_soft
+
+        _run_groups(work, batch, heads, rows_per_group, q_len * k.shape[-2], parallel=True)
         out = torch.lerp(out_dbl, out_soft, alpha) if hybrid else out_dbl  # alpha * soft + (1 - alpha) * doubly
         ctx.save_for_backward(q, k, v, alpha, allowed, bias, out_dbl, out_soft, rho_soft, cs, rhos)
         ctx.scale, ctx.block, ctx.rows_per_group = scale, block, rows_per_group
@@ -530,13 +575,17 @@ class _SlabAttention(torch.autograd.Function):
         d_out = d_out.contiguous()
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         d_bias = torch.zeros_like(bias) if bias is not None and ctx.needs_input_grad[5] else None
-        for rows in _row_groups(q.shape[0], q.shape[1], ctx.rows_per_group):
+        def work(rows: tuple[slice, slice]) -> None:
             dq[rows], dk[rows], dv[rows] = _backward_rows(
                 d_out[rows], q[rows], k[rows] * ctx.scale, v[rows], _rows(allowed, rows), _rows(bias, rows),
                 _rows(alpha, rows), out_dbl[rows], None if out_soft is None else out_soft[rows],
                 None if rho_soft is None else rho_soft[rows], list(cs[(slice(None), *rows)]),
                 [None, *rhos[(slice(None), *rows)]], _rows(d_bias, rows), ctx.block,
             )
+
+        # a bias gradient broadcast over (batch, head) rows is summed into by several groups: no threads then
+        _run_groups(work, q.shape[0], q.shape[1], ctx.rows_per_group, q.shape[2] * k.shape[2],
+                    parallel=d_bias is None)
         dk.mul_(ctx.scale)
         d_alpha = None
         if hybrid and ctx.needs_input_grad[3]:
