@@ -5,6 +5,7 @@
 first); a method's time is the median over rounds, and its ratio is that median over SDPA's median under the same
 thread count in the same run, so a load change on a shared machine hits the baseline too. Both process CPU time
 (steady on a shared machine; with 2 threads it sums both threads, spinning included) and wall time are recorded.
+Shorter lengths get more rounds (``--rounds`` x min(7, longest // L)): their calls are short and scatter more.
 
     python benchmarks/attention.py                  # the acceptance grid: about 3 minutes on an idle 2-core CPU
     python benchmarks/attention.py --lengths 256 1024 --rounds 3     # quicker
@@ -126,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, nargs="+", default=list(THREADS))
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
                         help="SDPA always runs as the baseline")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median) after one warm-up")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds (median, after one warm-up) at the longest length; a length L "
+                             "gets rounds * min(7, longest // L), as short calls scatter more and cost little")
     parser.add_argument("--dense-budget-gib", type=float, default=2.0,
                         help="skip doubly_dense where its (B, H, L, L) matrices would need more (default 2)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
@@ -140,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, object]] = []
     for length in args.lengths:
         skipped = [m for m in methods if m in DENSE and dense_gib(length) > args.dense_budget_gib]
-        measured = run_length(length, [m for m in methods if m not in skipped], args.threads, args.rounds)
+        rounds = args.rounds * min(7, max(1, max(args.lengths) // length))
+        measured = run_length(length, [m for m in methods if m not in skipped], args.threads, rounds)
         for t in args.threads:
             measured += [dict(length=length, threads=t, method=m, mode="fwd_bwd", rounds=0, cpu_ms=None,
                               wall_ms=None, cpu_vs_sdpa=None, wall_vs_sdpa=None, cpu_ratio_per_round=[],
@@ -152,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     load_after = _load()
     header = (f"Date {started}; machine: {machine}; load average before {load_before}, after {load_after}; "
               f"(B, H, D) = ({SHAPE['batch']}, {SHAPE['heads']}, {SHAPE['head_dim']}) float32, forward+backward, "
-              f"{args.rounds} interleaved rounds (median); {time.perf_counter() - t0:.0f} s in all.\n")
+              f"{args.rounds} interleaved rounds at L = {max(args.lengths)} (median), "
+              f"{args.rounds} x min(7, {max(args.lengths)} // L) at shorter L; {time.perf_counter() - t0:.0f} s "
+              "in all.\n")
     print("\n" + header + "\n" + table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -522,7 +522,8 @@ def _run_groups(work: Callable[[tuple[slice, slice]], None], batch: int, heads: 
     slowest thread; one split per call (what SDPA's CPU kernel does) waits once.
     """
     threads = torch.get_num_threads()
-    if not parallel or threads < 2 or batch * heads < 2 or batch * heads * scores_per_row < PARALLEL_MIN_SCORES:
+    if (not parallel or threads < 2 or batch * heads < 2 or batch * heads * scores_per_row < PARALLEL_MIN_SCORES
+            or torch.compiler.is_compiling()):
         for rows in _row_groups(batch, heads, rows_per_group):
             work(rows)
         return
