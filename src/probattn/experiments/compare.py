@@ -54,6 +54,7 @@ from probattn.experiments.results import (
     write_json,
 )
 from probattn.experiments.verdict import accuracy_comparison, format_verdicts, verdicts
+from probattn.io import claim_output_dir, write_text
 from probattn.training.presets import DEFAULT_PRESET, PRESET_HELP, PRESETS
 
 __all__ = ["COLUMNS", "DEFAULT_PRESET", "PRESETS", "VARIANTS", "add_arguments", "add_run_arguments",
@@ -322,7 +323,7 @@ def write_summary(output: Path, *, variants: Sequence[str], header: dict[str, An
     if header.get("timings"):
         text.append("## Run time\n\n" + header["timings"] + "\n")
     markdown = "\n".join(text)
-    (output / "results.md").write_text(markdown)
+    write_text(output / "results.md", markdown)
     write_json(output / "results.json", {**header, "variants": list(variants), "verdicts": claims,
                                          "comparisons": comparisons,
                                          "summary": summary_records(summary, columns_all),
@@ -343,6 +344,7 @@ def write_summary(output: Path, *, variants: Sequence[str], header: dict[str, An
 
 def compare(*, variants: Sequence[str] = DEFAULT_VARIANTS, seeds: Sequence[int] = DEFAULT_SEEDS,
             preset: str = DEFAULT_PRESET, output: str | Path = "probattn-compare", resume: bool = False,
+            overwrite: bool = False,
             overrides: dict[str, Any] | None = None, ood_examples: int | None = 2000,
             command: str = "probattn compare", title: str = "probattn compare",
             tables: dict[str, list[Column]] | None = None, baselines: bool = True, timing_rounds: int = 3,
@@ -355,7 +357,8 @@ def compare(*, variants: Sequence[str] = DEFAULT_VARIANTS, seeds: Sequence[int] 
     ``timing_rounds=0`` skips the timing pass; ``threads``: torch threads for training (default: torch's for
     every preset but tiny / self-attentive, which use 1); ``title`` and ``tables`` shape ``results.md`` (see
     :func:`write_summary`). Returns the content of ``results.json``. Raises ``ValueError`` for unknown
-    variants/presets, and when ``output`` already holds runs but ``resume`` is False.
+    variants/presets, and when ``output`` already holds runs but neither ``resume`` nor ``overwrite`` is set;
+    ``output`` is claimed by :func:`probattn.io.claim_output_dir` (files probattn did not write are refused).
     """
     from tqdm.auto import tqdm
 
@@ -373,9 +376,11 @@ def compare(*, variants: Sequence[str] = DEFAULT_VARIANTS, seeds: Sequence[int] 
                          "and steps >= 1")
     output = Path(output)
     existing = sorted((output / RUNS_DIR).glob("*.json")) if (output / RUNS_DIR).is_dir() else []
-    if existing and not resume:
+    if existing and not (resume or overwrite):
         raise ValueError(f"--output {output} already holds {len(existing)} finished run(s); pass --resume to "
-                         "skip them and run the rest, or choose another --output")
+                         "skip them and run the rest, --overwrite to start over, or choose another --output")
+    claim_output_dir(output, command=command, overwrite=overwrite, resume=resume,
+                     will_write=("results.md", "results.json"))
     log = Messages(command)
     began, cpu_began = time.perf_counter(), time.process_time()
     base = {**PRESETS[preset], **(overrides or {})}
@@ -466,6 +471,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, seeds: Sequence[int], 
                         help="optimizer steps per run (None = the preset's)")
     parser.add_argument("--output", default=output, help="output folder")
     parser.add_argument("--resume", action="store_true", help="skip the runs already finished in --output")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over in --output: delete the files probattn wrote there (never other files)")
     parser.add_argument("--ood-examples", type=int, default=ood_examples,
                         help="evaluate on a fixed random subset of this many out-of-domain texts (0 = all)")
     parser.add_argument("--threads", type=int, default=None,
@@ -523,6 +530,7 @@ def run_compare(args: argparse.Namespace, *, name: str, preset: str, variants: S
     typed = sys.argv[1:1 + len(words)] == words
     command = shlex.join(["probattn", *(sys.argv[1:] if typed else words)])
     result = compare(variants=variants, seeds=args.seeds, preset=preset, output=args.output, resume=args.resume,
+                     overwrite=getattr(args, "overwrite", False),
                      overrides=overrides, ood_examples=args.ood_examples or None, command=command, title=title,
                      tables=tables, timing_rounds=args.timing_rounds, timing_steps=args.timing_steps,
                      progress=not args.no_progress, threads=args.threads)

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from probattn.experiments.results import load_runs, run_path, save_run, write_json
+from probattn.io import claim_output_dir, write_text
 
 __all__ = ["VARIANTS", "add_arguments", "run", "run_graph", "train_one"]
 
@@ -212,7 +213,9 @@ def _figures(summary: dict[str, Any], output: Path) -> list[Path]:
 
 def run_graph(args: argparse.Namespace, command: str) -> dict[str, Any]:
     """Train every (variant, seed), saving each run as it finishes; then the tables, JSON and figures."""
-    output = Path(args.output)
+    output = claim_output_dir(args.output, command="probattn experiment graph",
+                              overwrite=getattr(args, "overwrite", False), resume=args.resume,
+                              will_write=("results.md", "results.json"))
     prep_cpu, prep_wall = time.process_time(), time.perf_counter()
     data = prepare_graph(args.wordnet, args.sample, args.features)
     prep_cpu, prep_wall = time.process_time() - prep_cpu, time.perf_counter() - prep_wall
@@ -245,7 +248,7 @@ def run_graph(args: argparse.Namespace, command: str) -> dict[str, Any]:
         "Means with 95% Student-t intervals over seeds; paired bootstrap over seeds × test nodes "
         f"({args.resamples} resamples) against softmax; a difference is called only when p < 0.05.", "",
         table, "", *[f"![{p.stem}]({p.name})" for p in figures], ""])
-    (output / "results.md").write_text(text, encoding="utf-8")
+    write_text(output / "results.md", text)
     write_json(output / "results.json", summary)
     return summary
 
@@ -274,6 +277,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch CPU threads (default 1: the scatter ops gain little from threads on a shared CPU)")
     parser.add_argument("--output", default="probattn-experiments/graph", help="output folder")
     parser.add_argument("--resume", action="store_true", help="skip the runs already saved in --output")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over in --output: delete the files probattn wrote there (never other files)")
 
 
 def run(args: argparse.Namespace) -> int:
