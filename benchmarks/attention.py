@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import statistics
@@ -31,6 +32,7 @@ import torch
 
 from probattn.benchmarking import machine_description
 from probattn.functional import attention
+from probattn.io import write_text
 
 LENGTHS = (256, 1024, 4096)
 THREADS = (1, 2)
@@ -166,13 +168,15 @@ def main(argv: list[str] | None = None) -> int:
     meta = dict(date=started, machine=machine, load_before=load_before, load_after=load_after,
                 seconds=time.perf_counter() - t0, shape=SHAPE, dtype="float32", mode="fwd_bwd", rounds=args.rounds,
                 command="python benchmarks/attention.py " + " ".join(sys.argv[1:] if argv is None else argv))
-    Path(f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    with open(f"{stem}.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k != "cpu_ratio_per_round"],
-                                extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    Path(f"{stem}.md").write_text(header + "\n" + table)
+    table_csv = io.StringIO(newline="")
+    writer = csv.DictWriter(table_csv, fieldnames=[k for k in rows[0] if k != "cpu_ratio_per_round"],
+                            extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    # atomic, never through a link (probattn.io)
+    write_text(f"{stem}.json", json.dumps({"meta": meta, "rows": rows}, indent=1))
+    write_text(f"{stem}.csv", table_csv.getvalue())
+    write_text(f"{stem}.md", header + "\n" + table)
     print(f"wrote {stem}.json, .csv and .md")
     return 0
 

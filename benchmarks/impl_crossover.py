@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import os
@@ -30,6 +31,7 @@ import torch
 
 from probattn.benchmarking import machine_description
 from probattn.functional import attention
+from probattn.io import write_text
 
 # (B, H, L): score counts 2**17 .. 2**23; two shapes share 2**19 and 2**21 scores with different lengths, so the
 # table shows whether the score count (not the length) decides
@@ -162,13 +164,14 @@ def main(argv: list[str] | None = None) -> int:
             "load_before": load_before, "load_after": _load(),
             "command": "python benchmarks/impl_crossover.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     json_path = out / f"impl-crossover-cpu-{stamp}.json"
-    json_path.write_text(json.dumps({"meta": meta, "rows": rows, "crossover": [
+    write_text(json_path, json.dumps({"meta": meta, "rows": rows, "crossover": [  # atomic, never through a link
         dict(threads=t, head_dim=d, min_scores=s) for (t, d), s in table.items()]}, indent=1))
     csv_path = out / f"impl-crossover-cpu-{stamp}.csv"
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    table_csv = io.StringIO(newline="")
+    writer = csv.DictWriter(table_csv, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(csv_path, table_csv.getvalue())
     print(f"wrote {json_path} and {csv_path}")
     return 0
 
