@@ -23,9 +23,12 @@ GEMMs per slab for doubly and hybrid). For doubly, with ``A = exp(Z - rho)``, ``
     dZ = A * (dP - D);  g = colsum(dZ);  dS = dZ - P * g
     dv = Aᵀ dO;  dk = scale * dSᵀ q;  dq = scale * dS k
 
-Sinkhorn's backward walks the potentials back (one extra pass per iteration, see ``_backward_rows``).
+Sinkhorn's backward walks the potentials back (one extra pass per iteration) with one exponential per slab:
+every stage matrix is the output weights rescaled by O(L) factors (``_sinkhorn_backward_rows``; the exact
+log-domain sweeps of ``_backward_rows`` when the factors would leave the float range). Under several torch
+threads the row groups are split across threads (``_run_groups``).
 
-Peak extra memory is a few slabs plus ``O(rows * (Lq + Lk) * D)`` per group, on top of the ``O(B * H * L * D)``
+Peak extra memory is a few slabs plus ``O(rows * (Lq + Lk) * D)`` per group in flight (one per thread), on top of the ``O(B * H * L * D)``
 inputs, outputs and gradients; nothing of size ``Lq * Lk`` per row is ever held. Mask rules
 (``probattn.masks``): ``spec.allowed`` already folds padding and causality and ``spec.bias`` is a finite additive
 bias; both broadcast over ``B``/``H`` and are sliced per row group and key block, never expanded. A padded
