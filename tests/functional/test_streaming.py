@@ -588,3 +588,18 @@ def test_threads_keep_inference_mode_and_a_learned_bias_sums_on_one_thread(two_t
     (ref_bias,) = torch.autograd.grad(ref, (bias,), torch.ones_like(ref))
     torch.testing.assert_close(d_bias, ref_bias, **TOL[torch.float64])
     assert len({i for stage, i in two_threads if stage == "bwd"}) == 1
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpu_autocast_keeps_float32_statistics(two_threads, threads):
+    """Under CPU autocast (bfloat16) the slab path computes in float32 as without it, split across threads or
+    not (it used to fail: a bfloat16 product accumulated in place into a float32 buffer)."""
+    torch.set_num_threads(threads)
+    q, k, v = _inputs(23, b=2, h=2, lq=6, lk=7, dtype=torch.float32)
+    spec = _spec(q, k)
+    plain = chunked_attention(q, k, v, spec, scale=0.5, normalization="sinkhorn", block_size=3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = chunked_attention(q, k, v, spec, scale=0.5, normalization="sinkhorn", block_size=3)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, plain, atol=0, rtol=0)
+    assert len({i for stage, i in two_threads if stage == "fwd"}) == threads

@@ -532,11 +532,14 @@ def _run_groups(work: Callable[[tuple[slice, slice]], None], batch: int, heads: 
         return
     groups = _row_groups(batch, heads, min(rows_per_group, -(-batch * heads // threads)))
     shares = [groups[i::threads] for i in range(threads) if groups[i::threads]]
+    # grad, inference and autocast modes are per thread: the workers take the caller's
     grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+    autocast, autocast_dtype = torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
 
     def run(share: list[tuple[slice, slice]]) -> None:
         torch.set_num_threads(1)  # OpenMP's thread count is per OS thread: set it in each worker
-        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+        with (torch.inference_mode(inference), torch.set_grad_enabled(grad),
+              torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast)):
             for rows in share:
                 work(rows)
 
@@ -694,8 +697,9 @@ def chunked_attention(
         alpha = torch.tensor(float(hybrid_alpha), dtype=compute, device=q.device).reshape(1, 1, 1, 1)
     iters = sinkhorn_iters if normalization == "sinkhorn" else 1
     bias = None if spec.bias is None else spec.bias.to(compute)
-    out = _SlabAttention.apply(
-        q.to(compute), k.to(compute), v.to(compute), alpha, spec.allowed, bias, float(scale), iters, hybrid, block_size,
-        rows_per_group,
-    )
+    with torch.autocast(q.device.type, enabled=False):  # the statistics stay in `compute` under autocast too
+        out = _SlabAttention.apply(
+            q.to(compute), k.to(compute), v.to(compute), alpha, spec.allowed, bias, float(scale), iters, hybrid,
+            block_size, rows_per_group,
+        )
     return out.to(q.dtype)
