@@ -598,6 +598,7 @@ def test_cpu_autocast_keeps_float32_statistics(two_threads, threads):
     q, k, v = _inputs(23, b=2, h=2, lq=6, lk=7, dtype=torch.float32)
     spec = _spec(q, k)
     plain = chunked_attention(q, k, v, spec, scale=0.5, normalization="sinkhorn", block_size=3)
+    two_threads.clear()  # a new call starts a new worker thread (its id may or may not be reused)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = chunked_attention(q, k, v, spec, scale=0.5, normalization="sinkhorn", block_size=3)
     assert out.dtype == torch.float32
