@@ -7,7 +7,7 @@ thread count in the same run, so a load change on a shared machine hits the base
 (steady on a shared machine; with 2 threads it sums both threads, spinning included) and wall time are recorded.
 Shorter lengths get more rounds (``--rounds`` x min(7, longest // L)): their calls are short and scatter more.
 
-    python benchmarks/attention.py                  # the acceptance grid: about 3 minutes on an idle 2-core CPU
+    python benchmarks/attention.py                  # the acceptance grid: ~2 min idle (by per-call times), 8 under load
     python benchmarks/attention.py --lengths 256 1024 --rounds 3     # quicker
 
 Prints one table per clock and writes ``attention-interleaved-cpu-<stamp>.{csv,json,md}`` (with the date, the

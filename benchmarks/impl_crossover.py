@@ -7,7 +7,7 @@ process CPU time (wall time is recorded beside it). From the doubly-normalized f
 derives, per (threads, head dim), the **crossover**: the score count ``B·H·Lq·Lk`` from which on the chunked
 path is faster (see :func:`crossovers`). ``probattn.functional.streaming.AUTO_MIN_SCORES`` is this table.
 
-    python benchmarks/impl_crossover.py                 # about 3-4 minutes on an idle 2-core machine
+    python benchmarks/impl_crossover.py                 # doubly alone took 45 s on an idle 2-core machine
     python benchmarks/impl_crossover.py --rounds 3 --threads 1 --head-dims 64   # a quick look
 
 Prints the ratio table and the crossover table; writes ``impl-crossover-cpu-<stamp>.{csv,json}`` under
