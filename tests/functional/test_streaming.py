@@ -574,20 +574,28 @@ def test_threads_split_row_groups_and_match_the_reference(two_threads, normaliza
     assert torch.get_num_threads() == 2  # restored after the split
 
 
-def test_threads_keep_inference_mode_and_a_learned_bias_sums_on_one_thread(two_threads):
+def test_threads_keep_inference_mode_and_sum_a_shared_learned_bias(two_threads):
     q, k, v = _inputs(22, b=2, h=2, lq=5, lk=6)
     with torch.inference_mode():
         spec = _spec(q, k)
         out = chunked_attention(q, k, v, spec, scale=0.5, normalization="doubly", block_size=2)
     assert out.is_inference()
-    bias = torch.randn(1, 2, 5, 6, dtype=torch.float64, requires_grad=True)  # shared by both batch elements
-    two_threads.clear()
-    out = chunked_attention(q, k, v, _spec(q, k, attn_mask=bias), scale=0.5, normalization="sinkhorn", block_size=2)
-    (d_bias,) = torch.autograd.grad(out, (bias,), torch.ones_like(out))
-    ref, _ = reference_attention(q, k, v, normalization="sinkhorn", bias=bias, scale=0.5)
-    (ref_bias,) = torch.autograd.grad(ref, (bias,), torch.ones_like(ref))
-    torch.testing.assert_close(d_bias, ref_bias, **TOL[torch.float64])
-    assert len({i for stage, i in two_threads if stage == "bwd"}) == 1
+    for bias_shape in ((1, 2, 5, 6), (1, 1, 5, 6), (2, 2, 5, 6)):  # shared by batch / by everything / per row
+        bias = torch.randn(bias_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        bias.requires_grad_()
+        two_threads.clear()
+        out = chunked_attention(q, k, v, _spec(q, k, attn_mask=bias), scale=0.5, normalization="sinkhorn",
+                                block_size=2)
+        mine = torch.autograd.grad(out, (q, bias), _grads_seed(out))
+        ref, _ = reference_attention(q, k, v, normalization="sinkhorn", bias=bias, scale=0.5)
+        theirs = torch.autograd.grad(ref, (q, bias), _grads_seed(ref))
+        for a, b in zip(mine, theirs):
+            torch.testing.assert_close(a, b, **TOL[torch.float64])
+        assert len({i for stage, i in two_threads if stage == "bwd"}) == 2  # the backward was split too
+
+
+def _grads_seed(out):
+    return torch.randn(out.shape, generator=torch.Generator().manual_seed(3), dtype=out.dtype)
 
 
 @pytest.mark.parametrize("threads", [1, 2])

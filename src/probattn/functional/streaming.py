@@ -39,6 +39,7 @@ key outputs zeros and receives zero gradient; nothing ever becomes NaN.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -514,10 +515,10 @@ def _backward_rows(d_out, q, k_scaled, v, allowed, bias, alpha, out_dbl, out_sof
 
 
 def _run_groups(work: Callable[[tuple[slice, slice]], None], batch: int, heads: int, rows_per_group: int,
-                scores_per_row: int, *, parallel: bool) -> None:
+                scores_per_row: int) -> None:
     """Call ``work(rows)`` for every (batch, head) row group, split across torch's CPU threads when it pays.
 
-    With ``torch.get_num_threads() = n > 1``, at least ``PARALLEL_MIN_SCORES`` scores and ``parallel``, the groups
+    With ``torch.get_num_threads() = n > 1`` and at least ``PARALLEL_MIN_SCORES`` scores, the groups
     (made smaller if there are fewer than ``n``) are dealt round-robin to ``n`` Python threads that each run
     their share with one torch thread; the process goes back to ``n`` threads afterwards. Every group is an
     independent problem writing disjoint rows, so the results do not depend on the split. Why: inside a slab
@@ -525,7 +526,7 @@ def _run_groups(work: Callable[[tuple[slice, slice]], None], batch: int, heads: 
     slowest thread; one split per call (what SDPA's CPU kernel does) waits once.
     """
     threads = torch.get_num_threads()
-    if (not parallel or threads < 2 or batch * heads < 2 or batch * heads * scores_per_row < PARALLEL_MIN_SCORES
+    if (threads < 2 or batch * heads < 2 or batch * heads * scores_per_row < PARALLEL_MIN_SCORES
             or torch.compiler.is_compiling()):
         for rows in _row_groups(batch, heads, rows_per_group):
             work(rows)
@@ -582,7 +583,7 @@ class _SlabAttention(torch.autograd.Function):
             if hybrid:
                 out_soft[rows], rho_soft[rows] = o_soft, r_soft
 
-        _run_groups(work, batch, heads, rows_per_group, q_len * k.shape[-2], parallel=True)
+        _run_groups(work, batch, heads, rows_per_group, q_len * k.shape[-2])
         out = torch.lerp(out_dbl, out_soft, alpha) if hybrid else out_dbl  # alpha * soft + (1 - alpha) * doubly
         ctx.save_for_backward(q, k, v, alpha, allowed, bias, out_dbl, out_soft, rho_soft, cs, rhos)
         ctx.scale, ctx.block, ctx.rows_per_group = scale, block, rows_per_group
@@ -595,17 +596,26 @@ class _SlabAttention(torch.autograd.Function):
         d_out = d_out.contiguous()
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         d_bias = torch.zeros_like(bias) if bias is not None and ctx.needs_input_grad[5] else None
+        # the bias may broadcast over (batch, head) rows, so several groups add into the same entries: each worker
+        # thread of the split sums into its own buffer (the calling thread into d_bias), added up at the end
+        caller, partial = threading.get_ident(), {}
+
         def work(rows: tuple[slice, slice]) -> None:
+            target = d_bias
+            if d_bias is not None and threading.get_ident() != caller:
+                if threading.get_ident() not in partial:
+                    partial[threading.get_ident()] = torch.zeros_like(d_bias)
+                target = partial[threading.get_ident()]
             dq[rows], dk[rows], dv[rows] = _backward_rows(
                 d_out[rows], q[rows], k[rows] * ctx.scale, v[rows], _rows(allowed, rows), _rows(bias, rows),
                 _rows(alpha, rows), out_dbl[rows], None if out_soft is None else out_soft[rows],
                 None if rho_soft is None else rho_soft[rows], list(cs[(slice(None), *rows)]),
-                [None, *rhos[(slice(None), *rows)]], _rows(d_bias, rows), ctx.block,
+                [None, *rhos[(slice(None), *rows)]], _rows(target, rows), ctx.block,
             )
 
-        # a bias gradient broadcast over (batch, head) rows is summed into by several groups: no threads then
-        _run_groups(work, q.shape[0], q.shape[1], ctx.rows_per_group, q.shape[2] * k.shape[2],
-                    parallel=d_bias is None)
+        _run_groups(work, q.shape[0], q.shape[1], ctx.rows_per_group, q.shape[2] * k.shape[2])
+        for buffer in partial.values():
+            d_bias += buffer
         dk.mul_(ctx.scale)
         d_alpha = None
         if hybrid and ctx.needs_input_grad[3]:
