@@ -115,3 +115,27 @@ def test_adapt_command_writes_a_loadable_model(texts_and_tokenizer, tmp_path, ca
     assert {p.name: p.read_bytes() for p in model_dir.iterdir()} == before
     code = main(["adapt", "--model", str(model_dir), "--data", str(data), "--held-out", "60"])
     assert code == 2 and "--held-out 60 must leave some to train" in capsys.readouterr().err
+
+
+def test_a_foreign_tokenizer_file_stops_the_save_before_any_file_is_written(tmp_path):
+    """--overwrite beside a foreign tokenizer.json: before, config.json and model.safetensors were written and the
+    save then failed on tokenizer.json, leaving a model without its tokenizer."""
+    from probattn.hf.adapt_command import _save_pretrained
+    from probattn.io import OutputFolderError, claim_output_dir
+
+    class Saves:
+        def __init__(self, *names):
+            self.names = names
+
+        def save_pretrained(self, folder):
+            for name in self.names:
+                (Path(folder) / name).write_text(name)
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "tokenizer.json").write_text("mine")
+    claim_output_dir(out, command="probattn adapt", overwrite=True, will_write=("config.json", "model.safetensors"))
+    with pytest.raises(OutputFolderError, match=r"tokenizer\.json: a file that probattn did not write is in the way"):
+        _save_pretrained(out, Saves("config.json", "model.safetensors"), Saves("tokenizer.json"))
+    assert sorted(p.name for p in out.iterdir()) == ["probattn-output.json", "tokenizer.json"]
+    assert (out / "tokenizer.json").read_text() == "mine"

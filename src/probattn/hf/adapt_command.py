@@ -19,7 +19,7 @@ from pathlib import Path
 from probattn.hf.adapt import adapt, sentence_cosine
 from probattn.hf.convert import convert
 from probattn.hf.pretrained import load_model
-from probattn.io import claim_output_dir, write_bytes, write_json
+from probattn.io import check_destination, claim_output_dir, write_bytes, write_json
 
 __all__ = ["add_arguments", "run"]
 
@@ -69,7 +69,10 @@ def _save_pretrained(out: Path, model, tokenizer) -> None:
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        for file in sorted(p for p in staging.rglob("*") if p.is_file() and not p.is_symlink()):
+        files = sorted(p for p in staging.rglob("*") if p.is_file() and not p.is_symlink())
+        for file in files:  # every name checked before the first is written: no half-saved model
+            check_destination(out / file.relative_to(staging))
+        for file in files:
             write_bytes(out / file.relative_to(staging), file.read_bytes())
     finally:
         shutil.rmtree(staging, ignore_errors=True)
