@@ -292,3 +292,19 @@ def test_finite_bias_masks_are_refused_or_hide_what_they_mask(kind, normalizatio
     v2[:, :, hidden_keys] += torch.randn(v2[:, :, hidden_keys].shape, generator=g, dtype=torch.float64)
     out2 = attention(q2, k2, v2, normalization=normalization, attn_mask=bias)
     assert (out2[:, :, query] - out[:, :, query]).abs().max().item() <= 1e-12
+
+
+
+@pytest.mark.parametrize("normalization", ["doubly", "hybrid", "sinkhorn"])
+def test_key_padding_written_as_a_finite_bias_is_refused_under_column_normalization(normalization):
+    """A float key_padding_mask of -1000 (padding under softmax) was cancelled by the column step with only a
+    warning: the real queries moved by 1.46 when the padded tokens changed."""
+    from probattn.nn import MultiheadAttention
+
+    mha = MultiheadAttention(8, 2, batch_first=True, normalization=normalization).eval()
+    x, padding = torch.randn(1, 5, 8), torch.zeros(1, 5)
+    padding[0, 3:] = -1000.0
+    with pytest.raises(ValueError, match=r"key padding written as a finite bias such as -1000.*cancels a per-key "
+                                         r"bias exactly"):
+        mha(x, x, x, key_padding_mask=padding)
+    mha(x, x, x, key_padding_mask=padding.clamp_min(-50.0))  # a modest per-key bias: still only the warning

@@ -390,6 +390,19 @@ def _leaking_bias(spec: MaskSpec, gap: float, normalization: str) -> bool:
     return not is_block_complete(effective)
 
 
+def _per_key_bias_masks(spec: MaskSpec) -> bool:
+    """Whether a per-key finite bias (:meth:`MaskSpec.bias_is_per_key`) holds an allowed entry
+    :data:`COLUMN_MASK_GAP` or more below its row's largest: padding spelled as a bias, which a column step
+    cancels."""
+    if not spec.bias_is_per_key():
+        return False
+    bias = spec.bias if spec.bias.dtype in (torch.float32, torch.float64) else spec.bias.float()
+    if spec.allowed is not None:
+        bias = bias.masked_fill(~spec.allowed, -math.inf)
+    low = bias <= bias.amax(dim=-1, keepdim=True) - COLUMN_MASK_GAP
+    return bool((low if spec.allowed is None else low & spec.allowed).any())
+
+
 def check_column_normalizable(spec: MaskSpec, normalization: str) -> None:
     """Refuse a mask under which a column-normalized scheme would leak what the mask hides.
 
@@ -417,6 +430,14 @@ def check_column_normalizable(spec: MaskSpec, normalization: str) -> None:
         return
     elif spec.patterned and spec.allowed is not None and not is_block_complete(spec.allowed):
         reason = "this attn_mask (with the padding folded in)"
+    elif _per_key_bias_masks(spec):
+        raise ValueError(
+            f"attn_mask / key_padding_mask: finite entries that depend on the key only and lie {COLUMN_MASK_GAP} "
+            f"or more below the largest of their row exclude those keys under softmax (key padding written as a "
+            f"finite bias such as -1000), but normalization={normalization!r} cancels a per-key bias exactly, so "
+            f"the keys would be attended to. Mark padding with a bool key_padding_mask (True = padding), -inf or "
+            f"entries <= {MASKED_AT_OR_BELOW:g}"
+        )
     elif _leaking_bias(spec, COLUMN_MASK_GAP, normalization):
         reason = (f"this attn_mask, whose finite entries {COLUMN_MASK_GAP} or more below the largest of their row "
                   "get weight exactly 0 in float32 and so act as a mask (a causal mask written as a finite bias "
