@@ -305,7 +305,8 @@ def attention(
     # impl="auto": the key-block slab path where it is measured faster (many scores), and only when neither the
     # weights nor dropout (which need the materialized weights) are asked for
     auto_chunked = impl == "auto" and not return_weights and dropout_p == 0 and prefer_chunked(
-        batch, heads, q_len, k_len, head_dim=dim, threads=torch.get_num_threads())
+        batch, heads, q_len, k_len, head_dim=dim,
+        threads=1 if torch.compiler.is_compiling() else torch.get_num_threads())  # (dynamo cannot trace the call)
     if normalization != "softmax" and (impl == "chunked" or auto_chunked):
         if return_weights:
             raise ValueError("return_weights=True materializes the weights; use impl='dense' (or 'auto') for them")
