@@ -374,18 +374,15 @@ def _set_threads(threads: int) -> None:
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_log(message: str) -> None:
-    print(f"[worker {os.getpid()}] {message}", file=sys.stderr, flush=True)
-
-
 def _worker_init(study: Study, options: dict[str, Any], output: str, threads: int) -> None:
     _set_threads(threads)
-    _WORKER.update(study=study, options=options, prepared=study.prepare(options, output=Path(output),
-                                                                         log=_worker_log))
+    log = Messages(f"[worker {os.getpid()}]")  # each notice once per worker
+    _WORKER.update(study=study, options=options, log=log, prepared=study.prepare(options, output=Path(output),
+                                                                                  log=log))
 
 
 def _worker_run(spec: RunSpec) -> dict[str, Any]:
-    return _attempt(_WORKER["study"], _WORKER["prepared"], _WORKER["options"], spec, _worker_log)
+    return _attempt(_WORKER["study"], _WORKER["prepared"], _WORKER["options"], spec, _WORKER["log"])
 
 
 def _attempt(study: Study, prepared: Any, options: dict[str, Any], spec: RunSpec,

@@ -86,9 +86,11 @@ def token_states(texts: Sequence[str], pairs: Sequence[str] | None = None, *, ma
 
     model, tokenizer = _minilm()
     texts, pairs = list(texts), None if pairs is None else list(pairs)
-    full = tokenizer(texts, pairs, truncation=False)["input_ids"]
-    truncated = sum(len(ids) > max_length for ids in full)
-    lengths = torch.tensor([min(len(ids), max_length) for ids in full], dtype=torch.int32)
+    from probattn.hf.pretrained import token_counts
+
+    full = token_counts(tokenizer, texts, pairs)
+    truncated = sum(n > max_length for n in full)
+    lengths = torch.tensor([min(n, max_length) for n in full], dtype=torch.int32)
     order = sorted(range(len(texts)), key=lambda i: int(lengths[i]))
     out: list[Tensor | None] = [None] * len(texts)
     ids_out: list[Tensor | None] = [None] * len(texts)
