@@ -23,6 +23,7 @@ import argparse
 import csv
 import ctypes
 import ctypes.util
+import io
 import json
 import math
 import os
@@ -37,6 +38,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+
+from probattn.io import write_text
 
 __all__ = ["METHODS", "Case", "add_arguments", "format_table", "measure", "run", "run_case", "run_grid"]
 
@@ -243,12 +246,13 @@ def write_results(rows: list[dict[str, object]], out_dir: str | Path, meta: dict
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     paths = [out / f"attention-cpu-{stamp}.{ext}" for ext in ("csv", "json", "md")]
-    with open(paths[0], "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    paths[1].write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    paths[2].write_text(f"Machine: {meta['machine']}; clock: {meta['clock']}; command: `{meta['command']}`\n\n"
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(paths[0], table.getvalue())  # atomic, never through a link
+    write_text(paths[1], json.dumps({"meta": meta, "rows": rows}, indent=1))
+    write_text(paths[2], f"Machine: {meta['machine']}; clock: {meta['clock']}; command: `{meta['command']}`\n\n"
                         + format_table(rows) + "\n")
     return paths
 

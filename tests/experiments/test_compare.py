@@ -81,6 +81,16 @@ def test_bad_options_are_named(tmp_path):
         compare(stepz=3, output=tmp_path / "d")
 
 
+def test_a_folder_holding_other_files_is_refused_before_any_work(tmp_path):
+    from probattn.io import OutputFolderError
+
+    (tmp_path / "data.csv").write_text("text,label\n")
+    with pytest.raises(OutputFolderError, match=r"holds 1 file\(s\) that probattn did not write \(data\.csv\).*"
+                                                r"--overwrite"):
+        compare(output=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.csv"]
+
+
 def test_peak_memory_sees_a_large_allocation():
     with peak_memory(torch.device("cpu")) as memory:
         block = torch.ones(40 * 2**20 // 4)  # 40 MiB

@@ -70,3 +70,11 @@ def test_model_selection_stops_early_and_reports_epochs(tmp_path):
 def test_bad_options_are_named(tmp_path, capsys, argv, message):
     assert main(["experiment", "graph", "--sample", "--output", str(tmp_path), *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_folder_holding_other_files_is_refused_before_any_work(tmp_path, capsys):
+    (tmp_path / "thesis.tex").write_text("mine")
+    assert main(["experiment", "graph", "--sample", "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "holds 1 file(s) that probattn did not write (thesis.tex)" in err and "--overwrite" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thesis.tex"]

@@ -117,11 +117,11 @@ def interval_figure(path: Path, names: Sequence[str], values: Sequence[Sequence[
 
 
 def _save(fig, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
+    from probattn.io import save_figure
+
+    save_figure(fig, path, dpi=80)  # atomic, never through a link
     _pyplot().close(fig)
-    return path
+    return Path(path)
 
 
 def metrics_figure(summary, variants: Sequence[str], baselines: Sequence[str], splits: dict[str, str],

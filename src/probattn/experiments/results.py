@@ -44,8 +44,8 @@ class Column:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` atomically (:func:`probattn.training.checkpoint.write_json`)."""
-    from probattn.training.checkpoint import write_json as atomic_json  # (imports torch: only when writing)
+    """Write ``obj`` as JSON to ``path`` atomically, never through a link (:func:`probattn.io.write_json`)."""
+    from probattn.io import write_json as atomic_json
 
     atomic_json(path, obj)
 

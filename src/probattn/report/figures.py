@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from probattn.io import save_figure
+
 Run = tuple[str, Sequence[dict]]
 
 WRAP = 6  # per-layer panels per row
@@ -329,7 +331,5 @@ def reliability_figure(runs: Sequence[dict[str, Any]], variants: Sequence[str], 
                 ax.set_xlabel("confidence", fontsize=8)
             if col == 0:
                 ax.set_ylabel("accuracy", fontsize=8)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    return path
+    save_figure(fig, path, dpi=80)  # atomic, never through a link
+    return Path(path)
