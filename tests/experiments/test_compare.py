@@ -10,9 +10,9 @@ pytest.importorskip("pandas")
 pytest.importorskip("matplotlib")
 pytest.importorskip("sklearn")
 
-import probattn.data  # noqa: E402
-from probattn.cli import main  # noqa: E402
-from probattn.experiments.compare import compare, peak_memory  # noqa: E402
+import probattn.data
+from probattn.cli import main
+from probattn.experiments.compare import compare, peak_memory
 
 SAMPLE = str(Path(probattn.data.__file__).parent / "samples" / "rt_sample.csv")
 IN_DOMAIN, ATTENTION = "In domain: test split", "Attention (first 256 test texts, mean over layers)"

@@ -125,9 +125,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _write_results(result) -> None:
     """``results.md`` (metrics of every split) and ``reliability.png`` in the run directory."""
+    from probattn.io import write_text
     from probattn.metrics.calibration import measure_probabilities
     from probattn.report.figures import reliability_figure
-    from probattn.io import write_text
 
     out, config = result.output_dir, result.config
     rows, reliability = [], {}
