@@ -687,13 +687,17 @@ def _table_markdown(study: Study, table: Table, variants: Sequence[str], cells: 
 
 
 def build_report(study: Study, output: Path, *, variants: Sequence[str], header: dict[str, Any],
-                 failed: Sequence[dict[str, Any]] = (), extra: Any = None, figures: bool = True) -> Report | None:
-    """Rebuild ``results.md`` and ``results.json`` (and with ``figures`` the figures) from the saved runs."""
+                 failed: Sequence[dict[str, Any]] = (), extra: Any = None, figures: bool = True,
+                 baselines: dict[str, dict[str, Any]] | None = None) -> Report | None:
+    """Rebuild ``results.md`` and ``results.json`` (and with ``figures`` the figures) from the saved runs.
+
+    ``baselines``: ``{fold key: {name: record}}`` (default: ``baselines.json`` of ``output``)."""
     runs = [r for r in load_runs(output) if r["variant"] in variants]
     if not runs:
         return None
     path = output / BASELINES_FILE
-    baselines = json.loads(path.read_text())["data"] if path.is_file() else {}
+    if baselines is None:
+        baselines = json.loads(path.read_text())["data"] if path.is_file() else {}
     present = [v for v in variants if any(r["variant"] == v for r in runs)]
     names = sorted({n for fold in baselines.values() for n in fold})
     summary, tests, sections = {}, {}, []
