@@ -177,3 +177,14 @@ def test_the_verdict_opens_with_the_strongest_baseline(toy, tmp_path):
     lines = [line for line in verdict.splitlines() if line.startswith("- ")]
     assert lines[0].startswith("- **softmax is weaker than the strongest baseline, least squares**")
     assert all(line.endswith("(about a model weaker than least squares)") for line in lines[1:])
+
+
+def test_an_interim_report_has_means_only(toy, tmp_path):
+    result = run(toy, tmp_path, "--folds", "1", "--seeds", "0", "1", "2")
+    header = {k: result[k] for k in ("title", "invocations", "seeds", "folds", "split_seed", "describe")}
+    runner.build_report(toy, tmp_path, variants=["softmax", "noisy"], header=header, figures=False,
+                        interim="3 of 6 runs finished")
+    text = (tmp_path / "results.md").read_text()
+    assert "## Interim (3 of 6 runs finished)" in text and "## Verdict" not in text and "Holm" not in text.split(
+        "## Test")[1]
+    assert json.loads((tmp_path / "results.json").read_text())["summary"]["Test"]["softmax"]["accuracy"]["low"] is None
