@@ -366,7 +366,16 @@ def _set_threads(threads: int) -> None:
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(study: Study, options: dict[str, Any], output: str, threads: int) -> None:
+def _gpu_ids(gpus: int) -> list[str]:
+    """The ids to hand out, one per worker: ``CUDA_VISIBLE_DEVICES``'s entries when set, else 0..gpus-1."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [v.strip() for v in visible.split(",") if v.strip()] if visible else []
+    return ids[:gpus] if ids else [str(i) for i in range(gpus)]
+
+
+def _worker_init(study: Study, options: dict[str, Any], output: str, threads: int, gpu_queue: Any = None) -> None:
+    if gpu_queue is not None:  # one GPU per worker, chosen before CUDA starts in this process
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu_queue.get())
     _set_threads(threads)
     log = Messages(f"[worker {os.getpid()}]")  # each notice once per worker
     _WORKER.update(study=study, options=options, log=log, prepared=study.prepare(options, output=Path(output),
@@ -870,9 +879,15 @@ def run_study(study: Study, args: argparse.Namespace, *, command: str | None = N
             finish(spec, _attempt(study, prepared, options, spec, log))
     else:
         context = multiprocessing.get_context("spawn")
+        gpu_queue = None
+        if gpus:
+            gpu_queue = context.Queue()
+            ids = _gpu_ids(gpus)
+            for i in range(workers):
+                gpu_queue.put(ids[i % len(ids)])
         with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context,
                                                     initializer=_worker_init,
-                                                    initargs=(study, options, str(output), threads)) as pool:
+                                                    initargs=(study, options, str(output), threads, gpu_queue)) as pool:
             futures = {pool.submit(_worker_run, spec): spec for spec in todo}
             for future in concurrent.futures.as_completed(futures):
                 try:
