@@ -36,6 +36,15 @@ def test_smoke_run_writes_table_plot_runs_and_resumes(tmp_path, capsys):
     tests = [t for t in results["tests"]["Test books"] if t["metric"] == "sentence_chrf"]
     assert {t["variant"] for t in tests} == {"svgd", "alignment"} and {t["units"] for t in tests} == {2}
     assert all(t["method"] == "paired bootstrap" and t["p_holm"] >= t["p"] for t in tests)
+    # the same numbers as 0.2.0 (commit 6649000, this command): corpus chrF and JS per variant, the baselines
+    summary = results["summary"]
+    assert summary["Test books"]["softmax"]["chrf"]["mean"] == pytest.approx((1.5261513418713226 + 1.5295972830557325)
+                                                                             / 2)
+    js = summary["Head diversity (first 64 test pairs, mean over layers)"]["svgd"]["js_encoder_self"]["mean"]
+    assert js == pytest.approx((0.06675984439582468 + 0.07260078457689294) / 2, rel=1e-6)
+    base = summary["Test books"]["copy source (baseline)"]
+    assert (base["bleu"]["mean"], base["chrf"]["mean"]) == pytest.approx((1.825347170549302, 19.573801346269715))
+    assert {t["difference"] for t in tests} == {0.0}  # 0.2.0: Δ chrF 0.0, p 1.0
     run = json.loads((out / "runs" / "svgd-seed1.json").read_text())
     assert len(run["repulsive_sets"]) == 9  # 1+1 layers: 3 attention modules x Q/K/V
     assert len(run["sentence_chrf"]) == len(run["hypotheses"]) == 6
