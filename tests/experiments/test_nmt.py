@@ -164,6 +164,10 @@ def test_parallel_processes_into_one_folder_give_the_sequential_table(tmp_path, 
     assert _table_without_timing((parallel / "results.md").read_text()) == _table_without_timing(
         (sequential / "results.md").read_text())
     assert (parallel / "val_bleu.png").is_file()
+    from probattn.io import MANIFEST
+
+    recorded = json.loads((parallel / MANIFEST).read_text())["files"]  # every process's files, none lost
+    assert {f"runs/{v}-seed{s}.json" for v in ("softmax", "svgd") for s in (0, 1)} <= set(recorded)
 
     # a report over runs that are not all finished names the missing ones and tables the others
     assert main([*PARALLEL, "--seeds", "0", "1", "2", "--output", str(parallel), "--resume", "--report-only"]) == 0

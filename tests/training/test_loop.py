@@ -261,3 +261,14 @@ def test_model_selection_keeps_the_best_validation_checkpoint(small_config, caps
     assert "epochs" not in capsys.readouterr().err  # 60 steps of 8 on 140 examples = 3 epochs: no warning
     train(small_config.replace(max_steps=200, eval_every=100), progress=False)  # 11 epochs: warned, and said kept
     assert "11 epochs: the best validation checkpoint is kept" in capsys.readouterr().err
+
+
+def test_a_regularizer_that_makes_nan_is_named_at_that_step(small_config, monkeypatch):
+    """Issue 23 item 9: the step the rewrite makes NaN stops with the regularizer's name, before the update."""
+    from probattn.repulsive import heads
+
+    real = heads.fused_svgd
+    monkeypatch.setattr(heads, "fused_svgd", lambda *a, **kw: real(*a, **kw) * float("nan"))
+    with pytest.raises(NonFiniteError, match=r"step 1: non-finite repulsive update \(RepulsiveHeads\(svgd\) produced "
+                                             r"a non-finite gradient in .* from finite weights and gradients"):
+        train(small_config.replace(repulsive="svgd"), progress=False)

@@ -459,12 +459,13 @@ def run(args: argparse.Namespace) -> int:
                          "pass --overwrite")
     from probattn.io import claim_output_dir, write_text
 
-    claim_output_dir(output, command="probattn diagnose", overwrite=args.overwrite, will_write=REPORT_FILES)
+    # every argument and the data are checked before the output folder is claimed: a refused command creates nothing
     texts, labels, label_names = _read_data(args)
     source = SAMPLE.name if args.data == "sample" else str(args.data)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: CUDA is not available here; use --device cpu")
+    claim_output_dir(output, command="probattn diagnose", overwrite=args.overwrite, will_write=REPORT_FILES)
     results = [_diagnose_one(name, norm, args, texts, labels, label_names, device) for name, norm in models]
     report, extra = _build_report(results, source, args)
     report.write(output)
