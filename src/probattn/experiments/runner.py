@@ -495,9 +495,18 @@ def _baseline_units(baselines: dict[str, dict[str, Any]], name: str) -> dict[tup
             for fold, records in baselines.items() if name in records}
 
 
+_MEMO: dict[tuple[Any, ...], dict[str, Any] | None] = {}  # tests of one build_report (tables and verdict share)
+
+
 def _compare(a_units: dict, b_units: dict, records: str | None, metric_key: str, score: str | None,
-             higher_is_better: bool) -> dict[str, Any] | None:
-    """Paired test ``b - a`` (a: reference, b: the other). Baseline units (seed None) pair with every seed."""
+             higher_is_better: bool, memo: tuple[Any, ...] | None = None) -> dict[str, Any] | None:
+    """Paired test ``b - a`` (a: reference, b: the other). Baseline units (seed None) pair with every seed.
+    ``memo``: a key under which the result is reused within one report (the same test in a table and a claim)."""
+    if memo is not None:
+        key = (*memo, records, metric_key, score)
+        if key not in _MEMO:
+            _MEMO[key] = _compare(a_units, b_units, records, metric_key, score, higher_is_better)
+        return dict(_MEMO[key]) if _MEMO[key] is not None else None
     from probattn.metrics import paired_bootstrap, paired_t_test
 
     a_is_baseline = all(s is None for s, _ in a_units)
@@ -545,7 +554,8 @@ def table_tests(study: Study, table: Table, runs: Sequence[dict[str, Any]], vari
             continue
         other = _units(runs, variant)
         for metric in table.metrics:
-            test = _compare(reference, other, table.records, metric.key, metric.score, metric.higher_is_better)
+            test = _compare(reference, other, table.records, metric.key, metric.score, metric.higher_is_better,
+                            memo=(study.reference, variant))
             if test is not None:
                 tests.append({"variant": variant, "metric": metric.key, "label": metric.label,
                               "higher_is_better": metric.higher_is_better, "digits": metric.digits, **test})
@@ -598,7 +608,8 @@ def verdict(study: Study, runs: Sequence[dict[str, Any]], baselines: dict[str, d
                                   "reproduced" if max(values) <= claim.value else "not reproduced"))
         else:
             metric_c = _metric_of(study, claim.records, claim.metric)
-            test = _compare(reference, units, claim.records, claim.metric, metric_c.score, claim.direction == "up")
+            test = _compare(reference, units, claim.records, claim.metric, metric_c.score, claim.direction == "up",
+                            memo=(study.reference, claim.variant))
             entry.update(test or {"p": math.nan})
             entry["tested"] = test is not None
         claims.append(entry)
@@ -707,6 +718,7 @@ def build_report(study: Study, output: Path, *, variants: Sequence[str], header:
     runs = [r for r in load_runs(output) if r["variant"] in variants]
     if not runs:
         return None
+    _MEMO.clear()
     path = output / BASELINES_FILE
     if baselines is None:
         baselines = json.loads(path.read_text())["data"] if path.is_file() else {}
