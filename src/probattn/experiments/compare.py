@@ -488,7 +488,6 @@ STUDY = CompareStudy()
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from probattn.experiments import runner
 
-    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     runner.add_arguments(parser, STUDY)
 
 
