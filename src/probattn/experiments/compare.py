@@ -363,7 +363,8 @@ class CompareStudy(Study):
             pairs = full.text_pairs or [None] * len(full)
             prepared["row_of"] = {(t, p): i for i, (t, p) in enumerate(zip(full.texts, pairs))}
         row_of = prepared["row_of"]
-        for data in (splits.train, splits.validation, splits.test):
+        diagnosed = splits.test.subset(range(min(DIAGNOSTIC_EXAMPLES, len(splits.test))))  # the attention probe's
+        for data in (splits.train, splits.validation, splits.test, diagnosed):
             pairs = data.text_pairs or [None] * len(data)
             rows = [row_of[(t, p)] for t, p in zip(data.texts, pairs)]
             STORE.alias(data.texts, data.text_pairs, max_length=prepared["config"].max_length, source=encoded,
