@@ -17,6 +17,7 @@ Call :func:`alignment_loss` exactly once after every training forward pass: it r
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -133,6 +134,21 @@ class AlignmentStats:
         return out
 
 
+def _warn_if_frozen(regularizer: AlignmentRegularizer) -> None:
+    """Warn (once per regularizer) when its auxiliary networks are all frozen while its term is trained."""
+    params = regularizer.auxiliary_parameters()
+    if not params or any(p.requires_grad for p in params) or getattr(regularizer, "_warned_frozen", False):
+        return
+    regularizer._warned_frozen = True
+    warnings.warn(
+        f"the {regularizer.variant!r} alignment term is in the loss but its {len(params)} auxiliary network "
+        "parameters are frozen (requires_grad=False), e.g. by peft.get_peft_model: the adversary cannot train and "
+        "the term measures nothing useful. Call probattn.hf.unfreeze_probattn(model) after wrapping (probattn.hf."
+        "Trainer does it), or detach the regularizer (probattn.alignment.detach_alignment)",
+        UserWarning, stacklevel=3,
+    )
+
+
 def alignment_loss(model: nn.Module, *, distance_batch: int | None = 1) -> tuple[Tensor, AlignmentStats]:
     """``mean over layer applications of (weight * term)`` stored since the last call, and diagnostics.
 
@@ -154,7 +170,10 @@ def alignment_loss(model: nn.Module, *, distance_batch: int | None = 1) -> tuple
         raise ValueError("no alignment regularizer is attached to model; call attach_alignment(model) first")
     weighted, terms, distances, owners = [], [], [], []
     for regularizer in regularizers:
-        for obs in regularizer.pop_observations():
+        observations = regularizer.pop_observations()
+        if observations:
+            _warn_if_frozen(regularizer)
+        for obs in observations:
             weighted.append(regularizer.weight * obs.term)
             terms.append(obs.term.detach())
             owners.append((regularizer, obs))

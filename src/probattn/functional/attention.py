@@ -246,9 +246,10 @@ def attention(
         impl: ``"dense"`` (materialized scores), ``"chunked"`` (key-block streaming, memory linear in the
             sequence length), ``"sdpa"`` (PyTorch's fused attention kernels, FlashAttention on CUDA; memory
             linear; padding-shaped masks only, see :mod:`probattn.functional.fused`) or ``"auto"``: on CUDA
-            ``"sdpa"`` where it can run; else chunked from ``B * H * Lq * Lk >= 2**20`` scores when neither
-            ``return_weights`` nor ``dropout_p > 0`` is asked (see
-            :func:`probattn.functional.streaming.prefer_chunked`), else dense. Ignored for ``"softmax"``.
+            ``"sdpa"`` where it can run; else chunked from a measured number of scores ``B * H * Lq * Lk`` on
+            (``2**17``-``2**21``, by head dim and torch thread count: see
+            :func:`probattn.functional.streaming.prefer_chunked`) when neither ``return_weights`` nor
+            ``dropout_p > 0`` is asked, else dense. Ignored for ``"softmax"``.
 
     Returns:
         ``out (B, H, Lq, Dv)``, or ``(out, weights)`` when ``return_weights``. Queries with no allowed key
@@ -304,7 +305,7 @@ def attention(
     # impl="auto": the key-block slab path where it is measured faster (many scores), and only when neither the
     # weights nor dropout (which need the materialized weights) are asked for
     auto_chunked = impl == "auto" and not return_weights and dropout_p == 0 and prefer_chunked(
-        batch, heads, q_len, k_len)
+        batch, heads, q_len, k_len, head_dim=dim, threads=torch.get_num_threads())
     if normalization != "softmax" and (impl == "chunked" or auto_chunked):
         if return_weights:
             raise ValueError("return_weights=True materializes the weights; use impl='dense' (or 'auto') for them")

@@ -222,23 +222,35 @@ class RepulsiveHeads:
         for s in self.particle_sets:
             grads = s.grads()
             if grads is not None:
-                batches.setdefault((s.num_particles, s.size, grads.dtype, grads.device), []).append((s, grads))
+                key = (s.num_particles, s.size, grads.dtype, grads.device, s.particle_size, s.lifted)
+                batches.setdefault(key, []).append((s, grads))
         per_set: dict[str, dict[str, Any]] = {}
         rewrites: list[tuple[ParticleSet, Tensor]] = []
         generators: dict[torch.device, torch.Generator] = {}  # seeded once per step: batches draw in turn
-        for (m, _, _, device), members in batches.items():
+        for (m, _, _, device, _, lifted), members in batches.items():
             theta = torch.stack([s.weights() for s, _ in members])
             dtype = compute_dtype(theta)
             grads = torch.stack([g for _, g in members]).to(dtype)
             parts = kernel_parts(theta, dtype, median=self.median, eps=self.eps)
             coef = self.stepsize / (m if self.normalize_by_M else 1)
-            direction = fused_svgd(parts, grads, alpha=self.alpha, coef=coef, kernel_grad_div=self.kernel_grad_div)
+            if lifted:  # LoRA: kernel on the effective weights, repulsion pulled back to B (particles.py)
+                repulsion = fused_svgd(parts, torch.zeros_like(parts.centred), alpha=self.alpha, coef=coef,
+                                       kernel_grad_div=self.kernel_grad_div)
+                pulled = torch.stack([s.pull_back(r) for (s, _), r in zip(members, repulsion)])
+                direction = torch.baddbmm(pulled, parts.kernel * coef, grads)
+            else:
+                direction = fused_svgd(parts, grads, alpha=self.alpha, coef=coef,
+                                       kernel_grad_div=self.kernel_grad_div)
             if self.method == "spos":
                 if device not in generators:
                     generators[device] = self._generator(device)
                 noise = spos_noise(grads, beta=self.beta, stepsize=self.stepsize, generator=generators[device])
                 direction.add_(noise, alpha=self.stepsize)
             stats = self._stats(parts, grads, theta, direction)
+            if lifted:  # the ratio in the space the rewrite lands in: |pulled-back alpha R| / |K G|
+                driving = (parts.kernel * coef) @ grads
+                stats["repulsion_ratio"] = (pulled.flatten(1).norm(dim=1)
+                                            / driving.flatten(1).norm(dim=1).clamp_min(1e-30)).tolist()
             for i, (s, _) in enumerate(members):
                 per_set[s.name] = {key: value[i] for key, value in stats.items()}
                 inputs_finite, output_finite = per_set[s.name].pop("finite"), per_set[s.name].pop("direction_finite")
