@@ -127,6 +127,15 @@ def test_bad_jsonl_line_is_named_by_number(tmp_path):
         load_file(bad, text_column="t", label_column="y")
 
 
+def test_a_group_column_keeps_its_values(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("text,label,speaker\na,x,ann\nb,y,bob\nc,x,ann\n")
+    data = load_file(path, text_column="text", label_column="label", group_column="speaker")
+    assert data.groups == ["ann", "bob", "ann"]
+    with pytest.raises(ValueError, match="--group-column 'who' is not a column"):
+        load_file(path, text_column="text", label_column="label", group_column="who")
+
+
 def test_parquet_with_an_extension_type_is_refused_before_its_deserializer_runs(tmp_path):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq

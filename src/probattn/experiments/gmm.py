@@ -28,9 +28,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from probattn.experiments.results import write_json
 from probattn.functional import attention
-from probattn.io import claim_output_dir, save_figure, write_text
+from probattn.io import claim_output_dir, save_figure, write_json, write_text
 from probattn.metrics import incoming_mass
 
 __all__ = ["GmmResult", "add_arguments", "attention_step", "em_step", "make_clusters", "run", "run_gmm"]

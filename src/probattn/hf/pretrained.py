@@ -473,6 +473,16 @@ def _tokenizer(path: Path, trust_remote_code: bool = False) -> Any:
     return tokenizer
 
 
+def token_counts(tokenizer: Any, texts: list[str], pairs: list[str] | None = None) -> list[int]:
+    """Tokens of each text (pair) before any truncation, without transformers' "longer than the specified maximum
+    sequence length ... indexing errors" warning: probattn counts on purpose, to report what it cuts."""
+    limit, tokenizer.model_max_length = tokenizer.model_max_length, 10**12
+    try:
+        return [len(ids) for ids in tokenizer(texts, pairs, truncation=False)["input_ids"]]
+    finally:
+        tokenizer.model_max_length = limit
+
+
 def load_tokenizer(name_or_path: str | os.PathLike, *, trust_remote_code: bool = False) -> Any:
     """The tokenizer of a registered model or a Hugging Face directory (None when the directory holds none).
 

@@ -88,9 +88,11 @@ def token_states(texts: Sequence[str], pairs: Sequence[str] | None = None, *, ma
 
     model, tokenizer = _minilm()
     texts, pairs = list(texts), None if pairs is None else list(pairs)
-    full = tokenizer(texts, pairs, truncation=False)["input_ids"]
-    truncated = sum(len(ids) > max_length for ids in full)
-    lengths = torch.tensor([min(len(ids), max_length) for ids in full], dtype=torch.int32)
+    from probattn.hf.pretrained import token_counts
+
+    full = token_counts(tokenizer, texts, pairs)
+    truncated = sum(n > max_length for n in full)
+    lengths = torch.tensor([min(n, max_length) for n in full], dtype=torch.int32)
     order = sorted(range(len(texts)), key=lambda i: int(lengths[i]))
     out: list[Tensor | None] = [None] * len(texts)
     ids_out: list[Tensor | None] = [None] * len(texts)
@@ -200,6 +202,15 @@ class TokenStateStore:
         self._table = None
         encoded = Encoded(ids, valid, int(tensors["truncated"]))
         self._encoded[key] = encoded
+        return encoded
+
+    def alias(self, texts: Sequence[str], pairs: Sequence[str] | None, *, max_length: int, source: Encoded,
+              rows: Sequence[int]) -> Encoded:
+        """Register ``texts`` (rows ``rows`` of the already encoded ``source``) so that ``encode(texts)`` returns
+        them from memory: a subset (a fold, a split) of an encoded set needs no second MiniLM pass."""
+        index = torch.as_tensor(list(rows), dtype=torch.long)
+        encoded = Encoded(source.input_ids[index], source.attention_mask[index], 0)
+        self._encoded[cache_key(texts, pairs, max_length)[0]] = encoded
         return encoded
 
     @property

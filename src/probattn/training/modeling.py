@@ -39,7 +39,9 @@ class Encoder:
 
 def _hf_tokenize(tokenizer) -> Callable[..., Encoded]:
     def tokenize(texts: list[str], pairs: list[str] | None, *, max_length: int) -> Encoded:
-        lengths = [len(ids) for ids in tokenizer(texts, pairs, truncation=False)["input_ids"]]
+        from probattn.hf.pretrained import token_counts
+
+        lengths = token_counts(tokenizer, texts, pairs)
         batch = tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
         return Encoded(batch["input_ids"], batch["attention_mask"].bool(), sum(n > max_length for n in lengths))
 
