@@ -21,20 +21,23 @@ import torch
 
 from probattn.data import DataSplits, TextClassificationData
 
-__all__ = ["BASELINES", "majority", "measure_probabilities", "run_baselines"]
+__all__ = ["BASELINES", "fit_bag_of_words", "majority", "measure_probabilities", "run_baselines"]
 
 C_GRID = (0.1, 1.0, 10.0)
 
 
 def measure_probabilities(probs: np.ndarray, labels: list[int], suffix: str) -> dict[str, Any]:
-    """``{"metrics": accuracy/ece/nll/brier_<suffix>, "correct": [0/1 per example], "reliability": bins}``."""
+    """``{"metrics": accuracy/ece/nll/brier_<suffix>, "correct": [0/1 per example], "reliability": bins}``.
+
+    ``ece_<suffix>`` uses 15 equal-width bins (reliability bins too); ``ece10_<suffix>`` 10 bins, as the alignment
+    paper reports it."""
     from probattn.metrics import calibration
 
     p = torch.as_tensor(np.asarray(probs, dtype=np.float32))
     y = torch.as_tensor(labels, dtype=torch.long)
     result = calibration(p, y, n_bins=15)
     metrics = {f"accuracy_{suffix}": result.accuracy, f"ece_{suffix}": result.ece, f"nll_{suffix}": result.nll,
-               f"brier_{suffix}": result.brier}
+               f"brier_{suffix}": result.brier, f"ece10_{suffix}": calibration(p, y, n_bins=10).ece}
     bins = {k: getattr(result, k) for k in ("bin_edges", "bin_confidence", "bin_accuracy", "bin_count")}
     return {"metrics": metrics, "correct": (p.argmax(1) == y).int().tolist(), "reliability": bins}
 
@@ -70,15 +73,22 @@ def _logistic(train_x, train_y, val_x, val_y):
     return best[1]
 
 
-def bag_of_words(splits: DataSplits, ood: TextClassificationData | None) -> dict[str, Any]:
-    """TF-IDF word 1-2-grams + logistic regression (``C`` chosen on validation)."""
+def fit_bag_of_words(splits: DataSplits) -> Callable[[list[str]], np.ndarray]:
+    """TF-IDF word 1-2-grams + logistic regression (``C`` chosen on validation), fitted: ``texts -> (N, C)``
+    probabilities."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
     train_x = vectorizer.fit_transform(splits.train.texts)
     model = _logistic(train_x, splits.train.labels, vectorizer.transform(splits.validation.texts),
                       splits.validation.labels)
-    return _record(lambda data: model.predict_proba(vectorizer.transform(data.texts)), splits.test, ood)
+    return lambda texts: model.predict_proba(vectorizer.transform(list(texts)))
+
+
+def bag_of_words(splits: DataSplits, ood: TextClassificationData | None) -> dict[str, Any]:
+    """TF-IDF word 1-2-grams + logistic regression (``C`` chosen on validation)."""
+    predict = fit_bag_of_words(splits)
+    return _record(lambda data: predict(data.texts), splits.test, ood)
 
 
 def frozen_minilm(splits: DataSplits, ood: TextClassificationData | None, *, max_length: int,

@@ -148,8 +148,12 @@ def _split_metrics(predictions, suffix: str) -> dict[str, Any]:
 
 
 def train_and_measure(config, ood, *, log: Callable[[str], None] | None = None, progress: bool = False,
-                      desc: str | None = None) -> dict[str, Any]:
-    """Train one run and measure it; returns the run record (without ``variant``/``seed``)."""
+                      desc: str | None = None, extra: Callable[[Any], dict[str, Any]] | None = None
+                      ) -> dict[str, Any]:
+    """Train one run and measure it; returns the run record (without ``variant``/``seed``).
+
+    ``extra(result)`` (the :class:`probattn.training.TrainResult`, its model in eval mode) may measure more: its
+    ``"metrics"`` join the run's metrics, its other keys join the record."""
     from probattn.training import train
 
     began, cpu_began = time.perf_counter(), time.process_time()
@@ -172,6 +176,10 @@ def train_and_measure(config, ood, *, log: Callable[[str], None] | None = None, 
     for key, values in per_layer.items():
         finite = [v for v in values if math.isfinite(v)]
         metrics[key] = sum(finite) / len(finite) if finite else math.nan
+    if extra is not None:
+        more = dict(extra(result))
+        metrics.update(more.pop("metrics", {}))
+        record.update(more)
     return {"metrics": metrics, **record, "per_layer": per_layer, "config": config.to_dict(),
             "seconds": time.perf_counter() - began, "cpu_seconds": time.process_time() - cpu_began,
             "final_loss": result.metrics["train"]["final_loss"]}
