@@ -270,12 +270,14 @@ def _baseline_runs(baselines: dict[str, Any]) -> list[dict[str, Any]]:
 
 def write_summary(output: Path, *, variants: Sequence[str], header: dict[str, Any],
                   failed: Sequence[dict[str, Any]] = (), tables: dict[str, list[Column]] | None = None,
-                  figures: bool = True) -> str:
+                  figures: bool = True, claims: Sequence[Any] | None = None) -> str:
     """Rebuild ``results.md``, ``results.json`` (and with ``figures`` the PNG figures) from the saved runs,
     ``baselines.json`` and ``timing.json`` in ``output``.
 
     ``tables``: ``{title: columns}`` of the Markdown file (default :data:`TABLES`); the cost table (from the
-    timing pass) is added after them.
+    timing pass) is added after them. ``claims``: the verdict's claims (default
+    :data:`probattn.experiments.verdict.CLAIMS`). A table whose first column is neither in- nor out-of-domain
+    lists the variants, and the baselines that measured any of its columns.
     """
     runs = [r for r in load_runs(output) if r["variant"] in variants]
     if not runs:
@@ -287,7 +289,7 @@ def write_summary(output: Path, *, variants: Sequence[str], header: dict[str, An
     columns_all = [c for cols in tables.values() for c in cols if c.key not in COST_KEYS]
     summary = summarize(runs + _baseline_runs(baselines), columns_all, order=[*variants, *baselines])
     found = [v for v in variants if v in summary.index]
-    claims = verdicts(runs)
+    claims = verdicts(runs) if claims is None else verdicts(runs, claims)
     comparisons = {split: {v: accuracy_comparison(runs, v, split) for v in found if v != "softmax"}
                    for split in ("id", "ood")}
     ood_name = header.get("ood_name") or "none"
@@ -313,7 +315,8 @@ def write_summary(output: Path, *, variants: Sequence[str], header: dict[str, An
             continue
         rows = summary.loc[:, [c.key for c in columns]]
         if split is None:
-            rows = rows.loc[[v for v in rows.index if v in found]]
+            rows = rows.loc[[v for v in rows.index if v in found or (v in baselines and any(
+                math.isfinite(rows.loc[v, (c.key, "mean")]) for c in columns))]]
         text.append(f"## {title}\n\n{format_table(rows, columns, extra)}\n")
     cost = None
     if timing:
@@ -354,24 +357,34 @@ def compare(*, variants: Sequence[str] = DEFAULT_VARIANTS, seeds: Sequence[int] 
             overrides: dict[str, Any] | None = None, ood_examples: int | None = 2000,
             command: str = "probattn compare", title: str = "probattn compare",
             tables: dict[str, list[Column]] | None = None, baselines: bool = True, timing_rounds: int = 3,
-            timing_steps: int = 20, progress: bool = True, threads: int | None = None) -> dict[str, Any]:
+            timing_steps: int = 20, progress: bool = True, threads: int | None = None,
+            variant_options: dict[str, dict[str, Any]] | None = None,
+            measure: Callable[..., dict[str, Any]] | None = None, claims: Sequence[Any] | None = None,
+            baselines_extra: Callable[[Any, Any], dict[str, dict[str, Any]]] | None = None,
+            study_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Baselines, every (variant, seed), a timing pass, and the summary files with the verdict first.
 
     ``overrides`` are :class:`probattn.training.TrainConfig` options applied over the preset (e.g.
     ``{"max_steps": 50}`` or ``{"data": "my.csv", "text_column": "text", "label_column": "label"}``);
     ``ood_examples`` evaluates on a fixed random subset of that many OOD texts (None = all);
     ``timing_rounds=0`` skips the timing pass; ``threads``: torch threads for training (default: torch's for
-    every preset but tiny / self-attentive, which use 1); ``title`` and ``tables`` shape ``results.md`` (see
-    :func:`write_summary`). Returns the content of ``results.json``. Raises ``ValueError`` for unknown
+    every preset but tiny / self-attentive, which use 1); ``title``, ``tables`` and ``claims`` shape
+    ``results.md`` (see :func:`write_summary`). A study built on this loop (``experiment finetune``) passes its
+    own ``variant_options`` (``{variant: TrainConfig options}``, default :data:`VARIANTS`), ``measure(config,
+    ood, log=, progress=, desc=) -> record`` (default :func:`train_and_measure`) and ``baselines_extra(splits,
+    ood) -> {baseline: more record entries}`` (merged into ``baselines.json``); ``study_options`` (JSON) are
+    the study's own options: part of the baselines' fingerprint, and a finished run made with other ones is
+    refused on ``--resume``. Returns the content of ``results.json``. Raises ``ValueError`` for unknown
     variants/presets, and when ``output`` already holds runs but ``resume`` is False.
     """
     from tqdm.auto import tqdm
 
     from probattn.training import TrainConfig
 
-    unknown = [v for v in variants if v not in VARIANTS]
+    table = VARIANTS if variant_options is None else variant_options
+    unknown = [v for v in variants if v not in table]
     if unknown or not variants:
-        raise ValueError(f"--variants {' '.join(unknown) or '(none)'}: choose from {', '.join(VARIANTS)}")
+        raise ValueError(f"--variants {' '.join(unknown) or '(none)'}: choose from {', '.join(table)}")
     if len(set(variants)) != len(variants) or len(set(seeds)) != len(seeds) or not seeds:
         raise ValueError("--variants and --seeds must be non-empty and list each value once")
     if preset not in PRESETS:
@@ -387,11 +400,12 @@ def compare(*, variants: Sequence[str] = DEFAULT_VARIANTS, seeds: Sequence[int] 
     log = Messages(command)
     began, cpu_began = time.perf_counter(), time.process_time()
     base = {**PRESETS[preset], **(overrides or {})}
-    configs = {(v, s): TrainConfig.from_dict({**base, **VARIANTS[v], "seed": s}, source="compare")
+    configs = {(v, s): TrainConfig.from_dict({**base, **table[v], "seed": s}, source="compare")
                for v in variants for s in seeds}
     first = next(iter(configs.values()))
     splits, ood = evaluation_data(first, ood_examples)
     fingerprint = {"preset": preset, "overrides": overrides or {}, "ood_examples": ood_examples,
+                   **({"study_options": study_options} if study_options else {}),
                    "sizes": [len(splits.train), len(splits.validation), len(splits.test), len(ood) if ood else 0]}
     minilm_states = first.model == "minilm-states"
     if minilm_states:  # the frozen part once, up front (cached on disk): every run and baseline reuses it
@@ -406,8 +420,16 @@ def compare(*, variants: Sequence[str] = DEFAULT_VARIANTS, seeds: Sequence[int] 
     if baselines:
         from probattn.experiments.baselines import run_baselines
 
-        _cached_json(output / "baselines.json", fingerprint, lambda: run_baselines(
-            splits, ood, minilm=minilm_states, max_length=first.max_length, log=log), log, "baselines")
+        def make_baselines() -> dict[str, dict[str, Any]]:
+            found = run_baselines(splits, ood, minilm=minilm_states or first.model == "minilm",
+                                  max_length=first.max_length, log=log)
+            for name, more in (baselines_extra(splits, ood) if baselines_extra is not None else {}).items():
+                record = found.setdefault(name, {"metrics": {}})
+                record["metrics"].update(more.get("metrics", {}))
+                record.update({k: v for k, v in more.items() if k != "metrics"})
+            return found
+
+        _cached_json(output / "baselines.json", fingerprint, make_baselines, log, "baselines")
     header = {"title": title, "command": command, "preset": preset, "seeds": list(seeds), "overrides": overrides or {},
               "data_name": "Rotten Tomatoes, split by movie" if first.data == "rotten_tomatoes" else first.data,
               "ood_name": (f"{len(ood)} {'Amazon Fine Food reviews' if 'amazon' in ood.name else ood.name}"
@@ -423,6 +445,8 @@ def compare(*, variants: Sequence[str] = DEFAULT_VARIANTS, seeds: Sequence[int] 
         if path.exists():
             saved = json.loads(path.read_text())
             diff = TrainConfig.from_dict(saved["config"], source=str(path)).differences(config)
+            if not diff and (saved.get("study_options") or None) != (study_options or None):
+                diff = {"study options": (saved.get("study_options"), study_options)}
             if diff:
                 raise ValueError(f"--resume: {path} was made with other options ({diff}); use the same options "
                                  "or another --output")
@@ -431,19 +455,22 @@ def compare(*, variants: Sequence[str] = DEFAULT_VARIANTS, seeds: Sequence[int] 
             continue
         bar.set_postfix_str(f"{variant} seed {seed}")
         try:
-            record = train_and_measure(config, ood, log=log, progress=progress, desc=f"{variant} seed {seed}")
+            record = (measure or train_and_measure)(config, ood, log=log, progress=progress,
+                                                    desc=f"{variant} seed {seed}")
         except Exception as exc:  # keep going: the other runs are independent; reported at the end
             failed.append({"variant": variant, "seed": seed, "error": f"{type(exc).__name__}: {exc}"})
             tqdm.write(f"[{i}/{len(todo)}] {variant} seed {seed}: FAILED: {type(exc).__name__}: {exc}")
             bar.update(1)
             continue
-        save_run(output, {"variant": variant, "seed": seed, **record})
+        save_run(output, {"variant": variant, "seed": seed, **record,
+                          **({"study_options": study_options} if study_options else {})})
         m = record["metrics"]
         tqdm.write(f"[{i}/{len(todo)}] {variant} seed {seed}: accuracy {m['accuracy_id']:.3f} (OOD "
                    f"{m.get('accuracy_ood', math.nan):.3f}), ECE {m['ece_id']:.3f} (OOD "
                    f"{m.get('ece_ood', math.nan):.3f}), {record['seconds']:.1f} s ({record['cpu_seconds']:.1f} s CPU)")
         bar.update(1)
-        write_summary(output, variants=variants, header=header, failed=failed, tables=tables, figures=False)
+        write_summary(output, variants=variants, header=header, failed=failed, tables=tables, figures=False,
+                      claims=claims)
     bar.close()
     finished = {r["variant"] for r in load_runs(output)}
     if timing_rounds:
@@ -456,7 +483,7 @@ def compare(*, variants: Sequence[str] = DEFAULT_VARIANTS, seeds: Sequence[int] 
     wall, cpu = time.perf_counter() - began, time.process_time() - cpu_began
     header["timings"] = (f"This invocation: {wall:.0f} s wall, {cpu:.0f} s CPU (process time, all threads; "
                          f"{torch.get_num_threads()} torch thread(s)).")
-    markdown = write_summary(output, variants=variants, header=header, failed=failed, tables=tables)
+    markdown = write_summary(output, variants=variants, header=header, failed=failed, tables=tables, claims=claims)
     if not markdown:
         raise RuntimeError(f"no run finished; see the errors above ({len(failed)} failed)")
     print(markdown)

