@@ -135,8 +135,11 @@ def load_file(
     label_column: str,
     text_pair_column: str | None = None,
     label_names: Sequence[str] | None = None,
+    group_column: str | None = None,
 ) -> TextClassificationData:
     """Load a labelled text file.
+
+    ``group_column``: rows with one value of it form a group that splits keep together (``groups``).
 
     Labels may be integers or strings; they are mapped to ids ``0..C-1`` in sorted order and
     ``label_names[i]`` is ``str`` of the ``i``-th value. Pass ``label_names`` (e.g. the training set's) to map
@@ -146,7 +149,7 @@ def load_file(
     frame = read_table(path)
     columns = [str(c) for c in frame.columns]
     for flag, column in (("--text-column", text_column), ("--label-column", label_column),
-                         ("--text-pair-column", text_pair_column)):
+                         ("--text-pair-column", text_pair_column), ("--group-column", group_column)):
         if column is not None and column not in columns:
             raise ValueError(f"--data {path}: {flag} {column!r} is not a column of the file; "
                              f"its columns are: {', '.join(columns)}")
@@ -165,5 +168,6 @@ def load_file(
     unknown = sorted({str(v) for v in raw} - set(index))
     if unknown:
         raise ValueError(f"--data {path}: labels {unknown[:5]} are not among the training labels {list(names)}")
+    groups = None if group_column is None else [str(v) for v in frame[group_column].tolist()]
     return TextClassificationData(texts=texts, labels=[index[str(v)] for v in raw], label_names=names,
-                                  text_pairs=pairs, name=path.stem)
+                                  text_pairs=pairs, groups=groups, name=path.stem)

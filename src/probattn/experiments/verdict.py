@@ -7,9 +7,6 @@ Two kinds of evidence, both from :mod:`probattn.metrics.significance`:
 * per-run quantities (ECE, head diversity, explained away, key/query distance): the per-seed differences
   variant − softmax (paired by seed) and their Student-t 95% interval (:func:`mean_interval`).
 
-A guaranteed bound (``direction="at_most"``) is checked, not tested: it **holds** when every run of the variant
-has ``metric <= value``, else it is **violated**.
-
 A claim is **reproduced** when the evidence points the claimed way (bootstrap verdict, or an interval wholly
 on the claimed side of 0), **not reproduced** when it points the other way, and **inconclusive at this
 scale** otherwise (the interval holds 0).
@@ -33,14 +30,12 @@ REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inco
 
 @dataclass(frozen=True)
 class Claim:
-    """A paper's claim about ``variant`` versus softmax: ``metric`` goes ``up`` or ``down``; or a guarantee
-    (``"at_most"``): every run of ``variant`` has ``metric <= value``."""
+    """A paper's claim about ``variant`` versus softmax: ``metric`` goes ``up`` or ``down``."""
 
     variant: str
     what: str
     metric: str  # "accuracy_id", "accuracy_ood" (paired bootstrap) or a run metric key (seed interval)
-    direction: str  # "up" | "down" | "at_most"
-    value: float = 0.0
+    direction: str  # "up" | "down"
 
 
 CLAIMS = (
@@ -109,15 +104,6 @@ def verdicts(runs: Sequence[dict[str, Any]], claims: Sequence[Claim] = CLAIMS) -
     """
     out = []
     for claim in claims:
-        if claim.direction == "at_most":
-            values = [r["metrics"].get(claim.metric, math.nan) for r in runs if r["variant"] == claim.variant]
-            finite = [v for v in values if math.isfinite(v)]
-            evidence = {"maximum": max(finite), "runs": len(finite), "value": claim.value} if finite else None
-            verdict = ("not run" if not values else "not measured" if evidence is None else
-                       "holds" if evidence["maximum"] <= claim.value else "violated")
-            out.append({"variant": claim.variant, "claim": claim.what, "metric": claim.metric, "evidence": evidence,
-                        "verdict": verdict})
-            continue
         if claim.metric in ("accuracy_id", "accuracy_ood"):
             evidence = accuracy_comparison(runs, claim.variant, claim.metric.split("_")[1])
         else:
@@ -141,10 +127,6 @@ def format_verdicts(records: Sequence[dict[str, Any]]) -> list[str]:
         if e is None:
             if r["verdict"] == "not measured":
                 lines.append(f"- **{r['variant']}**: {r['claim']}: not measured in this run (no such data or layer)")
-            continue
-        if "maximum" in e:
-            lines.append(f"- **{r['variant']}**: {r['claim']}: largest {r['metric']} over {e['runs']} run(s) = "
-                         f"{e['maximum']:+.3g} (must be ≤ {e['value']:g}) → **{r['verdict']}**")
             continue
         digits = 4 if r["metric"] == "kq_alignment" else 3
         interval = (f"[{e['low']:+.{digits}f}, {e['high']:+.{digits}f}]" if math.isfinite(e["low"])

@@ -173,6 +173,15 @@ class TokenStateStore:
         self._encoded[key] = encoded
         return encoded
 
+    def alias(self, texts: Sequence[str], pairs: Sequence[str] | None, *, max_length: int, source: Encoded,
+              rows: Sequence[int]) -> Encoded:
+        """Register ``texts`` (rows ``rows`` of the already encoded ``source``) so that ``encode(texts)`` returns
+        them from memory: a subset (a fold, a split) of an encoded set needs no second MiniLM pass."""
+        index = torch.as_tensor(list(rows), dtype=torch.long)
+        encoded = Encoded(source.input_ids[index], source.attention_mask[index], 0)
+        self._encoded[cache_key(texts, pairs, max_length)[0]] = encoded
+        return encoded
+
     @property
     def table(self) -> Tensor:
         """``(rows, 384)`` float16: every encoded token's state."""

@@ -50,6 +50,9 @@ _OPTIONS: list[tuple[str, type, str]] = [
     ("warmup_steps", int, "linear warm-up steps (then linear decay to 0)"),
     ("max_grad_norm", float, "clip the gradient norm (0 = off)"),
     ("eval_batch_size", int, "batch size for evaluation"),
+    ("eval_every", int, "model selection: evaluate on the validation split every N steps and keep the best "
+                        "checkpoint (0 = off: the last step)"),
+    ("patience", int, "early stopping: stop after N validations without improvement (0 = never)"),
     ("output", str, "run directory: checkpoints, model.safetensors + model.json, metrics.json"),
     ("checkpoint_every", int, "write a checkpoint every N steps (and always at the end)"),
     ("device", str, "auto (default), cpu or cuda[:N]"),
@@ -124,8 +127,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _write_results(result) -> None:
     """``results.md`` (metrics of every split) and ``reliability.png`` in the run directory."""
-    from probattn.experiments.baselines import measure_probabilities
-    from probattn.experiments.plots import reliability_figure
+    from probattn.metrics.calibration import measure_probabilities
+    from probattn.report.figures import reliability_figure
 
     out, config = result.output_dir, result.config
     rows, reliability = [], {}

@@ -51,10 +51,9 @@ from probattn.training.modeling import (
     inference_state_dict,
 )
 from probattn.training.outputs import has_checkpoint, prepare_output, write_run
+from probattn.training.selection import BestCheckpoint, epoch_warning
 
-__all__ = ["EPOCH_WARNING", "NonFiniteError", "RunResult", "train"]
-
-EPOCH_WARNING = 20  # warn when max_steps means this many passes over the training set or more
+__all__ = ["NonFiniteError", "RunResult", "train"]
 
 
 class NonFiniteError(FloatingPointError):
@@ -165,13 +164,14 @@ class _Guard:
 
 def train(config: TrainConfig, *, progress: bool = True,
           on_step: Callable[[dict[str, Any]], None] | None = None, log: Callable[[str], None] | None = None,
-          evaluate: bool = True, desc: str | None = None) -> RunResult:
+          evaluate: bool = True, desc: str | None = None, splits: DataSplits | None = None) -> RunResult:
     """Train one model as ``config`` says and evaluate it (see the module docstring and docs/training.md).
 
     Under ``torchrun`` every process calls this; rank 0 alone writes files. ``on_step(record)`` is called after
     every optimizer step with that step's history record. ``log(message)`` receives the run's notices (default:
     printed to stderr as ``probattn train: ...``); ``evaluate=False`` skips the final validation/test/OOD
-    evaluation (timing passes); ``desc`` labels the progress bar.
+    evaluation (timing passes); ``desc`` labels the progress bar; ``splits``: train/validation/test data to use
+    instead of loading ``config.data`` (a study's fold).
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -179,14 +179,14 @@ def train(config: TrainConfig, *, progress: bool = True,
     say = log or _print_message
     try:
         return _train(config, ctx, progress, on_step, lambda _, message: ctx.is_main and say(message), evaluate,
-                      desc)
+                      desc, splits)
     finally:
         ctx.close()
 
 
 def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
            on_step: Callable[[dict[str, Any]], None] | None, _say: Callable[[D.Distributed, str], Any],
-           evaluate: bool, desc: str | None) -> RunResult:
+           evaluate: bool, desc: str | None, splits: DataSplits | None = None) -> RunResult:
     out = prepare_output(config, ctx)
     saved = None
     if config.resume and out is not None and has_checkpoint(out):
@@ -196,7 +196,7 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
     elif config.resume:
         _say(ctx, "--resume: no checkpoint found, starting from step 0")
 
-    splits = load_splits(config)
+    splits = splits if splits is not None else load_splits(config)
     ood = load_ood(config, splits.label_names) if evaluate else None
     steps_per_epoch = len(splits.train) // config.batch_size
     if steps_per_epoch == 0:
@@ -204,11 +204,12 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
                          f"({len(splits.train)} examples); lower it")
     if saved is not None:
         _check_same_data(saved, splits.train, steps_per_epoch)
-    epochs = config.max_steps / steps_per_epoch
-    if epochs >= EPOCH_WARNING:
-        _say(ctx, f"{config.max_steps} steps of {config.batch_size} examples on {len(splits.train)} training "
-                  f"examples = {epochs:.0f} epochs: the model will likely overfit (high test NLL); lower "
-                  f"--max-steps or use more data")
+    warning = epoch_warning(config.max_steps, config.batch_size, len(splits.train))
+    if warning is not None and not config.eval_every:
+        _say(ctx, warning)
+    elif warning is not None:
+        _say(ctx, warning.split(":")[0] + f": the best validation checkpoint is kept (--eval-every "
+                  f"{config.eval_every}, --patience {config.patience})")
 
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % 2**32)
@@ -277,6 +278,8 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
         order, order_epoch = saved["data"]["order"].numpy(), int(saved["data"]["epoch"])
     if ctx.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(ctx.device)
+    selection = BestCheckpoint(config.patience) if config.eval_every else None
+    last_step = start
     bar = tqdm(total=config.max_steps, initial=start, unit="step", disable=not (progress and ctx.is_main),
                dynamic_ncols=True, desc=desc, leave=desc is None)
     for step in range(start, config.max_steps):
@@ -327,12 +330,21 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
         bar.set_postfix(loss=f"{record['loss']:.4f}", examples_per_s=f"{examples_per_second:.0f}")
         if on_step is not None:
             on_step(record)
+        last_step = step + 1
         if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < config.max_steps:
             checkpoint(step + 1, epoch, order)
+        if selection is not None and ((step + 1) % config.eval_every == 0 or step + 1 == config.max_steps):
+            # validation accuracy, ties broken by the lower NLL
+            measured = predict(model, encode, splits.validation, batch_size=config.eval_batch_size).metrics()
+            record.update(val_accuracy=measured["accuracy"], val_nll=measured["nll"])
+            if selection.update(step + 1, measured["accuracy"] - 1e-6 * min(measured["nll"], 1e5), model):
+                break
     bar.close()
-    steps_run = config.max_steps - start
+    steps_run = last_step - start
     if steps_run:  # (a resumed run that had already reached max_steps is only evaluated)
-        checkpoint(config.max_steps, order_epoch, order)
+        checkpoint(last_step, order_epoch, order)
+    if selection is not None:
+        selection.restore(model)
 
     model.eval()
     metrics: dict[str, Any] | None = None
@@ -347,6 +359,9 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
             "cpu_seconds_per_step": cpu_seconds / steps_run if steps_run else None,
             "peak_memory_mb": _peak_memory_mb(ctx.device), "world_size": ctx.world_size,
             "final_loss": history[-1]["loss"] if history else None,
+            "steps_trained": last_step, "epochs": last_step / steps_per_epoch,
+            "selection": {**selection.record(), "best_epoch": selection.best_step / steps_per_epoch}
+            if selection is not None else None,
         }
         metrics["data"] = {"train": len(splits.train), "validation": len(splits.validation),
                            "test": len(splits.test), "ood": len(ood) if ood is not None else None,
