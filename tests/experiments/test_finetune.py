@@ -94,7 +94,7 @@ def _args(folder, output, *extra):
     return ["experiment", "finetune", "--model", str(folder), "--data", str(SAMPLE), "--text-column", "text",
             "--label-column", "label", "--seeds", "0", "--max-steps", "2", "--max-length", "24",
             "--attack-examples", "3", "--recipes", "deepwordbug", "--ood", "amazon", "--ood-examples", "10",
-            "--timing-rounds", "0", "--threads", "1", "--eval-every", "0", "--output", str(output), "--no-progress",
+            "--timing-rounds", "0", "--threads", "1", "--eval-every", "0", "--folds", "1", "--output", str(output), "--no-progress",
             *extra]
 
 
@@ -128,6 +128,7 @@ def test_study_end_to_end_on_a_local_encoder_folder_and_resume(tmp_path, capsys)
     assert "other options" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # spawns two worker processes (the runner's own tests cover workers in the default run)
 def test_workers_run_the_study_in_separate_processes(tmp_path):
     from probattn.cli import main
 
@@ -149,7 +150,7 @@ def test_reduced_ci_configuration_on_minilm(tmp_path):
     assert main(["experiment", "finetune", "--data", str(SAMPLE), "--text-column", "text", "--label-column",
                  "label", "--ood", "amazon", "--ood-examples", "20", "--variants", "softmax", "alignment", "doubly",
                  "--seeds", "0", "--max-steps", "3", "--attack-examples", "3", "--timing-rounds", "0",
-                 "--threads", "1", "--output", str(output), "--no-progress"]) == 0
+                 "--threads", "1", "--folds", "1", "--output", str(output), "--no-progress"]) == 0
     results = json.loads((output / "results.json").read_text())
     assert {r["variant"] for r in results["runs"]} == {"softmax", "alignment", "doubly"}
     assert {c["verdict"] for c in results["verdict"]["claims"] if c["metric"] == "below_bound"} == {"reproduced"}

@@ -236,8 +236,10 @@ class FinetuneStudy(CompareStudy):
     def progress_line(self, record: dict[str, Any]) -> str:
         line = super().progress_line(record)
         for name, found in record.get("sets", {}).items():
+            share = found.get("metrics", {}).get("failed_share")
             if name.startswith("attack-"):
-                line += f"; {name[7:]}: {found['metrics']['failed_share']:.2f} of attacks failed"
+                line += (f"; {name[7:]}: {share:.2f} of attacks failed" if isinstance(share, float)
+                         and math.isfinite(share) else f"; {name[7:]}: nothing attacked")
         return line
 
 
