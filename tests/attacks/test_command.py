@@ -76,3 +76,11 @@ def test_not_a_model_folder_is_named(tmp_path):
 
     with pytest.raises(FileNotFoundError, match=r"neither model\.json"):
         load_classifier(tmp_path)
+
+
+def test_a_minilm_states_run_is_refused_with_the_reason(tmp_path):
+    from probattn.attacks.classifiers import load_classifier
+
+    (tmp_path / "model.json").write_text(json.dumps({"config": {"model": "minilm-states"}}))
+    with pytest.raises(ValueError, match="minilm-states run"):
+        load_classifier(tmp_path)

@@ -76,6 +76,13 @@ def load_classifier(path: str | Path, *, max_length: int = 128, device: str = "c
     if (path / MODEL_INFO).is_file():
         from probattn.training.modeling import load_trained
 
+        saved_model = (json.loads((path / MODEL_INFO).read_text()).get("config") or {}).get("model")
+        if saved_model == "minilm-states":
+            raise ValueError(f"--model {path}: a minilm-states run reads MiniLM states cached on disk per text set; "
+                             "attacking it would cache the states of every perturbed text (tens of thousands of "
+                             "files), so it is not supported: attack a fine-tuned model (probattn train --model "
+                             "minilm, probattn experiment finetune) or a tiny / Hugging Face model")
+
         model, encoder, labels = load_trained(path)
         model.to(device)
         info = json.loads((path / MODEL_INFO).read_text())
