@@ -10,9 +10,9 @@ pytest.importorskip("pandas")
 pytest.importorskip("matplotlib")
 pytest.importorskip("sklearn")
 
-import probattn.data  # noqa: E402
-from probattn.cli import main  # noqa: E402
-from probattn.experiments.compare import compare, peak_memory  # noqa: E402
+import probattn.data
+from probattn.cli import main
+from probattn.experiments.compare import compare, peak_memory
 
 SAMPLE = str(Path(probattn.data.__file__).parent / "samples" / "rt_sample.csv")
 IN_DOMAIN, ATTENTION = "In domain: test split", "Attention (first 256 test texts, mean over layers)"
@@ -79,6 +79,16 @@ def test_bad_options_are_named(tmp_path):
         compare(variants=["softmax", "softmax"], output=tmp_path / "c")
     with pytest.raises(ValueError, match="unknown options"):
         compare(stepz=3, output=tmp_path / "d")
+
+
+def test_a_folder_holding_other_files_is_refused_before_any_work(tmp_path):
+    from probattn.io import OutputFolderError
+
+    (tmp_path / "data.csv").write_text("text,label\n")
+    with pytest.raises(OutputFolderError, match=r"holds 1 file\(s\) that probattn did not write \(data\.csv\).*"
+                                                r"--overwrite"):
+        compare(output=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.csv"]
 
 
 def test_peak_memory_sees_a_large_allocation():

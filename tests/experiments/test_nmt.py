@@ -206,3 +206,14 @@ def test_every_variant_trains_and_decodes_on_cuda(tmp_path):
     assert results["variants"] == ["softmax", "svgd", "spos", "doubly-encoder", "alignment"]
     for run in results["runs"]:
         assert run["config"]["device"] == "cuda" and run["final_train_loss"] > 0
+
+
+def test_a_folder_holding_other_files_is_refused_before_any_work(tmp_path, capsys):
+    (tmp_path / "tokenizer.json").write_text("someone else's tokenizer")
+    assert main([*SMOKE, "--output", str(tmp_path), "--overwrite"]) == 2
+    assert "tokenizer.json" in capsys.readouterr().err
+    assert main([*SMOKE, "--output", str(tmp_path), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "probattn did not write (tokenizer.json)" in err and "--overwrite" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tokenizer.json"]
+    assert (tmp_path / "tokenizer.json").read_text() == "someone else's tokenizer"

@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from probattn.training.checkpoint import atomic_write, write_json
+from probattn.io import atomic_write, claim_output_dir, write_json
 
 __all__ = ["SCHEDULES", "SIZES", "VARIANTS", "add_arguments", "baselines", "head_diversity", "run", "run_experiment",
            "write_summary"]
@@ -383,12 +383,17 @@ def run_experiment(args: argparse.Namespace, command: str = "probattn experiment
             raise ValueError(f"--threads {args.threads}: must be >= 1")
         torch.set_num_threads(args.threads)
     output = Path(args.output)
-    if _is_main() and (output / TOKENIZER).exists() and not args.resume:
+    overwrite = getattr(args, "overwrite", False)
+    if _is_main() and (output / TOKENIZER).exists() and not (args.resume or overwrite):
         raise ValueError(f"--output {output} already holds a run; pass --resume to skip the finished runs and "
-                         "continue the others, or choose another --output")
+                         "continue the others, --overwrite to start over, or choose another --output")
     if report_only and not (output / TOKENIZER).exists():
         raise ValueError(f"--report-only: {output} holds no prepared run (no {TOKENIZER}); run the experiment (or "
                          "--prepare-only and the runs) into this --output first")
+    if _is_main():  # refuses a folder holding files probattn did not write
+        claim_output_dir(output, command="probattn experiment nmt", overwrite=overwrite,
+                         resume=args.resume or report_only,
+                         will_write=(TOKENIZER, PREPARED, "results.md", "results.json"))
     output.mkdir(parents=True, exist_ok=True)
     splits = load_splits(args.data)
     tokenizer, data, stats = prepare(splits, output, vocab_size=args.vocab_size, max_length=args.max_length,
@@ -482,6 +487,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="probattn-experiments/nmt", help="output folder")
     parser.add_argument("--resume", action="store_true",
                         help="skip finished runs in --output and continue unfinished ones from their checkpoints")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over in --output: delete the files probattn wrote there (never other files)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--prepare-only", action="store_true",
                       help="write the files the runs share (tokenizer, baselines) into --output and stop: start "

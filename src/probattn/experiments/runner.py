@@ -225,19 +225,11 @@ class Messages:
         tqdm.write(f"{self.prefix}: {message}", file=sys.stderr)
 
 
-# -- writing (one private helper, to be replaced by probattn.io) ----------------------------------------------------
+# -- writing: every file through probattn.io (atomic, no links, recorded in the claimed folder's manifest) ---------
 def _write_bytes(path: Path, data: bytes) -> None:
-    """Atomically replace ``path`` with ``data``; refuses to write through a link."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_symlink() or path.parent.is_symlink():
-        raise ValueError(f"{path}: is (or lies in) a symbolic link; probattn never writes through links")
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    from probattn.io import write_bytes
+
+    write_bytes(path, data)
 
 
 def _finite(value: Any) -> Any:
@@ -257,12 +249,16 @@ def _write_json(path: Path, obj: Any) -> None:
     _write_bytes(path, json.dumps(_finite(obj), indent=1, allow_nan=False).encode())
 
 
-def _claim_output(output: Path, study: Study, options: dict[str, Any], resume: bool) -> dict[str, Any]:
-    """Claim ``output`` for this study: a new or empty folder, or one this study wrote with the same options.
-    Returns the study file's content (its ``invocations`` so far)."""
+def _claim_output(output: Path, study: Study, options: dict[str, Any], resume: bool, overwrite: bool = False,
+                  command: str = "probattn") -> dict[str, Any]:
+    """Claim ``output`` for this study (:func:`probattn.io.claim_output_dir`: a new or empty folder, or one holding
+    only files probattn wrote; ``overwrite`` deletes those first), then check that a folder written before holds
+    this study with the same options. Returns the study file's content (its ``invocations`` so far)."""
+    from probattn.io import claim_output_dir
+
+    claim_output_dir(output, command=command, overwrite=overwrite, resume=resume,
+                     will_write=(STUDY_FILE, "results.md", "results.json", BASELINES_FILE))
     marker = output / STUDY_FILE
-    if output.is_symlink():
-        raise ValueError(f"--output {output}: is a symbolic link; choose a real folder")
     if marker.is_file():
         saved = json.loads(marker.read_text())
         if saved.get("study") != study.name:
@@ -271,16 +267,12 @@ def _claim_output(output: Path, study: Study, options: dict[str, Any], resume: b
             changed = sorted(k for k in {**saved.get("options", {}), **options}
                              if saved.get("options", {}).get(k) != _finite(options).get(k))
             raise ValueError(f"--output {output} was made with other options ({', '.join(changed)}); use the same "
-                             "options or another --output")
+                             "options, --overwrite, or another --output")
         runs = list((output / RUNS_DIR).glob("*.json")) if (output / RUNS_DIR).is_dir() else []
         if runs and not resume:
             raise ValueError(f"--output {output} already holds {len(runs)} finished run(s); pass --resume to skip "
-                             "them and run the rest, or choose another --output")
+                             "them and run the rest, --overwrite to start over, or choose another --output")
         return saved
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise ValueError(f"--output {output}: holds files this command did not write (no {STUDY_FILE}); probattn "
-                         "writes only into a new or empty folder, or one it wrote before: choose another --output")
-    output.mkdir(parents=True, exist_ok=True)
     saved = {"study": study.name, "options": _finite(options), "invocations": []}
     _write_json(marker, saved)
     return saved
@@ -374,18 +366,15 @@ def _set_threads(threads: int) -> None:
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_log(message: str) -> None:
-    print(f"[worker {os.getpid()}] {message}", file=sys.stderr, flush=True)
-
-
 def _worker_init(study: Study, options: dict[str, Any], output: str, threads: int) -> None:
     _set_threads(threads)
-    _WORKER.update(study=study, options=options, prepared=study.prepare(options, output=Path(output),
-                                                                         log=_worker_log))
+    log = Messages(f"[worker {os.getpid()}]")  # each notice once per worker
+    _WORKER.update(study=study, options=options, log=log, prepared=study.prepare(options, output=Path(output),
+                                                                                  log=log))
 
 
 def _worker_run(spec: RunSpec) -> dict[str, Any]:
-    return _attempt(_WORKER["study"], _WORKER["prepared"], _WORKER["options"], spec, _worker_log)
+    return _attempt(_WORKER["study"], _WORKER["prepared"], _WORKER["options"], spec, _WORKER["log"])
 
 
 def _attempt(study: Study, prepared: Any, options: dict[str, Any], spec: RunSpec,
@@ -806,7 +795,8 @@ def run_study(study: Study, args: argparse.Namespace, *, command: str | None = N
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     options = {**study.options(args), "split_seed": args.split_seed, "group_column": args.group_column}
     output = Path(args.output)
-    saved = _claim_output(output, study, {**options, "folds_flag": args.folds}, args.resume)
+    saved = _claim_output(output, study, {**options, "folds_flag": args.folds}, args.resume,
+                          getattr(args, "overwrite", False), command.split(" --")[0])
     if gpus is None:
         gpus = _gpu_count()
     free, _, _ = free_cores()
@@ -937,6 +927,8 @@ def add_arguments(parser: argparse.ArgumentParser, study: Study) -> None:
     parser.add_argument("--output", default=study.output, help=f"output folder (default {study.output}): new, "
                                                               "empty, or written by this study before")
     parser.add_argument("--resume", action="store_true", help="skip the runs already finished in --output")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over in --output: delete the files probattn wrote there (never other files)")
     parser.add_argument("--workers", type=int, default=None,
                         help="runs in parallel, each in its own process (default: one per GPU, else one per free "
                              "core: cores minus the load average)")

@@ -109,19 +109,71 @@ def cache_directory() -> Path:
     return Path(os.environ.get("PROBATTN_CACHE") or Path.home() / ".cache" / "probattn")
 
 
+GGUF_RECORD = "probattn-cache.json"  # in each converted GGUF folder: the sha256 of every other file in it
+
+
 def gguf_directory(file: str | os.PathLike) -> Path:
     """A plain Hugging Face directory (float32 safetensors + tokenizer) holding the model of a ``.gguf`` file.
 
     Converted on first use (transformers' ``gguf_file=``; needs the ``gguf`` package) and cached under
-    :func:`cache_directory`, keyed by the file's name, size and modification time; later calls return the cache.
+    :func:`cache_directory`, keyed by the file's name, size and modification time, with the sha256 of every file
+    in :data:`GGUF_RECORD`; later calls check the digests and return the cache. A damaged copy (flipped bits, a
+    truncated or missing file, no record) is converted again, with a warning that says so.
     """
+    from probattn.io import check_destination, sha256_file
+
     file = Path(file)
     if not file.is_file() or file.suffix != ".gguf":
         raise FileNotFoundError(f"{file} is not a .gguf file")
     stat = file.stat()
     target = cache_directory() / "gguf" / f"{file.stem}-{stat.st_size}-{stat.st_mtime_ns}"
-    if (target / "config.json").is_file():
-        return target
+    check_destination(target)  # never a link
+    if target.exists():
+        problem = _gguf_cache_problem(target)
+        if problem is None:
+            return target
+        warnings.warn(f"the converted copy of {file.name} in {target} is damaged ({problem}); converting it "
+                      f"again", UserWarning, stacklevel=2)
+        shutil.rmtree(target, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".partial-"))
+    try:
+        _convert_gguf(file, staging)
+        files = sorted(p for p in staging.rglob("*") if p.is_file())
+        record = {"source": file.name, "sha256": {p.relative_to(staging).as_posix(): sha256_file(p) for p in files}}
+        (staging / GGUF_RECORD).write_text(json.dumps(record, indent=1) + "\n")
+        os.replace(staging, target)  # atomic: a reader sees no directory or a complete one
+    except OSError:
+        if _gguf_cache_problem(target) is not None:
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _gguf_cache_problem(target: Path) -> str | None:
+    """None if every file of the converted folder ``target`` matches its recorded sha256, else what is wrong."""
+    from probattn.io import sha256_file
+
+    try:
+        digests = json.loads((target / GGUF_RECORD).read_text())["sha256"]
+        if not isinstance(digests, dict):
+            raise TypeError("sha256 is not an object")
+    except FileNotFoundError:
+        return f"no {GGUF_RECORD}: written by an older probattn or incomplete"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"{GGUF_RECORD} is unreadable: {type(exc).__name__}: {exc}"
+    present = {p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file()} - {GGUF_RECORD}
+    if present != set(digests):
+        return f"files missing or added: {sorted(present ^ set(digests))}"
+    for name, expected in sorted(digests.items()):
+        if (found := sha256_file(target / name)) != expected:
+            return f"{name} has sha256 {found[:12]}..., not the {str(expected)[:12]}... recorded when it was written"
+    return None
+
+
+def _convert_gguf(file: Path, folder: Path) -> None:
+    """Dequantize ``file`` to float32 and ``save_pretrained`` the model and its tokenizer into ``folder``."""
     try:
         importlib.import_module("gguf")
     except ModuleNotFoundError as exc:
@@ -135,18 +187,8 @@ def gguf_directory(file: str | os.PathLike) -> Path:
     config.__dict__.pop("quantization_config", None)  # a GGUF-loaded model refuses save_pretrained
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(quantized.state_dict())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".partial-"))
-    try:
-        plain.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        os.replace(staging, target)  # atomic: a reader sees no directory or a complete one
-    except OSError:
-        if not (target / "config.json").is_file():
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    plain.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
 
 
 @contextlib.contextmanager
@@ -205,6 +247,16 @@ def _tokenizer(path: Path) -> Any:
     if tokenizer.pad_token is None and (tokenizer.eos_token or tokenizer.unk_token) is not None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token  # decoders ship none; batches need one
     return tokenizer
+
+
+def token_counts(tokenizer: Any, texts: list[str], pairs: list[str] | None = None) -> list[int]:
+    """Tokens of each text (pair) before any truncation, without transformers' "longer than the specified maximum
+    sequence length ... indexing errors" warning: probattn counts on purpose, to report what it cuts."""
+    limit, tokenizer.model_max_length = tokenizer.model_max_length, 10**12
+    try:
+        return [len(ids) for ids in tokenizer(texts, pairs, truncation=False)["input_ids"]]
+    finally:
+        tokenizer.model_max_length = limit
 
 
 def load_tokenizer(name_or_path: str | os.PathLike) -> Any:

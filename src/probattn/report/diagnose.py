@@ -457,6 +457,9 @@ def run(args: argparse.Namespace) -> int:
     if existing and not args.overwrite:
         raise ValueError(f"--output {output} already holds {', '.join(existing)}; choose another directory or "
                          "pass --overwrite")
+    from probattn.io import claim_output_dir, write_text
+
+    claim_output_dir(output, command="probattn diagnose", overwrite=args.overwrite, will_write=REPORT_FILES)
     texts, labels, label_names = _read_data(args)
     source = SAMPLE.name if args.data == "sample" else str(args.data)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -470,8 +473,7 @@ def run(args: argparse.Namespace) -> int:
     for stem, r in zip(_export_stems(results), results):
         export_attention(output / f"{stem}.safetensors", r.example_attention, r.example_tokens, model=r.label,
                          layer_names=r.layer_names)
-    (output / "metrics.json").write_text(json.dumps(_to_json(results, source, args, extra), indent=1),
-                                         encoding="utf-8")
+    write_text(output / "metrics.json", json.dumps(_to_json(results, source, args, extra), indent=1))
     print(format_table(["model", *(c for c, _ in LAYER_COLUMNS), "ECE"], _summary_rows(results)))
     for r in results:
         if r.calibration is None:

@@ -127,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _write_results(result) -> None:
     """``results.md`` (metrics of every split) and ``reliability.png`` in the run directory."""
+    from probattn.io import write_text
     from probattn.metrics.calibration import measure_probabilities
     from probattn.report.figures import reliability_figure
 
@@ -150,6 +151,6 @@ def _write_results(result) -> None:
             "| split | n | accuracy ↑ | ECE ↓ | NLL ↓ | Brier ↓ |", "|---|---|---|---|---|---|", *rows, "",
             f"Training: {t['seconds_per_step']:.3f} s/step wall, {t['cpu_seconds_per_step']:.3f} s/step CPU.\n"
             if t["seconds_per_step"] is not None else "", "![reliability](reliability.png)\n"]
-    (out / "results.md").write_text("\n".join(text))
+    write_text(out / "results.md", "\n".join(text))
     reliability_figure([{"variant": "run", "reliability": reliability}], ["run"],
                        {k: k for k in reliability}, out / "reliability.png")

@@ -17,6 +17,7 @@ import re
 import resource
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,6 +255,8 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
             model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
 
     data_digest = _data_digest(splits.train)
+    # the run's identity: kept by --resume (in the checkpoint), new for every fresh run; recorded with the model
+    run_id = str(saved.get("run_id") or uuid.uuid4().hex) if saved is not None else uuid.uuid4().hex
 
     def checkpoint(step: int, epoch: int, order: np.ndarray) -> None:
         if out is None:
@@ -265,7 +268,7 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "repulsive": repulsive.state_dict() if repulsive is not None else None,
                 "rng": capture_rng_state(), "history": history, "tokenizer": encode.state,
-                "label_names": splits.label_names,
+                "label_names": splits.label_names, "run_id": run_id,
                 "data": {"seed": config.seed, "epoch": epoch, "step_in_epoch": step - epoch * steps_per_epoch,
                          "steps_per_epoch": steps_per_epoch, "num_examples": len(splits.train),
                          "sha256": data_digest, "order": torch.from_numpy(order)},
@@ -367,8 +370,9 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
                            "test": len(splits.test), "ood": len(ood) if ood is not None else None,
                            "label_names": list(splits.label_names), "truncated_train": encoded.truncated}
         if out is not None:
-            write_run(out, config=config, metrics=metrics, history=history, label_names=splits.label_names,
-                      state_dict=inference_state_dict(model), tokenizer=encode.state)
+            metrics["run"] = write_run(out, config=config, metrics=metrics, history=history,
+                                       label_names=splits.label_names, state_dict=inference_state_dict(model),
+                                       tokenizer=encode.state, run_id=run_id)
     metrics = ctx.broadcast_object(metrics)
     return RunResult(metrics=metrics, output_dir=out, model=model, encode=encode, label_names=splits.label_names,
                      history=history, config=config, splits=splits, ood=ood)
