@@ -27,7 +27,7 @@ def test_label_mapping_by_name_position_or_error():
 
 def test_attack_a_probattn_run(small_config, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    assert main(["train", "--data", small_config.data, "--text-column", "text", "--label-column", "label",
+    assert main(["train", "--model", "tiny", "--data", small_config.data, "--text-column", "text", "--label-column", "label",
                  "--embed-dim", "16", "--num-heads", "4", "--num-layers", "1", "--max-length", "24",
                  "--batch-size", "8", "--max-steps", "4", "--output", str(run_dir), "--no-progress"]) == 0
     out = tmp_path / "attacks.json"

@@ -108,7 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from probattn.attacks.classifiers import load_classifier
-    from probattn.experiments.results import write_json
+    from probattn.io import write_json
 
     output = Path(args.output) if args.output else None
     if output is not None and output.exists() and not args.overwrite:
