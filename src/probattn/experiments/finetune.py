@@ -110,10 +110,16 @@ def attack_sets(classifier: Callable[[list[str]], Any], texts: Sequence[str], la
     """Attack ``texts`` with each recipe: ``{"sets": {"attack-<r>": {"metrics": {accuracy (under attack),
     failed_share, success_rate, words_changed, queries, attacked, skipped}, "scores": {"correct": 1.0 when the
     model is still right after the attack, per text}}}, "attacks": {r: {"summary", "results": [status, words
-    changed, words, queries, perturbed text]}}}``."""
+    changed, words, queries, perturbed text], "cpu_seconds": process CPU time of the recipe}}}``."""
+    import time
+
     from probattn.attacks.command import run_attacks
 
-    found = run_attacks(classifier, texts, labels, recipes=recipes, seed=seed, progress=progress, desc=desc)
+    found, cpu = {}, {}
+    for name in recipes:
+        began = time.process_time()
+        found.update(run_attacks(classifier, texts, labels, recipes=[name], seed=seed, progress=progress, desc=desc))
+        cpu[name] = time.process_time() - began
     out: dict[str, Any] = {"sets": {}, "attacks": {}}
     for name, data in found.items():
         s = data["summary"]
@@ -122,7 +128,7 @@ def attack_sets(classifier: Callable[[list[str]], Any], texts: Sequence[str], la
                         "success_rate": s["success_rate"], "words_changed": s["words_changed"],
                         "queries": s["queries"], "attacked": float(s["attacked"]), "skipped": float(s["skipped"])},
             "scores": {"correct": [float(r["status"] == "failed") for r in data["results"]]}}
-        out["attacks"][name] = {"summary": s, "results": [
+        out["attacks"][name] = {"summary": s, "cpu_seconds": cpu[name], "results": [
             {k: r[k] for k in ("status", "words_changed", "num_words", "queries", "perturbed_text")}
             for r in data["results"]]}
     return out
