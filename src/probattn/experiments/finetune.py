@@ -200,7 +200,7 @@ class FinetuneStudy(CompareStudy):
                    "words." if options["recipes"] else " No attacks.")
         return (f"{model} fine-tuned end to end, every variant acting on the model's own attention layers "
                 f"(alignment: CT on every layer, λ = {config.alignment_weight}; repulsive: SVGD on layer 0's "
-                f"Q/K/V, the released ELECTRA layout). " + super().describe(prepared, options).split("; ", 1)[1]
+                f"Q/K/V, the released ELECTRA layout). " + super().describe(prepared, options).split("; ", 1)[-1]
                 + attacks)
 
     def baselines(self, prepared: dict[str, Any], options: dict[str, Any], split: Split, *,
