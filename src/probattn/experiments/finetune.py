@@ -39,7 +39,7 @@ __all__ = ["ATTACK_RECIPES", "BASE", "CLAIMS", "DEFAULT_VARIANTS", "STUDY", "VAR
            "add_arguments", "attack_sets", "finetune_config", "run"]
 
 BASE: dict[str, Any] = {"model": "minilm", "max_length": 64, "batch_size": 16, "lr": 5e-5, "warmup_steps": 30,
-                        "max_steps": 400, "dropout": 0.1, "alignment_weight": 0.01}
+                        "max_steps": 250, "dropout": 0.1, "alignment_weight": 0.01}
 SELECTION = {"eval_every": 50, "patience": 3}  # a validation pass of MiniLM costs ~10 training steps on a CPU
 VARIANTS: dict[str, dict[str, Any]] = {
     "softmax": {"normalization": "softmax"},
@@ -198,10 +198,10 @@ class FinetuneStudy(CompareStudy):
         attacks = (f" Attacks: {', '.join(options['recipes'])} on a fixed random subset of "
                    f"{options['attack_examples'] or 'all'} test texts, the same for every model and the bag of "
                    "words." if options["recipes"] else " No attacks.")
+        rest = super().describe(prepared, options).split("; ", 1)[-1]
         return (f"{model} fine-tuned end to end, every variant acting on the model's own attention layers "
                 f"(alignment: CT on every layer, λ = {config.alignment_weight}; repulsive: SVGD on layer 0's "
-                f"Q/K/V, the released ELECTRA layout). " + super().describe(prepared, options).split("; ", 1)[-1]
-                + attacks)
+                f"Q/K/V, the released ELECTRA layout). " + rest[:1].upper() + rest[1:] + attacks)
 
     def baselines(self, prepared: dict[str, Any], options: dict[str, Any], split: Split, *,
                   log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
