@@ -157,15 +157,16 @@ def _write_manifest(root: Path, manifest: dict[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def _locked(root: Path) -> Iterator[dict[str, Any]]:
+def _locked(root: Path, *, write_back: bool = True) -> Iterator[dict[str, Any]]:
     """The manifest of ``root``, read under an exclusive lock (processes writing into one folder) and written
-    back atomically when the block ends without an error."""
+    back atomically when the block ends without an error (unless ``write_back`` is False)."""
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)  # the folder itself is the lock: no lock file left behind
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         manifest = _read_manifest(root)
         yield manifest
-        _write_manifest(root, manifest)
+        if write_back:
+            _write_manifest(root, manifest)
     finally:
         os.close(fd)  # (releases the lock)
 
@@ -259,7 +260,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
         _replace_with(path, write)
         return path
     relative = _relative(root, path)
-    with _locked(root) as manifest:
+    with _locked(root, write_back=False) as manifest:  # (the record is written once, before the file appears)
         if (path.exists() or path.is_symlink()) and not _owned(manifest, relative):
             raise OutputFolderError(f"{path}: a file that probattn did not write is in the way; probattn never "
                                     f"replaces such a file (not even with --overwrite): move it away or choose "
@@ -380,7 +381,7 @@ def claim_output_dir(path: str | Path, *, command: str, overwrite: bool = False,
     ``log`` (default: stderr) reports. A link as the folder is refused (:class:`UnsafeWriteError`).
     """
     root = Path(os.path.abspath(path))
-    say = log or (lambda message: print(f"{command}: {message}", file=sys.stderr, flush=True))
+    say = log or (lambda message: print(f"probattn: {message}", file=sys.stderr, flush=True))
     if root.is_symlink():
         raise UnsafeWriteError(f"--output {path} is a symbolic link (to {os.readlink(root)}); probattn never writes "
                                f"through a link: pass the real folder")

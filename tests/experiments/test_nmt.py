@@ -140,7 +140,7 @@ def test_parallel_processes_into_one_folder_give_the_sequential_table(tmp_path, 
     sequential, parallel = tmp_path / "sequential", tmp_path / "parallel"
     assert main([*PARALLEL, "--seeds", "0", "1", "--output", str(sequential)]) == 0
     assert main([*PARALLEL, "--seeds", "0", "1", "--output", str(parallel), "--prepare-only"]) == 0
-    assert sorted(p.name for p in parallel.iterdir()) == ["prepared.json", "tokenizer.json"]
+    assert sorted(p.name for p in parallel.iterdir()) == ["prepared.json", "probattn-output.json", "tokenizer.json"]
     env = {**os.environ, "PYTHONPATH": str(Path(probattn.__file__).parents[1]), "OMP_NUM_THREADS": "1"}
     workers = [subprocess.Popen([sys.executable, "-m", "probattn", *PARALLEL, "--seeds", seed, "--output",
                                  str(parallel), "--resume", "--no-report"], env=env, stdout=subprocess.PIPE,
@@ -162,6 +162,10 @@ def test_parallel_processes_into_one_folder_give_the_sequential_table(tmp_path, 
     assert _table_without_timing((parallel / "results.md").read_text()) == _table_without_timing(
         (sequential / "results.md").read_text())
     assert (parallel / "val_bleu.png").is_file()
+    from probattn.io import MANIFEST
+
+    recorded = json.loads((parallel / MANIFEST).read_text())["files"]  # every process's files, none lost
+    assert {f"runs/{v}-seed{s}.json" for v in ("softmax", "svgd") for s in (0, 1)} <= set(recorded)
 
     # a report over runs that are not all finished names the missing ones and tables the others
     assert main([*PARALLEL, "--seeds", "0", "1", "2", "--output", str(parallel), "--resume", "--report-only"]) == 0

@@ -283,3 +283,14 @@ def test_repulsive_preset_is_checked(small_config):
         small_config.replace(repulsive="svgd", repulsive_preset="nope")
     with pytest.raises(ValueError, match="needs --repulsive svgd or spos"):
         small_config.replace(repulsive_preset="electra_small")
+
+
+def test_a_regularizer_that_makes_nan_is_named_at_that_step(small_config, monkeypatch):
+    """Issue 23 item 9: the step the rewrite makes NaN stops with the regularizer's name, before the update."""
+    from probattn.repulsive import heads
+
+    real = heads.fused_svgd
+    monkeypatch.setattr(heads, "fused_svgd", lambda *a, **kw: real(*a, **kw) * float("nan"))
+    with pytest.raises(NonFiniteError, match=r"step 1: non-finite repulsive update \(RepulsiveHeads\(svgd\) produced "
+                                             r"a non-finite gradient in .* from finite weights and gradients"):
+        train(small_config.replace(repulsive="svgd"), progress=False)

@@ -42,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default=None, help="directory for the adapted model and adapt.json")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the files probattn wrote in --output (never other files)")
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow a --model folder whose config "
+                        "names Python classes of its own (auto_map): runs the .py files in that folder (default: "
+                        "refuse such folders)")
 
 
 def _texts(data: str, held_out: int) -> tuple[list[str], list[str]]:
@@ -80,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
         out = claim_output_dir(args.output, command="probattn adapt", overwrite=args.overwrite,
                                will_write=("adapt.json", "config.json", "model.safetensors"))
     train_texts, held = _texts(args.data, args.held_out)
-    reference, tokenizer = load_model(args.model, task="encoder")
+    reference, tokenizer = load_model(args.model, task="encoder",
+                                      trust_remote_code=getattr(args, "trust_remote_code", False))
     if tokenizer is None:
         raise ValueError(f"--model {args.model}: the directory holds no tokenizer")
     model = copy.deepcopy(reference)

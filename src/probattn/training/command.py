@@ -58,7 +58,9 @@ _OPTIONS: list[tuple[str, type, str]] = [
     ("device", str, "auto (default), cpu or cuda[:N]"),
 ]
 _SWITCHES = [("resume", "continue the run in --output from its checkpoint"),
-             ("overwrite", "replace a finished run in --output")]
+             ("overwrite", "replace a finished run in --output"),
+             ("trust_remote_code", "allow a Hugging Face --model folder whose config names Python classes of its "
+                                   "own (auto_map): runs the .py files in that folder (default: refuse it)")]
 
 
 def _default_text(name: str) -> str:
@@ -79,7 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=argparse.SUPPRESS,
                             help=f"{text} ({_default_text(name)})")
     for name, text in _SWITCHES:
-        parser.add_argument("--" + name, dest=name, action="store_true", default=argparse.SUPPRESS, help=text)
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, action="store_true", default=argparse.SUPPRESS,
+                            help=text)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
 

@@ -27,7 +27,7 @@ FLOAT_FIELDS = frozenset({"hybrid_alpha", "alignment_weight", "repulsive_alpha",
 
 # Fields that may change between a run and its --resume without changing what is computed.
 RESUME_SAFE_FIELDS = frozenset({"output", "resume", "overwrite", "checkpoint_every", "ood", "eval_batch_size",
-                                "device"})
+                                "device", "trust_remote_code"})
 
 
 def is_hf_directory(model: str) -> bool:
@@ -81,6 +81,8 @@ class TrainConfig:
     resume: bool = False
     overwrite: bool = False
     device: str = "auto"
+    # a Hugging Face --model folder whose config names its own Python classes (auto_map) runs them only with this
+    trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
         self.validate()

@@ -306,7 +306,10 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
                         guard.fail("forward pass", str(exc))
                     raise
                 task = F.cross_entropy(logits.float(), labels[index].to(ctx.device))
-                align = alignment_loss(model, distance_batch=0)[0] if config.alignment else task.new_zeros(())
+                try:  # a regularizer that makes NaN says so itself (FloatingPointError naming it and its layer)
+                    align = alignment_loss(model, distance_batch=0)[0] if config.alignment else task.new_zeros(())
+                except FloatingPointError as exc:
+                    guard.fail("alignment term", str(exc))
                 ((task + align) / grad_accum).backward()
             sums += torch.stack([task.detach(), align.detach()]).double() / grad_accum
         sums = ctx.all_reduce_mean(sums).cpu()
@@ -317,7 +320,10 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
             nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         torch.manual_seed(D.seed_for(config.seed, step, -1))
         lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
+        try:
+            optimizer.step()  # RepulsiveHeads rewrites the gradients inside it (and names itself if it makes NaN)
+        except FloatingPointError as exc:
+            guard.fail("repulsive update", str(exc))
         guard.tensors("parameters after the optimizer update", params)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)

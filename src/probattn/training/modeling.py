@@ -75,7 +75,8 @@ def _hf_directory(config: TrainConfig, num_labels: int) -> tuple[nn.Module, Any]
     """A local Hugging Face model directory with a fresh sequence-classification head, converted."""
     from probattn.hf import convert, load_model
 
-    model, tokenizer = load_model(config.model, task="classification", num_labels=num_labels)
+    model, tokenizer = load_model(config.model, task="classification", num_labels=num_labels,
+                                  trust_remote_code=config.trust_remote_code)
     if tokenizer is None:
         raise ValueError(f"--model {config.model}: the directory holds no tokenizer (tokenizer.json / vocab.txt); "
                          "probattn train needs one to encode the texts")
@@ -182,14 +183,18 @@ def inference_state_dict(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().cpu() for k, v in strip_alignment_state(model.state_dict()).items()}
 
 
-def load_trained(path: str | Path) -> tuple[nn.Module, Encoder, tuple[str, ...]]:
+def load_trained(path: str | Path, *, trust_remote_code: bool = False) -> tuple[nn.Module, Encoder, tuple[str, ...]]:
     """``(model in eval mode, encoder, label_names)`` from a run directory (or its ``model.json`` /
     ``model.safetensors``). Nothing is unpickled (a legacy ``model.pt`` is refused with a
     :class:`~probattn.training.checkpoint.CheckpointError`), and the model must be the finished model of one run:
     ``metrics.json`` (written last) records the run id and the sha256 of ``model.safetensors`` and ``model.json``;
     a missing record (a run killed while it replaced an earlier one), another run's files or a changed file
     (labels, vocabulary, options in ``model.json``; flipped bits in the weights) is a ``CheckpointError`` naming
-    the file. A model saved by probattn 0.2 (no record) loads with a warning that ``model.json`` is unchecked."""
+    the file. A model saved by probattn 0.2 (no record) loads with a warning that ``model.json`` is unchecked.
+
+    A run that fine-tuned a Hugging Face folder rebuilds the model from that folder: one whose config names its
+    own Python classes (``auto_map``) is refused unless ``trust_remote_code`` (what the run was trained with is
+    not reused: the decision is the caller's, each time)."""
     from safetensors import SafetensorError
     from safetensors.torch import load as safetensors_load
 
@@ -240,7 +245,8 @@ def load_trained(path: str | Path) -> tuple[nn.Module, Encoder, tuple[str, ...]]
         if record is not None:
             read_verified(folder / MODEL, str(record["sha256"].get(MODEL)), what="saved model")
         state_dict = safetensors_load(weights)
-        config = TrainConfig.from_dict(info["config"], source=str(info_file)).replace(alignment=None)  # inference
+        config = TrainConfig.from_dict(info["config"], source=str(info_file)).replace(
+            alignment=None, trust_remote_code=trust_remote_code)  # inference
         labels = tuple(info["label_names"])
         tokenizer_state = info["tokenizer"]
     except CheckpointError as exc:

@@ -59,9 +59,18 @@ def prepare_output(config: TrainConfig, ctx: Distributed) -> Path | None:
                          f"or --overwrite to start over")
     if config.resume and not find_checkpoints(out) and (out / LEGACY_CHECKPOINT).is_file():
         load_checkpoint(out)  # the clear "old pickle format" refusal (nothing is unpickled)
-    if ctx.is_main:
-        safe_io.claim_output_dir(out, command="probattn train", overwrite=config.overwrite, resume=config.resume,
-                                 will_write=RUN_FILES)
+    refused: Exception | None = None
+    if ctx.is_main:  # one process claims (and with --overwrite clears) the folder; the others hear the verdict
+        try:
+            safe_io.claim_output_dir(out, command="probattn train", overwrite=config.overwrite,
+                                     resume=config.resume, will_write=RUN_FILES)
+        except (safe_io.OutputFolderError, OSError) as exc:
+            refused = exc
+    message = ctx.broadcast_object(None if refused is None else str(refused))
+    if refused is not None:
+        raise refused
+    if message is not None:
+        raise safe_io.OutputFolderError(message)
     ctx.barrier()
     return out
 
