@@ -194,3 +194,12 @@ def test_the_data_extra_requires_a_fixed_pyarrow():
 
     extras = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
     assert "pyarrow>=14.0.1" in extras["project"]["optional-dependencies"]["data"]
+
+
+def test_a_group_column_keeps_its_values(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("text,label,speaker\na,x,ann\nb,y,bob\nc,x,ann\n")
+    data = load_file(path, text_column="text", label_column="label", group_column="speaker")
+    assert data.groups == ["ann", "bob", "ann"]
+    with pytest.raises(ValueError, match="--group-column 'who' is not a column"):
+        load_file(path, text_column="text", label_column="label", group_column="who")

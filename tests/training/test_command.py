@@ -122,3 +122,12 @@ def test_train_a_local_hugging_face_directory(tmp_path, sample_csv, capsys):
     assert json.loads((tmp_path / "out" / "config.json").read_text())["model"] == str(model_dir)
     code, _, err = run(["--model", str(tmp_path / "nowhere"), *FAST], capsys)
     assert code == 2 and "or a local Hugging Face model directory (with config.json)" in err
+
+
+def test_train_reaches_what_it_reports_from_below_the_experiments():
+    """`train` and the study runner share the metrics and figures it reports; training does not import experiments."""
+    import inspect
+
+    import probattn.training.command as command
+
+    assert "probattn.experiments" not in inspect.getsource(command)

@@ -285,6 +285,8 @@ def test_repulsive_preset_is_checked(small_config):
         small_config.replace(repulsive_preset="electra_small")
 
 
+
+
 def test_a_regularizer_that_makes_nan_is_named_at_that_step(small_config, monkeypatch):
     """Issue 23 item 9: the step the rewrite makes NaN stops with the regularizer's name, before the update."""
     from probattn.repulsive import heads

@@ -41,7 +41,8 @@ def _pyplot():
 
 def per_layer_figure(runs: Sequence[dict[str, Any]], variants: Sequence[str], metrics: dict[str, str],
                      path: Path) -> Path:
-    """One panel per metric (``{key in run["per_layer"]: axis label}``): value per layer, mean ± std over seeds."""
+    """One panel per metric (``{key in run["per_layer"]: axis label}``): value per layer, mean ± std over seeds (the
+    bars stop at 0: these quantities are non-negative); the legend sits below the panels."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.2), squeeze=False)
     for ax, (key, label) in zip(axes[0], metrics.items()):
@@ -51,13 +52,19 @@ def per_layer_figure(runs: Sequence[dict[str, Any]], variants: Sequence[str], me
                 continue
             values = np.asarray(series, dtype=float)  # (seeds, layers)
             layers = np.arange(values.shape[1])
-            std = values.std(0, ddof=1) if len(values) > 1 else None
-            ax.errorbar(layers, values.mean(0), yerr=std, marker="o", capsize=3, label=variant)
+            mean = values.mean(0)
+            std = values.std(0, ddof=1) if len(values) > 1 else np.zeros_like(mean)
+            ax.errorbar(layers, mean, yerr=np.vstack([np.minimum(std, np.maximum(mean, 0)), std]), marker="o",
+                        capsize=3, label=variant)
         ax.set_xlabel("layer")
         ax.set_ylabel(label)
         ax.set_xticks(range(max((len(r["per_layer"].get(key, [])) for r in runs), default=0)))
-    axes[0, 0].legend(fontsize=8)
-    fig.tight_layout()
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), fontsize=8, frameon=False)
+        fig.tight_layout(rect=(0, 0.1, 1, 1))
+    else:
+        fig.tight_layout()
     return _save(fig, path)
 
 
