@@ -127,6 +127,15 @@ def test_bad_jsonl_line_is_named_by_number(tmp_path):
         load_file(bad, text_column="t", label_column="y")
 
 
+def test_a_group_column_keeps_its_values(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("text,label,speaker\na,x,ann\nb,y,bob\nc,x,ann\n")
+    data = load_file(path, text_column="text", label_column="label", group_column="speaker")
+    assert data.groups == ["ann", "bob", "ann"]
+    with pytest.raises(ValueError, match="--group-column 'who' is not a column"):
+        load_file(path, text_column="text", label_column="label", group_column="who")
+
+
 def test_parquet_with_an_extension_type_is_refused_before_its_deserializer_runs(tmp_path):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq
@@ -194,12 +203,3 @@ def test_the_data_extra_requires_a_fixed_pyarrow():
 
     extras = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
     assert "pyarrow>=14.0.1" in extras["project"]["optional-dependencies"]["data"]
-
-
-def test_a_group_column_keeps_its_values(tmp_path):
-    path = tmp_path / "d.csv"
-    path.write_text("text,label,speaker\na,x,ann\nb,y,bob\nc,x,ann\n")
-    data = load_file(path, text_column="text", label_column="label", group_column="speaker")
-    assert data.groups == ["ann", "bob", "ann"]
-    with pytest.raises(ValueError, match="--group-column 'who' is not a column"):
-        load_file(path, text_column="text", label_column="label", group_column="who")
