@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("probattn.training.command", "train one model on real data (or your own CSV/JSONL/Parquet)"),
     "compare": ("probattn.experiments.compare", "train and compare attention variants over seeds (the main job)"),
     "experiment": ("probattn.experiments.command", "run one of the papers' experiments at CPU scale"),
+    "attack": ("probattn.attacks.command", "attack a trained classifier with PWWS and DeepWordBug (offline)"),
     "diagnose": ("probattn.report.diagnose", "measure head collapse, explaining away, misalignment, calibration"),
     "bench": ("probattn.benchmarking", "time attention variants against SDPA"),
     "adapt": ("probattn.hf.adapt_command", "convert a pretrained encoder and distil it back toward the original"),

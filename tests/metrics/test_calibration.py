@@ -57,3 +57,13 @@ def test_bad_input():
         CalibrationAccumulator().result()
     with pytest.raises(ValueError, match="n_bins"):
         CalibrationAccumulator(0)
+
+
+def test_measure_probabilities_reports_ece_with_10_and_15_bins_hand_checked():
+    from probattn.metrics.calibration import measure_probabilities
+
+    # confidences 0.52 (right) and 0.58 (wrong): one 10-bin bin [0.5, 0.6) -> |0.5 - 0.55| = 0.05;
+    # 15 bins split them at 0.5333 -> (0.48 + 0.58) / 2 = 0.53
+    found = measure_probabilities([[0.48, 0.52], [0.42, 0.58]], [1, 0])["metrics"]
+    assert found["ece10"] == pytest.approx(0.05, abs=1e-6)
+    assert found["ece"] == pytest.approx(0.53, abs=1e-6)

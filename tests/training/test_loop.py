@@ -263,6 +263,30 @@ def test_model_selection_keeps_the_best_validation_checkpoint(small_config, caps
     assert "11 epochs: the best validation checkpoint is kept" in capsys.readouterr().err
 
 
+def test_repulsive_preset_rewrites_only_its_layers(small_config):
+    """--repulsive-preset electra_small: SVGD on the first attention layer only (the released ELECTRA layout)."""
+    config = small_config.replace(num_layers=2, max_steps=1, dropout=0.0, max_grad_norm=0.0)  # one step, no clipping
+    plain = train(config, progress=False).model
+    preset = train(config.replace(repulsive="svgd", repulsive_preset="electra_small"), progress=False).model
+    everywhere = train(config.replace(repulsive="svgd"), progress=False).model
+    a, b, c = params(plain), params(preset), params(everywhere)
+    first = [k for k in a if ".0." in k and "in_proj_weight" in k]
+    second = [k for k in a if ".1." in k and "in_proj_weight" in k]
+    assert first and second
+    assert all(torch.equal(a[k], b[k]) for k in second)  # layer 1 untouched by the preset
+    assert any(not torch.equal(a[k], b[k]) for k in first)  # layer 0 repelled
+    assert any(not torch.equal(a[k], c[k]) for k in second)  # without the preset every layer is
+
+
+def test_repulsive_preset_is_checked(small_config):
+    with pytest.raises(ValueError, match="--repulsive-preset 'nope': choose one of"):
+        small_config.replace(repulsive="svgd", repulsive_preset="nope")
+    with pytest.raises(ValueError, match="needs --repulsive svgd or spos"):
+        small_config.replace(repulsive_preset="electra_small")
+
+
+
+
 def test_a_regularizer_that_makes_nan_is_named_at_that_step(small_config, monkeypatch):
     """Issue 23 item 9: the step the rewrite makes NaN stops with the regularizer's name, before the update."""
     from probattn.repulsive import heads

@@ -21,7 +21,7 @@ import numpy as np
 from probattn.data import DataSplits, TextClassificationData
 from probattn.metrics.calibration import measure_probabilities
 
-__all__ = ["BASELINES", "majority", "measure_probabilities", "run_baselines"]
+__all__ = ["BASELINES", "fit_bag_of_words", "majority", "measure_probabilities", "run_baselines"]
 
 C_GRID = (0.1, 1.0, 10.0)
 
@@ -57,15 +57,22 @@ def _logistic(train_x, train_y, val_x, val_y):
     return best[1]
 
 
-def bag_of_words(splits: DataSplits, ood: TextClassificationData | None) -> dict[str, Any]:
-    """TF-IDF word 1-2-grams + logistic regression (``C`` chosen on validation)."""
+def fit_bag_of_words(splits: DataSplits) -> Callable[[list[str]], np.ndarray]:
+    """TF-IDF word 1-2-grams + logistic regression (``C`` chosen on validation), fitted: ``texts -> (N, C)``
+    probabilities (what ``experiment finetune`` attacks)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
     train_x = vectorizer.fit_transform(splits.train.texts)
     model = _logistic(train_x, splits.train.labels, vectorizer.transform(splits.validation.texts),
                       splits.validation.labels)
-    return _record(lambda data: model.predict_proba(vectorizer.transform(data.texts)), splits.test, ood)
+    return lambda texts: model.predict_proba(vectorizer.transform(list(texts)))
+
+
+def bag_of_words(splits: DataSplits, ood: TextClassificationData | None) -> dict[str, Any]:
+    """TF-IDF word 1-2-grams + logistic regression (``C`` chosen on validation)."""
+    predict = fit_bag_of_words(splits)
+    return _record(lambda data: predict(data.texts), splits.test, ood)
 
 
 def frozen_minilm(splits: DataSplits, ood: TextClassificationData | None, *, max_length: int,

@@ -5,6 +5,8 @@
 * ``alignment``: MiniLM fine-tuned on Rotten Tomatoes, baseline vs alignment (CT, GAN), tested on Amazon.
 * ``nmt``: Transformer translation Spanish -> English on the verse-aligned Bible (held-out books): softmax vs
   repulsive (SVGD, SPOS) vs doubly-normalized encoder vs alignment.
+* ``finetune``: the papers' own setting: a pretrained encoder fine-tuned with each variant acting on its own
+  attention layers; in domain, out of domain, calibration (ECE 10 and 15 bins) and PWWS / DeepWordBug attacks.
 * ``graph``: node classification on the WordNet noun graph: softmax / doubly / hybrid / repulsive / aligned
   graph attention, with an MLP and the majority class as baselines.
 
@@ -24,6 +26,8 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
     "nmt": ("probattn.experiments.nmt", "Transformer es->en on the Bible (held-out books): softmax vs SVGD/SPOS "
                                        "vs doubly encoder vs alignment"),
     "graph": ("probattn.experiments.graph", "WordNet noun graph node classification: graph attention variants"),
+    "finetune": ("probattn.experiments.finetune", "the papers' setting: MiniLM fine-tuned with each variant on its "
+                                                  "own layers; in domain, out of domain, calibration, attacks"),
 }
 
 

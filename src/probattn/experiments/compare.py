@@ -142,8 +142,13 @@ def peak_memory(device: torch.device) -> Iterator[dict[str, float]]:
 
 
 def train_and_measure(config, splits, ood, *, log: Callable[[str], None] | None = None, progress: bool = False,
-                      desc: str | None = None) -> dict[str, Any]:
-    """Train one run on ``splits`` and measure it; returns the runner's run record."""
+                      desc: str | None = None, extra: Callable[[Any], dict[str, Any]] | None = None
+                      ) -> dict[str, Any]:
+    """Train one run on ``splits`` and measure it; returns the runner's run record.
+
+    ``extra(result)`` (the trained :class:`probattn.training.RunResult`, model in eval mode) may measure more
+    (``experiment finetune``: attacks): its ``"sets"`` and ``"metrics"`` join the record's, its other keys join
+    the record."""
     from probattn.experiments.diagnostics import collect_layer_statistics, layer_metrics
     from probattn.metrics.calibration import measure_probabilities
     from probattn.training import train
@@ -166,6 +171,11 @@ def train_and_measure(config, splits, ood, *, log: Callable[[str], None] | None 
         finite = [v for v in values if math.isfinite(v)]
         metrics[key] = sum(finite) / len(finite) if finite else math.nan
     train_info = result.metrics["train"]
+    if extra is not None:
+        more = dict(extra(result))
+        metrics.update(more.pop("metrics", {}))
+        record["sets"].update(more.pop("sets", {}))
+        record.update(more)
     return {"metrics": metrics, **record, "per_layer": per_layer, "config": config.to_dict(),
             "epochs": train_info["epochs"], "steps_trained": train_info["steps_trained"],
             "selection": train_info["selection"], "final_loss": train_info["final_loss"]}

@@ -110,7 +110,7 @@ def calibration(probs: Tensor, labels: Tensor, *, n_bins: int = 15) -> Calibrati
 def measure_probabilities(probs: object, labels: object, suffix: str | None = None) -> dict:
     """Everything a study and ``probattn train`` report about predicted probabilities ``(N, C)``.
 
-    Returns ``{"metrics": {accuracy, ece, nll, brier}, "correct": [0/1 per example], "scores": {"correct",
+    Returns ``{"metrics": {accuracy, ece (15 bins), nll, brier, ece10 (10 bins, as the alignment paper)}, "correct": [0/1 per example], "scores": {"correct",
     "nll", "brier"}: one float per example (their means are the metrics; ECE is a set-level quantity), and
     "reliability": the bins}``. With ``suffix`` the metric keys are ``accuracy_<suffix>`` etc. (0.2.0 names).
     """
@@ -125,7 +125,7 @@ def measure_probabilities(probs: object, labels: object, suffix: str | None = No
     correct = (p.argmax(1) == y).int()
     tail = f"_{suffix}" if suffix else ""
     metrics = {f"accuracy{tail}": result.accuracy, f"ece{tail}": result.ece, f"nll{tail}": result.nll,
-               f"brier{tail}": result.brier}
+               f"brier{tail}": result.brier, f"ece10{tail}": calibration(p, y, n_bins=10).ece}
     bins = {k: getattr(result, k) for k in ("bin_edges", "bin_confidence", "bin_accuracy", "bin_count")}
     return {"metrics": metrics, "correct": correct.tolist(),
             "scores": {"correct": correct.double().tolist(), "nll": nll.tolist(), "brier": brier.tolist()},

@@ -27,6 +27,8 @@ _OPTIONS: list[tuple[str, type, str]] = [
     ("alignment_weight", float, "lambda of the alignment term (default 0.01)"),
     ("repulsive", str, f"repulsive heads: {', '.join(REPULSIVE_METHODS)} (default off)"),
     ("repulsive_alpha", float, "repulsion weight alpha (default 0.01)"),
+    ("repulsive_preset", str, "repulsive hyper-parameters of a released run (alpha, stepsize, layers; "
+                              "--repulsive-alpha is then unused), e.g. electra_small: layer 0's Q/K/V only"),
     ("embed_dim", int, "tiny / self-attentive: width"),
     ("num_heads", int, "tiny: attention heads; self-attentive: hops"),
     ("num_layers", int, "tiny: encoder layers"),

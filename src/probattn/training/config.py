@@ -49,6 +49,7 @@ class TrainConfig:
     alignment_weight: float = 0.01
     repulsive: str | None = None
     repulsive_alpha: float = 0.01
+    repulsive_preset: str | None = None  # a probattn.repulsive.PRESETS name: its alpha, stepsize, layers
     embed_dim: int = 64
     num_heads: int = 4
     num_layers: int = 2
@@ -102,6 +103,12 @@ class TrainConfig:
         need(self.alignment is None or self.alignment in VARIANTS, "alignment", f"choose one of {', '.join(VARIANTS)}")
         need(self.repulsive is None or self.repulsive in REPULSIVE_METHODS, "repulsive",
              f"choose one of {', '.join(REPULSIVE_METHODS)}")
+        from probattn.repulsive import PRESETS as REPULSIVE_PRESETS
+
+        need(self.repulsive_preset is None or self.repulsive_preset in REPULSIVE_PRESETS, "repulsive_preset",
+             f"choose one of {', '.join(REPULSIVE_PRESETS)}")
+        need(self.repulsive_preset is None or self.repulsive is not None, "repulsive_preset",
+             "needs --repulsive svgd or spos")
         for name in ("alignment_weight", "repulsive_alpha", "lr", "weight_decay", "max_grad_norm", "dropout"):
             value = getattr(self, name)
             if name == "lr" and value is None:

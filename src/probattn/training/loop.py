@@ -228,8 +228,13 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
     guard = _Guard()
     repulsive = None
     if config.repulsive:
-        repulsive = RepulsiveHeads(model, method=config.repulsive, alpha=config.repulsive_alpha, seed=config.seed,
-                                   max_grad_norm=config.max_grad_norm or None).attach(optimizer)
+        if config.repulsive_preset:  # the released run's alpha, stepsize and layers
+            repulsive = RepulsiveHeads.from_preset(model, config.repulsive_preset, method=config.repulsive,
+                                                   seed=config.seed, max_grad_norm=config.max_grad_norm or None)
+        else:
+            repulsive = RepulsiveHeads(model, method=config.repulsive, alpha=config.repulsive_alpha,
+                                       seed=config.seed, max_grad_norm=config.max_grad_norm or None)
+        repulsive.attach(optimizer)
         optimizer.register_step_pre_hook(lambda *_: guard.gradients("repulsive update (rewritten gradients)",
                                                                      params))
 
