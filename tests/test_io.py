@@ -140,6 +140,20 @@ def test_resume_adopts_a_run_written_before_manifests(tmp_path, capsys):
     assert (old / "results.md").read_text() == "# new"
 
 
+def test_resume_adopts_only_what_probattn_0_2_wrote(tmp_path):
+    old = tmp_path / "old"
+    (old / "runs").mkdir(parents=True)
+    (old / "runs" / "softmax-seed0.json").write_text("{}")
+    (old / "results.md").write_text("# old")
+    (old / "notes.txt").write_text("mine")
+    with pytest.raises(OutputFolderError, match=r"holds 1 file\(s\) that probattn did not write \(notes.txt\)"):
+        claim_output_dir(old, command="probattn test", resume=True)
+    claim_output_dir(old, command="probattn test", resume=True, overwrite=True)  # writes beside the user's file
+    claim_output_dir(old, command="probattn test", overwrite=True)  # deletes the adopted run, never notes.txt
+    assert (old / "notes.txt").read_text() == "mine"
+    assert not (old / "results.md").exists() and not (old / "runs" / "softmax-seed0.json").exists()
+
+
 def test_checkpoint_directories_are_recorded_and_pruned(tmp_path):
     from probattn.training.checkpoint import find_checkpoints, save_checkpoint
 

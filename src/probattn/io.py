@@ -373,6 +373,20 @@ def _listing(names: list[str], limit: int = 5) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
+# What probattn 0.2 wrote into an output folder (read from its source): only these are adopted by --resume, so a
+# user's own file beside an old run (notes.txt, data.csv) stays foreign and is never deleted by a later --overwrite.
+_LEGACY_DIRS = ("checkpoint-", "checkpoints/", "runs/", "states/", "figures/")
+_LEGACY_SUFFIXES = (".json", ".png", ".safetensors")
+_LEGACY_NAMES = frozenset({"results.md", "report.md", "report.html", "vocab.txt"})
+
+
+def _legacy_output(name: str) -> bool:
+    """Whether ``name`` (relative, posix) is a file probattn 0.2 may have written."""
+    if name.startswith(_LEGACY_DIRS):
+        return True
+    return "/" not in name and (name in _LEGACY_NAMES or name.endswith(_LEGACY_SUFFIXES))
+
+
 def _legacy_run(root: Path) -> bool:
     """Whether a folder without a manifest holds a run of probattn 0.2 (a checkpoint or saved run records)."""
     return any(root.glob("checkpoint-*/manifest.json")) or any(root.glob("**/checkpoint-*/manifest.json")) \
@@ -410,8 +424,9 @@ def claim_output_dir(path: str | Path, *, command: str, overwrite: bool = False,
         manifest = _empty_manifest(command)
         present = _entries(root)
         if present and resume and _legacy_run(root):
-            manifest["files"] = {name: {"sha256": None, "bytes": None} for name in present}
-            say(f"{path} holds a run written before probattn recorded its files; adopting its {len(present)} "
+            adopted = [name for name in present if _legacy_output(name) and not Path(root, name).is_symlink()]
+            manifest["files"] = {name: {"sha256": None, "bytes": None} for name in adopted}
+            say(f"{path} holds a run written before probattn recorded its files; adopting its {len(adopted)} "
                 f"files as probattn's ({MANIFEST})")
         _check_claim(path, manifest, present, overwrite, will_write)
         try:
