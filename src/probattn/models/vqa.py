@@ -150,6 +150,7 @@ class _CNN(nn.Module):
         self.convs = nn.ModuleList(nn.Conv2d(widths[i], widths[i + 1], 3, stride=2, padding=1) for i in range(layers))
 
     def forward(self, x: Tensor) -> Tensor:
+        x = 2.0 * x - 1.0  # [0, 1] -> [-1, 1]
         for conv in self.convs:
             x = F.relu(conv(x))
         return x.flatten(2).transpose(1, 2)
