@@ -85,3 +85,33 @@ def test_mean_interval_is_the_student_t_interval():
     assert one[0] == 0.5 and math.isnan(one[1]) and math.isnan(one[2])
     with pytest.raises(ValueError, match="values contains NaN"):
         mean_interval([0.5, math.nan])
+
+
+def test_holm_against_the_step_down_definition():
+    from probattn.metrics import holm
+
+    p = [0.04, 0.001, 0.03, 0.2]
+    # sorted 0.001, 0.03, 0.04, 0.2 -> 4*0.001, max(., 3*0.03), max(., 2*0.04), max(., 1*0.2)
+    assert holm(p) == pytest.approx([0.09, 0.004, 0.09, 0.2])
+    with pytest.raises(ValueError, match="p-values must lie in"):
+        holm([1.5])
+
+
+def test_paired_t_test_matches_scipy():
+    from scipy.stats import ttest_1samp
+
+    from probattn.metrics import paired_t_test
+
+    d = [0.3, -0.1, 0.5, 0.2]
+    mean, low, high, p = paired_t_test(d)
+    assert p == pytest.approx(ttest_1samp(d, 0).pvalue) and low < mean < high
+    assert paired_t_test([0.0, 0.0, 0.0])[3] == 1.0
+
+
+def test_bootstrap_interval_stays_in_the_range_of_the_scores():
+    from probattn.metrics import bootstrap_interval
+
+    scores = np.zeros((2, 50))
+    scores[:, :2] = 1
+    mean, low, high = bootstrap_interval(scores, bounds=(0, 1))
+    assert mean == pytest.approx(0.04) and 0 <= low <= mean <= high <= 1

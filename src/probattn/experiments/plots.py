@@ -179,3 +179,46 @@ def cost_figure(cost, variants: Sequence[str], path: Path) -> Path:
         ax.set_title(label, fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def summary_figure(cells: dict[str, dict[str, dict[str, Any]]], variants: Sequence[str], baselines: Sequence[str],
+                   metrics: Sequence[Any], path: Path, *, title: str = "") -> Path:
+    """The runner's standard figure: one panel per metric, a bar per variant from 0 with its interval (already
+    inside the quantity's range) and each baseline as a labelled horizontal line; the legend sits below the
+    panels, so it covers no bar. ``cells[name][metric.key]``: ``{"mean", "low", "high"}``; ``metrics``:
+    :class:`probattn.experiments.runner.Metric` (``key``, ``label``, ``bounds``)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(max(3.2, 0.55 * len(variants) + 1.6) * len(metrics), 3.6),
+                             squeeze=False)
+    styles = ["--", ":", "-.", (0, (5, 1))]
+    handles: dict[str, Any] = {}
+    for ax, metric in zip(axes[0], metrics):
+        rows = [cells.get(v, {}).get(metric.key, {}) for v in variants]
+        means = np.array([r.get("mean", np.nan) for r in rows], dtype=float)
+        low = np.array([r.get("low", np.nan) for r in rows], dtype=float)
+        high = np.array([r.get("high", np.nan) for r in rows], dtype=float)
+        lo, hi = metric.bounds
+        low, high = np.clip(low, lo, hi), np.clip(high, lo, hi)
+        err = np.vstack([np.where(np.isfinite(low), np.maximum(means - low, 0), 0),
+                         np.where(np.isfinite(high), np.maximum(high - means, 0), 0)])
+        ax.bar(range(len(variants)), np.nan_to_num(means), yerr=err, capsize=3, color="tab:blue", alpha=0.8)
+        top = np.nanmax(np.concatenate([means, high, [0.0]]))
+        for i, name in enumerate(baselines):
+            value = cells.get(name, {}).get(metric.key, {}).get("mean", np.nan)
+            if value is not None and np.isfinite(value):
+                line = ax.axhline(value, color=f"C{i + 1}", ls=styles[i % len(styles)], lw=1.2)
+                handles.setdefault(name.replace(" (baseline)", ""), line)
+                top = max(top, value)
+        upper = min(hi, top * 1.08) if np.isfinite(hi) else top * 1.08
+        ax.set_ylim(lo if np.isfinite(lo) else min(0.0, np.nanmin(means)), upper if upper > 0 else 1.0)
+        ax.set_xticks(range(len(variants)), list(variants), rotation=30, fontsize=8)
+        ax.set_title(metric.label, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(4, len(handles)), fontsize=7,
+                   frameon=False)
+        fig.tight_layout(rect=(0, 0.1, 1, 1))
+    else:
+        fig.tight_layout()
+    return _save(fig, path)

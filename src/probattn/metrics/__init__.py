@@ -26,7 +26,14 @@ from probattn.metrics.graph import (
     edge_head_js_divergence,
     source_explained_away_fraction,
 )
-from probattn.metrics.significance import PairedComparison, mean_interval, paired_bootstrap
+from probattn.metrics.significance import (
+    PairedComparison,
+    bootstrap_interval,
+    holm,
+    mean_interval,
+    paired_bootstrap,
+    paired_t_test,
+)
 from probattn.metrics.streaming import AttentionStatistics, MomentAccumulator
 from probattn.metrics.uncertainty import (
     PAVPU_THRESHOLD,
@@ -47,6 +54,7 @@ __all__ = [
     "PairedComparison",
     "attention_entropy",
     "attention_sinks",
+    "bootstrap_interval",
     "calibration",
     "certainty_matches",
     "classical_mds",
@@ -57,6 +65,7 @@ __all__ = [
     "head_cka_from_covariance",
     "head_clusters",
     "head_js_divergence",
+    "holm",
     "incoming_mass",
     "lin_redundancy",
     "linear_cka",
@@ -65,6 +74,7 @@ __all__ = [
     "min_incoming_mass",
     "mmd_rbf",
     "paired_bootstrap",
+    "paired_t_test",
     "parameter_cosine_similarity",
     "pavpu",
     "predictive_entropy",

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["PairedComparison", "mean_interval", "paired_bootstrap"]
+__all__ = ["PairedComparison", "bootstrap_interval", "holm", "mean_interval", "paired_bootstrap", "paired_t_test"]
 
 VERDICTS = ("better", "worse", "no difference")
 
@@ -126,3 +126,72 @@ def mean_interval(values: object, confidence: float = 0.95) -> tuple[float, floa
 
     half = float(t.ppf(0.5 + confidence / 2, array.size - 1) * array.std(ddof=1) / math.sqrt(array.size))
     return mean, mean - half, mean + half
+
+
+def _resampled_means(scores: np.ndarray, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """Means of ``n_resamples`` hierarchical resamples of ``scores (S, N)``: S seeds and N examples, with replacement."""
+    seeds, examples = scores.shape
+    stats = np.empty(n_resamples)
+    chunk = max(1, min(n_resamples, 20_000_000 // max(examples, 1)))
+    for start in range(0, n_resamples, chunk):
+        size = min(chunk, n_resamples - start)
+        example_counts = rng.multinomial(examples, np.full(examples, 1.0 / examples), size=size)
+        seed_counts = rng.multinomial(seeds, np.full(seeds, 1.0 / seeds), size=size)
+        stats[start:start + size] = np.einsum("rs,sn,rn->r", seed_counts, scores, example_counts) / (seeds * examples)
+    return stats
+
+
+def bootstrap_interval(scores: object, *, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0,
+                       bounds: tuple[float, float] = (-math.inf, math.inf)) -> tuple[float, float, float]:
+    """Mean of per-example scores ``(S, N)`` (seeds x examples) and its percentile bootstrap interval,
+    resampling seeds and examples together: ``(mean, low, high)``.
+
+    A percentile interval of resampled means never leaves the range of the scores, so it stays inside the
+    quantity's range (accuracy in [0, 1], NLL >= 0); ``bounds`` clips it once more.
+    """
+    array = _as_scores("scores", scores)
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}")
+    stats = _resampled_means(array, n_resamples, np.random.default_rng(seed))
+    low, high = np.quantile(stats, [(1 - confidence) / 2, (1 + confidence) / 2])
+    lo, hi = bounds
+    return float(array.mean()), float(min(max(low, lo), hi)), float(min(max(high, lo), hi))
+
+
+def paired_t_test(differences: object, confidence: float = 0.95) -> tuple[float, float, float, float]:
+    """Paired t-test of per-unit differences (variant - baseline, one per seed or (seed, fold)):
+    ``(mean, low, high, two-sided p)``; NaN interval and p for fewer than two values, p = 1 when all differences
+    are 0."""
+    array = np.asarray(differences, dtype=np.float64).ravel()
+    mean, low, high = mean_interval(array, confidence)
+    if array.size < 2:
+        return mean, low, high, math.nan
+    std = array.std(ddof=1)
+    if std == 0:
+        return mean, mean, mean, (1.0 if mean == 0 else 0.0)
+    from scipy.stats import t
+
+    statistic = mean / (std / math.sqrt(array.size))
+    return mean, low, high, float(2 * t.sf(abs(statistic), array.size - 1))
+
+
+def holm(p_values: object) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (controls the family-wise error rate).
+
+    NaN entries (no test) stay NaN and do not count in the family. Adjusted values are monotone in the raw
+    ones and at most 1.
+    """
+    p = np.asarray(p_values, dtype=np.float64).ravel()
+    out = np.full(p.shape, np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    if finite.size == 0:
+        return out.tolist()
+    if ((p[finite] < 0) | (p[finite] > 1)).any():
+        raise ValueError(f"p-values must lie in [0, 1], got {p[finite].tolist()}")
+    order = finite[np.argsort(p[finite], kind="stable")]
+    m = order.size
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[index]))
+        out[index] = running
+    return out.tolist()
