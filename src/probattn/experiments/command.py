@@ -7,6 +7,8 @@
   repulsive (SVGD, SPOS) vs doubly-normalized encoder vs alignment.
 * ``graph``: node classification on the WordNet noun graph: softmax / doubly / hybrid / repulsive / aligned
   graph attention, with an MLP and the majority class as baselines.
+* ``vqa``: visual question answering on easy-VQA with an MCAN-style co-attention network: every attention
+  softmax / doubly / hybrid / repulsive / aligned; accuracy, PAvPU, clean and with noisy image features.
 
 Each experiment module has ``add_arguments(parser)`` and ``run(args) -> int`` like a top-level command.
 """
@@ -24,6 +26,8 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
     "nmt": ("probattn.experiments.nmt", "Transformer es->en on the Bible (held-out books): softmax vs SVGD/SPOS "
                                        "vs doubly encoder vs alignment"),
     "graph": ("probattn.experiments.graph", "WordNet noun graph node classification: graph attention variants"),
+    "vqa": ("probattn.experiments.vqa", "easy-VQA visual question answering, MCAN-style co-attention: softmax / "
+                                       "doubly / hybrid / repulsive / alignment, clean and noisy image features"),
 }
 
 

@@ -148,6 +148,9 @@ class _CNN(nn.Module):
         super().__init__()
         widths = [3] + [max(8, channels >> (layers - 1 - i)) for i in range(layers)]
         self.convs = nn.ModuleList(nn.Conv2d(widths[i], widths[i + 1], 3, stride=2, padding=1) for i in range(layers))
+        for conv in self.convs:  # He initialization: activations keep their scale through the ReLUs
+            nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         x = 2.0 * x - 1.0  # [0, 1] -> [-1, 1]
