@@ -341,7 +341,7 @@ class VQAStudy(Study):
         parser.add_argument("--eval-every", type=int, default=250, help="validation every N steps (default 250)")
         parser.add_argument("--patience", type=int, default=0,
                             help="stop after N validations without improvement (default 0: never)")
-        parser.add_argument("--lr", type=float, default=3e-3, help="AdamW peak learning rate (default 3e-3)")
+        parser.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate (default 1e-3)")
         parser.add_argument("--weight-decay", type=float, default=0.01)
         parser.add_argument("--embed-dim", type=int, default=64, help="model width (default 64)")
         parser.add_argument("--heads", type=int, default=4, help="attention heads (default 4)")

@@ -4,8 +4,8 @@ Networks"), small enough to train on a CPU, with every attention a :class:`proba
 Pieces (MCAN's encoder–decoder layout; post-norm residual blocks ``LayerNorm(x + dropout(f(x)))``):
 
 * **image grid features**: a small CNN trained jointly (stride-2 3×3 convolutions + ReLU, as many as take the
-  64 × 64 image to a ``grid × grid`` map) whose output cells are layer-normalized without affine parameters, so
-  every cell's feature vector has mean 0 and variance 1: :func:`add_feature_noise` adds ``N(0, σ²)`` here (the
+  64 × 64 image to a ``grid × grid`` map), normalized per image over all its cells and channels (mean 0,
+  variance 1, no affine parameters; cells keep their relative strength): :func:`add_feature_noise` adds ``N(0, σ²)`` here (the
   alignment paper's noisy-feature test), then a linear map to ``embed_dim`` plus a learned cell position;
 * **question encoder**: word embeddings + learned positions, ``layers`` self-attention blocks (SA + FFN);
 * **image decoder**: ``layers`` blocks of image self-attention, question-guided attention (image cells query the
@@ -159,6 +159,13 @@ class _CNN(nn.Module):
         return x.flatten(2).transpose(1, 2)
 
 
+def _normalize_grid(cells: Tensor) -> Tensor:
+    """Each image's grid ``(M, cells, C)`` to mean 0 and variance 1 over all its cells and channels (a layer norm
+    over the whole grid, no affine part): cells keep their relative strength, and noise of standard deviation σ
+    is σ times the features' own spread."""
+    return F.layer_norm(cells, cells.shape[-2:])
+
+
 class _FeedForward(nn.Module):
     def __init__(self, c: VQAConfig) -> None:
         super().__init__()
@@ -284,9 +291,8 @@ class VQATransformer(nn.Module):
         self.classifier = nn.Linear(2 * c.embed_dim, c.num_answers)
 
     def grid_features(self, images: Tensor) -> Tensor:
-        """The normalized CNN grid ``(M, grid², C)`` (each cell: mean 0, variance 1), where the noise goes."""
-        cells = self.cnn(image_grid(images))
-        return F.layer_norm(cells, cells.shape[-1:])
+        """The normalized CNN grid ``(M, grid², C)`` (each image: mean 0, variance 1), where the noise goes."""
+        return _normalize_grid(self.cnn(image_grid(images)))
 
     def forward(self, images: Tensor, questions: Tensor, image_index: Tensor | None = None, *,
                 noise_std: float = 0.0, noise_generator: torch.Generator | None = None,
@@ -347,7 +353,7 @@ class VQABaseline(nn.Module):
         words.scatter_add_(1, questions, valid.float())
         parts = [words.clamp_max(1.0)]
         if self.cnn is not None:
-            cells = self.cnn(image_grid(images))
-            cells = add_feature_noise(F.layer_norm(cells, cells.shape[-1:]), noise_std, generator=noise_generator)
+            cells = _normalize_grid(self.cnn(image_grid(images)))
+            cells = add_feature_noise(cells, noise_std, generator=noise_generator)
             parts.append(cells.mean(1)[image_index])
         return VQAOutput(logits=self.mlp(torch.cat(parts, dim=-1)), question_valid=valid)
