@@ -21,7 +21,7 @@ def _args(output, *extra):
     vqa.add_arguments(parser)
     return parser.parse_args(["--sample", "--max-steps", "4", "--eval-every", "2", "--embed-dim", "16", "--heads",
                               "2", "--layers", "1", "--cnn-channels", "8", "--diagnostic-examples", "32",
-                              "--noise-sweep", "1", "4", "--variants", *VARIANTS, "--seeds", "0", "1", "2",
+                              "--noise", "1", "--noise-sweep", "1", "4", "--variants", *VARIANTS, "--seeds", "0", "1", "2",
                               "--output", str(output), "--workers", "1", "--threads", "1", "--no-progress", *extra])
 
 

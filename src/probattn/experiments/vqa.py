@@ -49,8 +49,8 @@ __all__ = ["VQAStudy", "add_arguments", "evaluate", "run"]
 
 QUESTION_TYPES = ("yes/no", "color", "shape")
 MAX_QUESTION_LENGTH = 16
-DEFAULT_NOISE = 1.0
-DEFAULT_SWEEP = (0.5, 1.0, 2.0, 4.0)
+DEFAULT_NOISE = 4.0
+DEFAULT_SWEEP = (1.0, 2.0, 4.0, 8.0)
 NOISE_SEED = 20240
 EXAMPLE_QUESTIONS = 4
 IMAGE_LAYERS = ("image_self", "image_reduce")  # layers whose keys are image cells
@@ -335,10 +335,10 @@ class VQAStudy(Study):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--sample", action="store_true",
                             help="use the 40-image sample shipped with probattn (tests, a smoke run)")
-        parser.add_argument("--max-steps", type=int, default=1500, help="training steps (default 1500)")
+        parser.add_argument("--max-steps", type=int, default=800, help="training steps (default 800)")
         parser.add_argument("--batch-images", type=int, default=8,
                             help="images per batch, with every question about them (default 8, ~77 questions)")
-        parser.add_argument("--eval-every", type=int, default=250, help="validation every N steps (default 250)")
+        parser.add_argument("--eval-every", type=int, default=200, help="validation every N steps (default 200)")
         parser.add_argument("--patience", type=int, default=0,
                             help="stop after N validations without improvement (default 0: never)")
         parser.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate (default 1e-3)")
