@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -22,3 +25,17 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+_ROOT = Path(__file__).resolve().parents[1]
+_SCRATCH = {".pytest_cache", ".hypothesis", "__pycache__", ".ruff_cache"}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _nothing_written_into_the_checkout():
+    """A command run by a test writes into its tmp_path only: a new entry in the repository root (a default
+    ``--output`` such as ``diagnose-report``) fails the session."""
+    before = set(os.listdir(_ROOT))
+    yield
+    new = sorted(set(os.listdir(_ROOT)) - before - _SCRATCH)
+    assert not new, f"tests wrote {new} into the repository root; run the command with an --output under tmp_path"

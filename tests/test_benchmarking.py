@@ -46,3 +46,13 @@ def test_table_marks_missing_numbers():
     row = dict(length=8, mode="fwd", method="naive_doubly", median_ms=None, time_vs_sdpa=None, peak_mib=None,
                memory_vs_sdpa=None, note="skipped: needs ~9.0 GiB > budget 4 GiB")
     assert "| 8 | fwd | naive_doubly | - | - | - | - | skipped" in benchmarking.format_table([row])
+
+
+def test_bench_measures_cpu_time_by_default():
+    import argparse
+
+    from probattn.benchmarking import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args([]).clock == "cpu"

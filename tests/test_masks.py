@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from probattn.masks import (
     MASKED_AT_OR_BELOW,
@@ -183,3 +187,108 @@ def test_hf_masks_give_query_validity_from_the_diagonal():
     _, query_valid, _ = from_hf_attention_mask(float_mask, is_causal=False, batch=2, q_len=3, k_len=3)
     assert torch.equal(query_valid, valid)
     assert from_hf_attention_mask(None, is_causal=True, batch=2, q_len=3, k_len=3) == (None, None, True)
+
+
+# -- a finite bias that masks in effect (issue 23, item 10) ------------------------------------------------------
+def _future_moves(bias: torch.Tensor, normalization: str, query: int, seed: int = 0) -> float:
+    """Change only the tokens after ``query`` (their q, k, v); how far does ``query``'s output move?"""
+    from probattn.functional import attention
+
+    g = torch.Generator().manual_seed(seed)
+    length = bias.shape[-1]
+    q, k, v = (torch.randn(2, 2, length, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    q2, k2, v2 = q.clone(), k.clone(), v.clone()
+    for t in (q2, k2, v2):
+        t[:, :, query + 1:] += torch.randn(t[:, :, query + 1:].shape, generator=g, dtype=torch.float64)
+    out = attention(q, k, v, normalization=normalization, attn_mask=bias, impl="dense")
+    out2 = attention(q2, k2, v2, normalization=normalization, attn_mask=bias, impl="dense")
+    return (out[:, :, query] - out2[:, :, query]).abs().max().item()
+
+
+@pytest.mark.parametrize("normalization", ["doubly", "hybrid", "sinkhorn"])
+@pytest.mark.parametrize("value", [-1000.0, -200.0, -104.0, -9000.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_causal_mask_written_as_a_finite_bias_never_leaks_the_future(normalization, value, dtype):
+    """Property: either refused with the reason, or what a query may not see (the future) leaves it unchanged.
+
+    Before: ``-1000`` above the diagonal passed the causal guard and query 1 moved by ~0.26 when only future
+    tokens changed.
+    """
+    length = 6
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    bias = torch.zeros(length, length, dtype=torch.float64).masked_fill(~causal, value).to(dtype)
+    try:
+        moved = _future_moves(bias, normalization, query=1)
+    except ValueError as error:
+        with pytest.raises(ValueError, match=r"act as a mask \(a causal mask written as a finite bias.*complete blocks"):
+            raise error
+        return
+    assert moved == 0.0, f"query 1 moved by {moved} when only future tokens changed"
+
+
+def test_finite_bias_mask_rules():
+    from probattn.functional import attention
+
+    length = 6
+    q = torch.randn(1, 2, length, 4, dtype=torch.float64)
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    # the issue's case: refused with the reason
+    with pytest.raises(ValueError, match=r"attn_mask, whose finite entries 104 or more below the largest of their row"):
+        attention(q, q, q, normalization="doubly", attn_mask=torch.zeros(length, length).masked_fill(~causal, -1000.0))
+    # relative to the row's largest entry: a causal pattern shifted by +500 still masks
+    with pytest.raises(ValueError, match="act as a mask"):
+        attention(q, q, q, normalization="sinkhorn",
+                  attn_mask=torch.full((length, length), 500.0).masked_fill(~causal, -1000.0))
+    # block-complete in effect (two packed documents written as -1000): accepted, and each document alone
+    blocks = torch.zeros(length, length, dtype=torch.bool)
+    blocks[:2, :2] = blocks[2:, 2:] = True
+    packed = attention(q, q, q, normalization="doubly", attn_mask=torch.zeros(length, length).masked_fill(~blocks, -1e3))
+    alone = attention(q[:, :, :2], q[:, :, :2], q[:, :, :2], normalization="doubly")
+    torch.testing.assert_close(packed[:, :, :2], alone, atol=1e-12, rtol=0)
+    # a bias within 16.6 of each row's largest entry is a bias: no warning, no error
+    soft = -0.5 * (torch.arange(length)[:, None] - torch.arange(length)[None, :]).abs().double()  # ALiBi-like
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        attention(q, q, q, normalization="doubly", attn_mask=soft)
+    # entries between 16.6 and 104 below, in a causal pattern: a bias (accepted) that warns with the reason
+    with pytest.warns(UserWarning, match=r"they are a bias, not a mask: every query still enters the column"):
+        attention(q, q, q, normalization="hybrid", attn_mask=torch.zeros(length, length).masked_fill(~causal, -50.0))
+    # softmax: a finite -1000 causal bias is fine (row normalization only)
+    attention(q, q, q, normalization="softmax", attn_mask=torch.zeros(length, length).masked_fill(~causal, -1000.0))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(["causal", "window", "blocks", "random"]), st.sampled_from(["doubly", "hybrid",
+       "sinkhorn"]), st.floats(-9000.0, -110.0), st.integers(2, 7), st.integers(0, 2**16))
+def test_finite_bias_masks_are_refused_or_hide_what_they_mask(kind, normalization, value, length, seed):
+    """Whatever the pattern written as a finite bias (plus a soft bias): refused with the reason, or perturbing
+    what it hides from a query (its masked keys and every query that sees one of them) leaves that query alone.
+
+    (A pattern that is the same for every query is a per-key bias, which column normalization cancels: it hides
+    nothing; ``test_per_key_bias_is_recognised``.)"""
+    from probattn.functional import attention
+
+    g = torch.Generator().manual_seed(seed)
+    i, j = torch.arange(length)[:, None], torch.arange(length)[None, :]
+    pattern = {"causal": j <= i, "window": (i - j).abs() <= 1,
+               "blocks": (i < length // 2) == (j < length // 2),
+               "random": (torch.rand(length, length, generator=g) > 0.4) | (i == j)}[kind]
+    bias = (0.3 * torch.randn(length, length, generator=g, dtype=torch.float64)).masked_fill(~pattern, value)
+    q, k, v = (torch.randn(1, 2, length, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    try:
+        out = attention(q, k, v, normalization=normalization, attn_mask=bias)
+    except ValueError as error:
+        assert kind != "blocks"  # block-complete in effect: accepted
+        with pytest.raises(ValueError, match="complete blocks"):
+            raise error
+        return
+    query = int(torch.randint(0, length, (), generator=g))
+    hidden_keys = ~pattern[query]
+    hidden_queries = (pattern & hidden_keys).any(-1)
+    hidden_queries[query] = False
+    q2, k2, v2 = q.clone(), k.clone(), v.clone()
+    q2[:, :, hidden_queries] += torch.randn(q2[:, :, hidden_queries].shape, generator=g, dtype=torch.float64)
+    k2[:, :, hidden_keys] += torch.randn(k2[:, :, hidden_keys].shape, generator=g, dtype=torch.float64)
+    v2[:, :, hidden_keys] += torch.randn(v2[:, :, hidden_keys].shape, generator=g, dtype=torch.float64)
+    out2 = attention(q2, k2, v2, normalization=normalization, attn_mask=bias)
+    assert (out2[:, :, query] - out[:, :, query]).abs().max().item() <= 1e-12

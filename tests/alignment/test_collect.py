@@ -228,3 +228,20 @@ def test_activation_checkpointing_gives_the_same_gradients_and_leaves_nothing_be
     plain, checkpointed = step_grads(False), step_grads(True)
     for name, grad in plain.items():
         torch.testing.assert_close(checkpointed[name], grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_a_non_finite_term_names_the_regularizer_and_its_layer(monkeypatch):
+    """Issue 23 item 9: where a regularizer makes NaN the error names it, not the attention input a step later."""
+    x, _ = tiny_batch()
+    model = tiny_model(layers=3)
+    regs = attach_alignment(model, "mmd")
+    estimator = regs[1].estimators["tokens"]
+    monkeypatch.setattr(estimator, "forward", lambda q, k, qv, kv, axis: (q.sum() + k.sum()) * float("nan"))
+    model(x)
+    with pytest.raises(FloatingPointError, match=r"AlignmentRegularizer\(mmd\) produced nan in layer "
+                                                 r"'blocks\.1'.*1 of 3 terms non-finite\) from finite queries and keys"):
+        alignment_loss(model)
+    q = torch.randn(2, 2, 5, regs[0].head_dim)  # a layer whose queries already diverged: said so, not blamed on it
+    regs[0].observe(q * float("nan"), q, query_valid=None, key_valid=None)
+    with pytest.raises(FloatingPointError, match=r"layer 'blocks\.0'.*queries/keys are already non-finite"):
+        alignment_loss(model)

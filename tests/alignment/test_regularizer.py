@@ -184,3 +184,28 @@ def test_no_mask_equals_an_all_true_mask(variant, axis):
     q, k = _qk()
     ones = torch.ones(2, 6, dtype=torch.bool)
     torch.testing.assert_close(reg(q, k), reg(q, k, query_valid=ones, key_valid=ones), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("variant", ["ct"])  # gan stores its term the same way
+def test_observe_traces_as_one_graph_under_torch_compile(variant):
+    """In training the term is computed and stored inside the compiled forward with no graph break (the
+    backward-pass check must not ask the autograd engine while dynamo traces)."""
+    torch.manual_seed(0)
+    reg = AlignmentRegularizer(8, variant=variant)
+    proj = torch.nn.Linear(8, 16)
+
+    def forward(x, valid):
+        q, k = proj(x).unflatten(-1, (2, 8)).transpose(1, 2).chunk(2, dim=1)  # (B, 1, L, 8) each
+        reg.observe(q, k, query_valid=valid, key_valid=valid)
+        return q.sum()
+
+    x, valid = torch.randn(2, 5, 8), torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    forward(x, valid)
+    want = reg.pop_observations()[0].term
+    torch._dynamo.reset()
+    compiled = torch.compile(forward, fullgraph=True, backend="eager")  # any graph break raises
+    compiled(x, valid)
+    (got,) = reg.pop_observations()
+    torch.testing.assert_close(got.term, want)
+    got.term.backward()
+    assert proj.weight.grad is not None and all(p.grad is not None for p in reg.parameters())

@@ -125,3 +125,81 @@ def test_bad_jsonl_line_is_named_by_number(tmp_path):
     bad.write_text('{"t": "a", "y": 1}\n[1, 2]\n')
     with pytest.raises(ValueError, match=r"line 2 is a JSON list, not an object"):
         load_file(bad, text_column="t", label_column="y")
+
+
+def test_a_group_column_keeps_its_values(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("text,label,speaker\na,x,ann\nb,y,bob\nc,x,ann\n")
+    data = load_file(path, text_column="text", label_column="label", group_column="speaker")
+    assert data.groups == ["ann", "bob", "ann"]
+    with pytest.raises(ValueError, match="--group-column 'who' is not a column"):
+        load_file(path, text_column="text", label_column="label", group_column="who")
+
+
+def test_parquet_with_an_extension_type_is_refused_before_its_deserializer_runs(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    calls = []
+
+    class Marked(pa.ExtensionType):  # benign stand-in for pyarrow <= 14.0.0's pickled PyExtensionType
+        def __init__(self):
+            super().__init__(pa.string(), "probattn.test.marked")
+
+        def __arrow_ext_serialize__(self):
+            return b"benign payload"
+
+        @classmethod
+        def __arrow_ext_deserialize__(cls, storage_type, serialized):
+            calls.append(serialized)
+            return cls()
+
+    pa.register_extension_type(Marked())
+    try:
+        column = pa.ExtensionArray.from_storage(Marked(), pa.array(["good film", "bad film", "fine"]))
+        path = tmp_path / "ext.parquet"
+        pq.write_table(pa.table({"text": column, "label": [1, 0, 1]}), path)
+        calls.clear()
+        with pytest.raises(ValueError, match=r"ext\.parquet: .*Arrow extension type .*ARROW:extension:name"):
+            load_file(path, text_column="text", label_column="label")
+        assert calls == []  # refused from the raw footer: pyarrow never opened the file
+    finally:
+        pa.unregister_extension_type("probattn.test.marked")
+    plain = tmp_path / "plain.parquet"
+    pq.write_table(pa.table({"text": ["good film", "bad film"], "label": [1, 0]}), plain)
+    assert load_file(plain, text_column="text", label_column="label").labels == [1, 0]
+
+
+def test_damaged_parquet_is_one_clear_line(tmp_path):
+    pytest.importorskip("pyarrow")
+    path = tmp_path / "d.parquet"
+    pd.DataFrame({"text": ["a", "b"], "label": [0, 1]}).to_parquet(path)
+    data = path.read_bytes()
+    path.write_bytes(data[:-20])
+    with pytest.raises(ValueError, match=r"d\.parquet: could not read it as PARQUET: .*truncated"):
+        read_table(path)
+
+
+def test_old_pyarrow_is_refused(tmp_path, monkeypatch):
+    pa = pytest.importorskip("pyarrow")
+    path = tmp_path / "d.parquet"
+    pd.DataFrame({"text": ["a", "b"], "label": [0, 1]}).to_parquet(path)
+    monkeypatch.setattr(pa, "__version__", "14.0.0")
+    with pytest.raises(ModuleNotFoundError, match=r"pyarrow >= 14\.0\.1 .*CVE-2023-47248"):
+        read_table(path)
+
+
+def test_deeply_nested_jsonl_names_the_line(tmp_path):
+    path = tmp_path / "deep.jsonl"
+    path.write_text('{"text": "a", "label": 1}\n' + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ValueError, match=r"deep\.jsonl: .*line 2 nests JSON arrays / objects too deeply"):
+        load_file(path, text_column="text", label_column="label")
+
+
+def test_the_data_extra_requires_a_fixed_pyarrow():
+    from pathlib import Path
+
+    import tomllib
+
+    extras = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    assert "pyarrow>=14.0.1" in extras["project"]["optional-dependencies"]["data"]

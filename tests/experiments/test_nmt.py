@@ -11,7 +11,6 @@ pytest.importorskip("tokenizers")
 pytest.importorskip("matplotlib")
 
 from probattn.cli import main
-from probattn.experiments.nmt import paired_tests
 
 SMOKE = ["experiment", "nmt", "--data", "sample", "--size", "tiny", "--variants", "softmax", "svgd", "alignment",
          "--seeds", "0", "1", "--max-steps", "3", "--max-tokens", "400", "--vocab-size", "300", "--eval-every", "2",
@@ -27,12 +26,25 @@ def test_smoke_run_writes_table_plot_runs_and_resumes(tmp_path, capsys):
     assert sorted(p.name for p in (out / "runs").iterdir()) == [
         f"{v}-seed{s}.json" for v in ("alignment", "softmax", "svgd") for s in (0, 1)]
     markdown = (out / "results.md").read_text()
-    assert "| baseline: copy source |" in markdown and "| baseline: translation memory |" in markdown
+    assert "| copy source (baseline) | 1 fit |" in markdown and "| translation memory (baseline) | 1 fit |" in markdown
     assert "| svgd | 2 |" in markdown and "## Head diversity" in markdown and "**Esther " in markdown
+    assert markdown.index("## Verdict") < markdown.index("## Test books")
+    verdict = markdown.split("## Verdict", 1)[1].splitlines()[2]
+    assert verdict.startswith("- **softmax") and "the strongest baseline" in verdict  # baseline first
     results = json.loads((out / "results.json").read_text())
     assert results["variants"] == ["softmax", "svgd", "alignment"]
-    assert set(results["paired_tests"]) == {"svgd", "alignment"}
-    assert results["paired_tests"]["svgd"]["seeds"] == [0, 1]
+    tests = [t for t in results["tests"]["Test books"] if t["metric"] == "sentence_chrf"]
+    assert {t["variant"] for t in tests} == {"svgd", "alignment"} and {t["units"] for t in tests} == {2}
+    assert all(t["method"] == "paired bootstrap" and t["p_holm"] >= t["p"] for t in tests)
+    # the same numbers as 0.2.0 (commit 6649000, this command): corpus chrF and JS per variant, the baselines
+    summary = results["summary"]
+    assert summary["Test books"]["softmax"]["chrf"]["mean"] == pytest.approx((1.5261513418713226 + 1.5295972830557325)
+                                                                             / 2)
+    js = summary["Head diversity (first 64 test pairs, mean over layers)"]["svgd"]["js_encoder_self"]["mean"]
+    assert js == pytest.approx((0.06675984439582468 + 0.07260078457689294) / 2, rel=1e-6)
+    base = summary["Test books"]["copy source (baseline)"]
+    assert (base["bleu"]["mean"], base["chrf"]["mean"]) == pytest.approx((1.825347170549302, 19.573801346269715))
+    assert {t["difference"] for t in tests} == {0.0}  # 0.2.0: Δ chrF 0.0, p 1.0
     run = json.loads((out / "runs" / "svgd-seed1.json").read_text())
     assert len(run["repulsive_sets"]) == 9  # 1+1 layers: 3 attention modules x Q/K/V
     assert len(run["sentence_chrf"]) == len(run["hypotheses"]) == 6
@@ -65,15 +77,6 @@ def test_a_larger_max_steps_continues_finished_runs(tmp_path, capsys):
 def test_unknown_variant_is_refused(tmp_path, capsys):
     assert main(["experiment", "nmt", "--data", "sample", "--variants", "repulsive", "--output", str(tmp_path)]) == 2
     assert "--variants repulsive: choose from softmax, svgd, spos, doubly-encoder, alignment" in capsys.readouterr().err
-
-
-def test_paired_tests_pair_by_seed():
-    runs = [{"variant": v, "seed": s, "sentence_chrf": [50.0 + d * (i % 3) for i in range(30)]}
-            for v, d in (("softmax", 0.0), ("svgd", 1.0), ("spos", 0.0)) for s in (0, 1)]
-    runs.append({"variant": "spos", "seed": 5, "sentence_chrf": [0.0] * 30})  # no softmax partner: left out
-    tests = paired_tests(runs, ["softmax", "svgd", "spos"])
-    assert tests["svgd"]["verdict"] == "better" and tests["svgd"]["difference"] == pytest.approx(1.0)
-    assert tests["spos"] == {**tests["spos"], "seeds": [0, 1], "difference": 0.0, "verdict": "no difference"}
 
 
 def test_head_diversity_matches_an_independent_computation():
@@ -115,18 +118,17 @@ TIMING = ("ms_per_step", "cpu_ms_per_step", "test_seconds")
 
 
 def _without_timing(results: dict) -> dict:
-    per_seed = {v: {k: m for k, m in metrics.items() if k not in TIMING} for v, metrics in results["per_seed"].items()}
-    runs = [{"variant": r["variant"], "seed": r["seed"], "sentence_chrf": r["sentence_chrf"],
+    runs = [{"variant": r["variant"], "seed": r["seed"], "sets": r["sets"],
              "history": [{k: x for k, x in h.items() if k not in ("val_seconds", "wall_time")} for h in r["history"]]}
             for r in results["runs"]]
-    return {"per_seed": per_seed, "paired_tests": results["paired_tests"], "runs": runs,
+    return {"summary": {k: v for k, v in results["summary"].items() if k != "Cost"},
+            "tests": results["tests"], "verdict": results["verdict"], "runs": runs,
             "baselines": results["baselines"], "data": results["data"]}
 
 
-def _table_without_timing(markdown: str) -> list[str]:
-    """results.md without the command line and the two timing columns of the test table."""
-    lines = [line for line in markdown.splitlines() if not line.startswith("Command:")]
-    return [line.rsplit("|", 3)[0] if line.startswith("| ") and line.count("|") == 10 else line for line in lines]
+def _table_without_timing(markdown: str) -> str:
+    """results.md from the verdict to the cost table (the invocations and the timings differ)."""
+    return markdown.split("## Verdict", 1)[1].split("## Cost", 1)[0]
 
 
 def test_parallel_processes_into_one_folder_give_the_sequential_table(tmp_path, capsys):
@@ -140,7 +142,7 @@ def test_parallel_processes_into_one_folder_give_the_sequential_table(tmp_path, 
     sequential, parallel = tmp_path / "sequential", tmp_path / "parallel"
     assert main([*PARALLEL, "--seeds", "0", "1", "--output", str(sequential)]) == 0
     assert main([*PARALLEL, "--seeds", "0", "1", "--output", str(parallel), "--prepare-only"]) == 0
-    assert sorted(p.name for p in parallel.iterdir()) == ["prepared.json", "tokenizer.json"]
+    assert sorted(p.name for p in parallel.iterdir()) == ["prepared.json", "probattn-output.json", "tokenizer.json"]
     env = {**os.environ, "PYTHONPATH": str(Path(probattn.__file__).parents[1]), "OMP_NUM_THREADS": "1"}
     workers = [subprocess.Popen([sys.executable, "-m", "probattn", *PARALLEL, "--seeds", seed, "--output",
                                  str(parallel), "--resume", "--no-report"], env=env, stdout=subprocess.PIPE,
@@ -162,6 +164,10 @@ def test_parallel_processes_into_one_folder_give_the_sequential_table(tmp_path, 
     assert _table_without_timing((parallel / "results.md").read_text()) == _table_without_timing(
         (sequential / "results.md").read_text())
     assert (parallel / "val_bleu.png").is_file()
+    from probattn.io import MANIFEST
+
+    recorded = json.loads((parallel / MANIFEST).read_text())["files"]  # every process's files, none lost
+    assert {f"runs/{v}-seed{s}.json" for v in ("softmax", "svgd") for s in (0, 1)} <= set(recorded)
 
     # a report over runs that are not all finished names the missing ones and tables the others
     assert main([*PARALLEL, "--seeds", "0", "1", "2", "--output", str(parallel), "--resume", "--report-only"]) == 0
@@ -206,3 +212,14 @@ def test_every_variant_trains_and_decodes_on_cuda(tmp_path):
     assert results["variants"] == ["softmax", "svgd", "spos", "doubly-encoder", "alignment"]
     for run in results["runs"]:
         assert run["config"]["device"] == "cuda" and run["final_train_loss"] > 0
+
+
+def test_a_folder_holding_other_files_is_refused_before_any_work(tmp_path, capsys):
+    (tmp_path / "tokenizer.json").write_text("someone else's tokenizer")
+    assert main([*SMOKE, "--output", str(tmp_path), "--overwrite"]) == 2
+    assert "tokenizer.json" in capsys.readouterr().err
+    assert main([*SMOKE, "--output", str(tmp_path), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "probattn did not write (tokenizer.json)" in err and "--overwrite" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tokenizer.json"]
+    assert (tmp_path / "tokenizer.json").read_text() == "someone else's tokenizer"

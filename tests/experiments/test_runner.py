@@ -177,3 +177,37 @@ def test_the_verdict_opens_with_the_strongest_baseline(toy, tmp_path):
     lines = [line for line in verdict.splitlines() if line.startswith("- ")]
     assert lines[0].startswith("- **softmax is weaker than the strongest baseline, least squares**")
     assert all(line.endswith("(about a model weaker than least squares)") for line in lines[1:])
+
+
+def test_an_interim_report_has_means_only(toy, tmp_path):
+    result = run(toy, tmp_path, "--folds", "1", "--seeds", "0", "1", "2")
+    header = {k: result[k] for k in ("title", "invocations", "seeds", "folds", "split_seed", "describe")}
+    runner.build_report(toy, tmp_path, variants=["softmax", "noisy"], header=header, figures=False,
+                        interim="3 of 6 runs finished")
+    text = (tmp_path / "results.md").read_text()
+    assert "## Interim (3 of 6 runs finished)" in text and "## Verdict" not in text and "Holm" not in text.split(
+        "## Test")[1]
+    assert json.loads((tmp_path / "results.json").read_text())["summary"]["Test"]["softmax"]["accuracy"]["low"] is None
+
+
+def test_each_worker_gets_its_own_gpu(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
+    assert runner._gpu_ids(2) == ["2", "5"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert runner._gpu_ids(3) == ["0", "1", "2"]
+    assert runner.plan_workers(None, None, 10, gpus=2)[0] == 2  # one worker per GPU
+
+
+def test_the_default_never_uses_more_threads_than_free_cores(monkeypatch):
+    monkeypatch.setattr(runner.os, "sched_getaffinity", lambda _: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(runner.os, "getloadavg", lambda: (1.2, 0.0, 0.0))
+    assert runner.free_cores()[0] == 3
+    workers, threads = runner.plan_workers(None, None, 10)
+    assert (workers, threads) == (3, 1) and workers * threads <= 3
+    assert runner.plan_workers(None, None, 2) == (2, 1)  # never more workers than runs
+    assert runner.plan_workers(1, None, 10) == (1, 3)  # one worker gets the free cores
+    monkeypatch.setattr(runner.os, "getloadavg", lambda: (9.0, 0.0, 0.0))
+    assert runner.plan_workers(None, None, 10) == (1, 1)  # a busy machine: at least one, never more
+    messages = []
+    runner.plan_workers(2, 2, 10, log=messages.append)
+    assert any("contend" in m for m in messages)

@@ -342,11 +342,36 @@ def chunked_calls(monkeypatch):
     return calls
 
 
-def test_prefer_chunked_rule():
-    assert not streaming.prefer_chunked(2, 4, 64, 64)  # few scores: the dense path is faster
-    assert not streaming.prefer_chunked(1, 1, 512, 512)  # on par: keep the dense path
-    assert streaming.prefer_chunked(16, 12, 128, 128)  # a MiniLM-shaped batch
-    assert streaming.prefer_chunked(1, 1, 1024, 1024)
+def test_auto_rule_is_the_measured_crossover_table():
+    """A pure function of (B, H, Lq, Lk, head dim, threads): chunked from the table's score count on."""
+    for (threads, head_dim), min_scores in streaming.AUTO_MIN_SCORES.items():
+        assert streaming.auto_min_scores(head_dim, threads) == min_scores
+        assert streaming.prefer_chunked(1, 1, min_scores // 64, 64, head_dim=head_dim, threads=threads)
+        assert not streaming.prefer_chunked(1, 1, min_scores // 64 - 1, 64, head_dim=head_dim, threads=threads)
+    table = streaming.AUTO_MIN_SCORES
+    # between and beyond the measured points: the next measured head dim up, the nearest thread count below
+    assert streaming.auto_min_scores(48, 1) == table[(1, 64)]
+    assert streaming.auto_min_scores(16, 2) == table[(2, 32)]
+    assert streaming.auto_min_scores(256, 1) == table[(1, 128)]
+    assert streaming.auto_min_scores(64, 8) == table[(2, 64)]
+    # the benchmark shapes: (1, 8, 256, 64) is dense (2**19 scores), (1, 8, 1024, 64) chunked, at 1 and 2 threads
+    for threads in (1, 2):
+        assert not streaming.prefer_chunked(1, 8, 256, 256, head_dim=64, threads=threads)
+        assert streaming.prefer_chunked(1, 8, 1024, 1024, head_dim=64, threads=threads)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("head_dim", [32, 128])
+def test_attention_auto_follows_the_rule(chunked_calls, monkeypatch, threads, head_dim):
+    """``attention(impl="auto")`` asks the rule with the call's head dim and torch's thread count."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    min_scores = streaming.auto_min_scores(head_dim, threads)
+    for q_len, expected in ((min_scores // 64 - 1, False), (min_scores // 64, True)):
+        chunked_calls.clear()
+        q = torch.randn(1, 1, q_len, head_dim)
+        k = v = torch.randn(1, 1, 64, head_dim)
+        attention(q, k, v, normalization="doubly")
+        assert bool(chunked_calls) == expected
 
 
 @pytest.mark.parametrize(
@@ -377,3 +402,213 @@ def test_multihead_attention_without_weights_uses_the_slab_path(chunked_calls, n
     x = torch.randn(1, 725, 8)  # 2 heads x 725 x 725 >= 2**20 scores
     mha(x, x, x, need_weights=need_weights)
     assert bool(chunked_calls) == (not need_weights)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sinkhorn's rescaled sweeps: one exponential per slab and pass (every stage matrix is A^k rescaled)
+
+
+@pytest.fixture
+def sinkhorn_paths(monkeypatch):
+    """Counts which Sinkhorn sweeps ran: rescaled backward vs exact, centred forward vs column-max forward."""
+    counts = {"rescaled": 0, "exact": 0, "centred": 0, "colmax": 0}
+    factors, centred = streaming._rescaling_factors, streaming._centred_column_sweep
+
+    def spy_factors(*a):
+        out = factors(*a)
+        counts["rescaled" if out is not None else "exact"] += 1
+        return out
+
+    def spy_centred(*a):
+        out = centred(*a)
+        counts["centred" if out is not None else "colmax"] += 1
+        return out
+
+    monkeypatch.setattr(streaming, "_rescaling_factors", spy_factors)
+    monkeypatch.setattr(streaming, "_centred_column_sweep", spy_centred)
+    return counts
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("iters", [2, 3, 5])
+@pytest.mark.parametrize(("lq", "lk", "block"), [(7, 9, 4), (13, 11, 3), (1, 5, 2), (6, 1, 1), (1, 1, 1)])
+def test_sinkhorn_rescaled_path_matches_reference_with_padding_on_both_axes(dtype, iters, lq, lk, block,
+                                                                            sinkhorn_paths):
+    q, k, v = _inputs(lq * 31 + lk, b=2, h=2, lq=lq, lk=lk, d=3, dv=2, dtype=dtype)
+    masks = {}
+    if lk > 1:  # batch 0 loses its last key
+        masks["key_padding_mask"] = torch.ones(2, lk, dtype=torch.bool)
+        masks["key_padding_mask"][0, -1] = False
+    if lq > 1:  # batch 1 loses its first query
+        masks["query_padding_mask"] = torch.ones(2, lq, dtype=torch.bool)
+        masks["query_padding_mask"][1, 0] = False
+    bias = torch.randn(1, 2, lq, lk, generator=torch.Generator().manual_seed(lq), dtype=dtype)
+    spec = _spec(q, k, attn_mask=bias, **masks)
+    out = chunked_attention(q, k, v, spec, scale=0.8, normalization="sinkhorn", sinkhorn_iters=iters,
+                            block_size=block)
+    ref, _ = reference_attention(q, k, v, normalization="sinkhorn", allowed=spec.allowed, bias=spec.bias,
+                                 scale=0.8, sinkhorn_iters=iters)
+    torch.testing.assert_close(out.double(), ref, **TOL[dtype])
+    for mine, theirs in zip(_grads(out, (q, k, v)), _grads(ref, (q, k, v))):
+        torch.testing.assert_close(mine.double(), theirs.double(), **TOL[dtype])
+    assert sinkhorn_paths["rescaled"] == 1 and sinkhorn_paths["exact"] == 0
+    assert sinkhorn_paths["centred"] == iters - 1 and sinkhorn_paths["colmax"] == 0
+
+
+@pytest.mark.parametrize("iters", [2, 3, 4])
+def test_sinkhorn_rescaled_gradcheck_with_padding_and_learned_bias(iters, sinkhorn_paths):
+    q, k, v = _inputs(11, b=2, h=2, lq=5, lk=6, d=3, dv=2)
+    masks = _masks(11, 2, 2, 5, 6)
+    bias = masks.pop("attn_mask").clone().requires_grad_()
+
+    def f(q, k, v, bias):
+        spec = _spec(q, k, attn_mask=bias, **masks)
+        return chunked_attention(q, k, v, spec, scale=0.9, normalization="sinkhorn", sinkhorn_iters=iters,
+                                 block_size=4)
+
+    assert torch.autograd.gradcheck(f, (q, k, v, bias))
+    assert sinkhorn_paths["rescaled"] > 0 and sinkhorn_paths["exact"] == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_sinkhorn_extreme_scores_take_the_exact_backward(dtype, sinkhorn_paths):
+    """A query that loses every key by ``gap`` nats: rho^1 ~ -gap, beyond the rescaling limit (17.7 in float32,
+    142 in float64), so the backward must take the exact log-domain sweeps, and still match the reference."""
+    gap = 100.0 if dtype == torch.float32 else 300.0
+    q = torch.zeros(1, 1, 4, 2, dtype=dtype, requires_grad=True)
+    k = torch.zeros(1, 1, 5, 2, dtype=dtype, requires_grad=True)
+    v = torch.randn(1, 1, 5, 3, generator=torch.Generator().manual_seed(0), dtype=dtype).requires_grad_()
+    scores = torch.full((4, 5), gap, dtype=dtype)
+    scores[0] = 0.0
+    scores[1:, 1] = gap - 5
+    scores = scores.requires_grad_()
+    spec = _spec(q, k, attn_mask=scores)
+    out = chunked_attention(q, k, v, spec, scale=1.0, normalization="sinkhorn", sinkhorn_iters=3, block_size=2)
+    ref, _ = reference_attention(q, k, v, normalization="sinkhorn", bias=scores, scale=1.0, sinkhorn_iters=3)
+    torch.testing.assert_close(out.double(), ref, **TOL[dtype])
+    for mine, theirs in zip(_grads(out, (v, scores)), _grads(ref, (v, scores))):
+        torch.testing.assert_close(mine.double(), theirs.double(), **TOL[dtype])
+    assert sinkhorn_paths["exact"] == 1 and sinkhorn_paths["rescaled"] == 0
+
+
+def test_sinkhorn_forward_falls_back_to_the_column_max_sweep(monkeypatch, sinkhorn_paths):
+    """The centred sweep's column sums are >= 1 / Lk in exact arithmetic; if one ever came out below
+    sqrt(tiny), the iteration is redone with a column max (forced here by raising the threshold)."""
+    real_sqrt = math.sqrt
+    monkeypatch.setattr(streaming.math, "sqrt", lambda x: 2.0 if x < 1e-200 else real_sqrt(x))
+    q, k, v = _inputs(12, lq=6, lk=7)
+    spec = _spec(q, k, **_masks(12, 2, 3, 6, 7))
+    out = chunked_attention(q, k, v, spec, scale=0.7, normalization="sinkhorn", sinkhorn_iters=3, block_size=3)
+    ref, _ = reference_attention(q, k, v, normalization="sinkhorn", allowed=spec.allowed, bias=spec.bias,
+                                 scale=0.7, sinkhorn_iters=3)
+    torch.testing.assert_close(out, ref, **TOL[torch.float64])
+    assert sinkhorn_paths["colmax"] == 2 and sinkhorn_paths["centred"] == 0
+
+
+class _SlabOps(TorchDispatchMode):
+    """Counts exponentials over whole slabs, and matrix products over a slab with a single output column."""
+
+    def __init__(self, slab_numel: int) -> None:
+        super().__init__()
+        self.slab_numel, self.exps, self.single_column = slab_numel, 0, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        if name in ("exp", "exp_") and out.numel() == self.slab_numel:
+            self.exps += 1
+        if name in ("bmm", "mm", "baddbmm", "baddbmm_") and out.shape[-1] == 1 and any(
+                isinstance(a, torch.Tensor) and a.numel() == self.slab_numel for a in args):
+            self.single_column += 1
+        return out
+
+
+def test_sinkhorn_needs_one_exponential_per_slab_and_pass():
+    """Sinkhorn-3 over 4 slabs: 3 forward passes and 3 backward passes, one exponential per slab each (the
+    exact sweeps take 3 + 10), and no slab product with a single output column (several times slower)."""
+    q, k, v = _inputs(13, b=1, h=2, lq=16, lk=32, d=4, dv=4, dtype=torch.float32)
+    spec = _spec(q, k)
+    with _SlabOps(slab_numel=2 * 16 * 8) as ops:  # rows (1, 2) x Lq 16 x block 8: 4 slabs
+        out = chunked_attention(q, k, v, spec, scale=0.5, normalization="sinkhorn", sinkhorn_iters=3, block_size=8)
+        out.backward(torch.ones_like(out))
+    assert ops.exps == (3 + 3) * 4
+    assert ops.single_column == 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# several torch threads: (batch, head) row groups split across threads, one torch thread each
+
+
+@pytest.fixture
+def two_threads(monkeypatch):
+    """Two torch threads, and the split taken for any problem size; records the OS threads that ran groups."""
+    import threading
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    monkeypatch.setattr(streaming, "PARALLEL_MIN_SCORES", 0)
+    idents = set()
+    forward_rows, backward_rows = streaming._forward_rows, streaming._backward_rows
+    monkeypatch.setattr(streaming, "_forward_rows",
+                        lambda *a: idents.add(("fwd", threading.get_ident())) or forward_rows(*a))
+    monkeypatch.setattr(streaming, "_backward_rows",
+                        lambda *a: idents.add(("bwd", threading.get_ident())) or backward_rows(*a))
+    yield idents
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("normalization", SCHEMES)
+def test_threads_split_row_groups_and_match_the_reference(two_threads, normalization):
+    q, k, v = _inputs(21, b=2, h=3, lq=7, lk=9)
+    masks = _masks(21, 2, 3, 7, 9)
+    masks.pop("attn_mask")  # padding on both axes, no bias to learn (a learned bias is summed on one thread)
+    spec = _spec(q, k, **masks)
+    out = chunked_attention(q, k, v, spec, scale=0.7, normalization=normalization, sinkhorn_iters=3, block_size=4)
+    ref, _ = reference_attention(q, k, v, normalization=normalization, allowed=spec.allowed, scale=0.7,
+                                 sinkhorn_iters=3)
+    torch.testing.assert_close(out, ref, **TOL[torch.float64])
+    for mine, theirs in zip(_grads(out, (q, k, v)), _grads(ref, (q, k, v))):
+        torch.testing.assert_close(mine, theirs, **TOL[torch.float64])
+    assert len({i for stage, i in two_threads if stage == "fwd"}) == 2  # forward groups ran on two OS threads
+    assert len({i for stage, i in two_threads if stage == "bwd"}) == 2
+    assert torch.get_num_threads() == 2  # restored after the split
+
+
+def test_threads_keep_inference_mode_and_sum_a_shared_learned_bias(two_threads):
+    q, k, v = _inputs(22, b=2, h=2, lq=5, lk=6)
+    with torch.inference_mode():
+        spec = _spec(q, k)
+        out = chunked_attention(q, k, v, spec, scale=0.5, normalization="doubly", block_size=2)
+    assert out.is_inference()
+    for bias_shape in ((1, 2, 5, 6), (1, 1, 5, 6), (2, 2, 5, 6)):  # shared by batch / by everything / per row
+        bias = torch.randn(bias_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        bias.requires_grad_()
+        two_threads.clear()
+        out = chunked_attention(q, k, v, _spec(q, k, attn_mask=bias), scale=0.5, normalization="sinkhorn",
+                                block_size=2)
+        mine = torch.autograd.grad(out, (q, bias), _grads_seed(out))
+        ref, _ = reference_attention(q, k, v, normalization="sinkhorn", bias=bias, scale=0.5)
+        theirs = torch.autograd.grad(ref, (q, bias), _grads_seed(ref))
+        for a, b in zip(mine, theirs):
+            torch.testing.assert_close(a, b, **TOL[torch.float64])
+        assert len({i for stage, i in two_threads if stage == "bwd"}) == 2  # the backward was split too
+
+
+def _grads_seed(out):
+    return torch.randn(out.shape, generator=torch.Generator().manual_seed(3), dtype=out.dtype)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpu_autocast_keeps_float32_statistics(two_threads, threads):
+    """Under CPU autocast (bfloat16) the slab path computes in float32 as without it, split across threads or
+    not (it used to fail: a bfloat16 product accumulated in place into a float32 buffer)."""
+    torch.set_num_threads(threads)
+    q, k, v = _inputs(23, b=2, h=2, lq=6, lk=7, dtype=torch.float32)
+    spec = _spec(q, k)
+    plain = chunked_attention(q, k, v, spec, scale=0.5, normalization="sinkhorn", block_size=3)
+    two_threads.clear()  # a new call starts a new worker thread (its id may or may not be reused)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = chunked_attention(q, k, v, spec, scale=0.5, normalization="sinkhorn", block_size=3)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, plain, atol=0, rtol=0)
+    assert len({i for stage, i in two_threads if stage == "fwd"}) == threads

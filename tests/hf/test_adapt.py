@@ -106,5 +106,12 @@ def test_adapt_command_writes_a_loadable_model(texts_and_tokenizer, tmp_path, ca
     assert report["steps"] == 3 and report["normalization"] == "doubly" and report["held_out"] == 10
     loaded = load(tmp_path / "out")
     assert loaded.config.probattn["normalization"] == "doubly"
+    before = {p.name: p.read_bytes() for p in model_dir.iterdir()}
+    for extra in ([], ["--overwrite"]):  # adapting a model into its own folder would replace its files
+        code = main(["adapt", "--model", str(model_dir), "--data", str(data), "--held-out", "10", "--steps", "1",
+                     "--output", str(model_dir), *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and str(model_dir) in err and ("--overwrite" in err or "not probattn's" in err)
+    assert {p.name: p.read_bytes() for p in model_dir.iterdir()} == before
     code = main(["adapt", "--model", str(model_dir), "--data", str(data), "--held-out", "60"])
     assert code == 2 and "--held-out 60 must leave some to train" in capsys.readouterr().err

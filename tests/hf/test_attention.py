@@ -330,3 +330,91 @@ def test_converted_model_traces_as_one_graph(tiny, normalization):
 @pytest.mark.parametrize("normalization", ["softmax", "doubly", "hybrid", "sinkhorn"])
 def test_converted_model_compiles_with_inductor(tiny, normalization):
     _compiled_matches_eager(tiny, normalization, backend="inductor")
+
+
+# ---- a model that ran with a probattn name saves what it ran ----
+
+def _fine_tune(model, ids, mask, steps: int = 2) -> None:
+    """A few SGD steps on the hidden states' mean square (the weights move away from the saved ones)."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    model.train()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        model(input_ids=ids, attention_mask=mask).last_hidden_state.square().mean().backward()
+        optimizer.step()
+    model.eval()
+
+
+@pytest.mark.parametrize("name", ["probattn", "probattn_doubly", "probattn_hybrid", "probattn_sinkhorn"])
+def test_a_model_loaded_by_a_probattn_name_reloads_with_it(tiny, tmp_path, name):
+    from probattn.hf import load
+
+    tiny.build("bert", initializer_range=0.5, hidden_dropout_prob=0.0,
+               attention_probs_dropout_prob=0.0).save_pretrained(tmp_path / "pretrained")
+    if name == "probattn":  # runs probattn's softmax: nothing changes, nothing to warn about
+        model = transformers.AutoModel.from_pretrained(tmp_path / "pretrained", attn_implementation=name)
+    else:
+        with pytest.warns(UserWarning, match=rf"attn_implementation='{name}' runs .* other outputs"):
+            model = transformers.AutoModel.from_pretrained(tmp_path / "pretrained", attn_implementation=name)
+    ids, mask = tiny.text_batch("bert", [7, 4])
+    _fine_tune(model, ids, mask)
+    with torch.no_grad():
+        before = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    model.save_pretrained(tmp_path / "saved")
+    for reloaded in (transformers.AutoModel.from_pretrained(tmp_path / "saved"), load(tmp_path / "saved")):
+        assert reloaded.config._attn_implementation == "probattn"
+        with torch.no_grad():
+            after = reloaded.eval()(input_ids=ids, attention_mask=mask).last_hidden_state
+        assert torch.equal(before, after)
+    # saved again after a plain reload (transformers consumes attn_implementation on load): still the same
+    transformers.AutoModel.from_pretrained(tmp_path / "saved").save_pretrained(tmp_path / "again")
+    with torch.no_grad():
+        again = transformers.AutoModel.from_pretrained(tmp_path / "again").eval()(input_ids=ids, attention_mask=mask)
+    assert torch.equal(before, again.last_hidden_state)
+
+
+def test_trainer_save_model_keeps_the_probattn_name(tiny, tmp_path):
+    pytest.importorskip("accelerate")
+    tiny.build("bert", initializer_range=0.5).save_pretrained(tmp_path / "pretrained")
+    with pytest.warns(UserWarning, match="probattn_sinkhorn"):
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(
+            tmp_path / "pretrained", attn_implementation="probattn_sinkhorn", num_labels=2)
+    ids, mask = tiny.text_batch("bert", [7, 4])
+    data = [{"input_ids": ids[i], "attention_mask": mask[i], "labels": torch.tensor(i % 2)} for i in range(2)] * 4
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "run"), max_steps=2, per_device_train_batch_size=4,
+                                          report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=data)
+    trainer.train()
+    trainer.save_model(tmp_path / "saved")
+    model.eval()
+    with torch.no_grad():
+        before = model(input_ids=ids, attention_mask=mask).logits
+        after = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "saved").eval()(
+            input_ids=ids, attention_mask=mask).logits
+    assert torch.equal(before, after)
+
+
+@pytest.mark.slow  # about 25 s of dynamo tracing on a loaded 2-core machine
+def test_converted_model_with_ct_alignment_compiles_in_training_with_no_graph_break(tiny):
+    from probattn.alignment import alignment_loss
+
+    model = _quiet_convert(tiny.build("bert", initializer_range=0.5, hidden_dropout_prob=0.0,
+                                      attention_probs_dropout_prob=0.0), normalization="doubly", alignment="ct")
+    model.train()
+    ids, mask = tiny.text_batch("bert", [7, 4])
+    model(input_ids=ids, attention_mask=mask)
+    want, _ = alignment_loss(model)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="eager")  # fullgraph: any graph break raises
+    out = compiled(input_ids=ids, attention_mask=mask).last_hidden_state
+    got, _ = alignment_loss(model)
+    torch.testing.assert_close(got, want)
+    (out.sum() + got).backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if "probattn_alignment" in n)
+
+
+def test_switching_a_converted_model_back_saves_the_new_implementation(tiny, tmp_path):
+    model = _quiet_convert(tiny.build("bert", initializer_range=0.5), normalization="doubly")
+    model.set_attn_implementation("sdpa")
+    model.save_pretrained(tmp_path)
+    assert transformers.AutoModel.from_pretrained(tmp_path).config._attn_implementation == "sdpa"

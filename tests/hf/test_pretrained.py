@@ -145,3 +145,49 @@ def test_gguf_directory_rejects_other_files(tmp_path):
     (tmp_path / "model.bin").write_bytes(b"x")
     with pytest.raises(FileNotFoundError, match=r"is not a \.gguf file"):
         gguf_directory(tmp_path / "model.bin")
+
+
+@pytest.fixture
+def fake_gguf(tmp_path, monkeypatch):
+    """A .gguf file whose conversion is stood in for (counted), with the cache in tmp_path."""
+    from probattn.hf import pretrained
+
+    monkeypatch.setenv("PROBATTN_CACHE", str(tmp_path / "cache"))
+    calls = []
+
+    def convert_gguf(file, folder):
+        from safetensors.torch import save_file
+
+        calls.append(file.name)
+        (folder / "config.json").write_text('{"model_type": "llama"}')
+        save_file({"w": torch.arange(64.0)}, str(folder / "model.safetensors"))
+
+    monkeypatch.setattr(pretrained, "_convert_gguf", convert_gguf)
+    (tmp_path / "tiny.gguf").write_bytes(b"GGUF fake")
+    return tmp_path / "tiny.gguf", calls
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "no record"])
+def test_a_damaged_gguf_conversion_cache_is_converted_again_with_a_warning(fake_gguf, damage):
+    from probattn.hf.pretrained import GGUF_RECORD, gguf_directory
+
+    file, calls = fake_gguf
+    folder = gguf_directory(file)
+    good = (folder / "model.safetensors").read_bytes()
+    assert gguf_directory(file) == folder and calls == ["tiny.gguf"]  # the digests match: reused
+    data = bytearray(good)
+    if damage == "flip":
+        data[-3] ^= 0x01  # a flipped bit in a float: still a readable file
+        (folder / "model.safetensors").write_bytes(bytes(data))
+        match = r"model\.safetensors has sha256 .* not the .* recorded"
+    elif damage == "truncate":
+        (folder / "model.safetensors").write_bytes(bytes(data[:40]))
+        match = r"model\.safetensors has sha256"
+    else:
+        (folder / GGUF_RECORD).unlink()  # a copy converted by probattn 0.2
+        match = "no probattn-cache.json"
+    with pytest.warns(UserWarning, match=rf"converted copy of tiny\.gguf .* is damaged \({match}.*converting it "
+                                         r"again"):
+        assert gguf_directory(file) == folder
+    assert calls == ["tiny.gguf", "tiny.gguf"]
+    assert (folder / "model.safetensors").read_bytes() == good

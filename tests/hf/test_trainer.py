@@ -149,3 +149,65 @@ def test_minilm_fine_tuning_on_rotten_tomatoes(tmp_path):
     data = [{"input_ids": encoded["input_ids"][i], "attention_mask": encoded["attention_mask"][i],
              "labels": labels[i]} for i in range(len(rows))]
     _train_and_check(Trainer(model=model.train(), args=_args(tmp_path, learning_rate=5e-5), train_dataset=data))
+
+
+# ---- PEFT / LoRA ----
+
+def _lora(model, targets=("query", "key", "value")):
+    peft = pytest.importorskip("peft")
+    return peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=list(targets), task_type="SEQ_CLS"))
+
+
+def test_lora_fine_tuning_trains_the_alignment_networks_and_repels_the_adapted_heads(tmp_path):
+    model = _lora(_tiny_classifier(normalization="doubly", alignment={"variant": "ct", "weight": 0.1},
+                                   repulsive="svgd"))
+    aux = {n: p.detach().clone() for n, p in model.named_parameters() if ".probattn_alignment." in n}
+    assert aux and not any(p.requires_grad for n, p in model.named_parameters() if n in aux)  # what peft does
+    trainer = Trainer(model=model, args=_args(tmp_path, max_steps=4, logging_steps=2, gradient_accumulation_steps=1),
+                      train_dataset=_Tokens())
+    assert sorted(trainer.unfrozen) == sorted(aux)
+    sets = trainer.repulsive_callback.repulsive.particle_sets  # previously: "no attention module found"
+    assert len(sets) == 6 and all(s.lifted for s in sets)  # q, k, v of 2 layers, each on its LoRA B
+    assert {id(p) for s in sets for p in s.params} == {id(p) for n, p in model.named_parameters() if "lora_B" in n}
+    lora_b = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
+    trainer.train()
+    after = dict(model.named_parameters())
+    assert all(not torch.equal(aux[n], after[n]) for n in aux)  # the adversary trained
+    assert all(not torch.equal(lora_b[n], after[n]) for n in lora_b)
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert all(entry["probattn/repulsion_ratio"] > 0 for entry in logs)
+    assert all(entry["probattn/alignment"] == entry["probattn/alignment"] for entry in logs)
+
+
+def test_frozen_alignment_networks_are_reported_in_an_own_loop():
+    from probattn.hf import unfreeze_probattn
+
+    model = _lora(_tiny_classifier(normalization="softmax", alignment={"variant": "ct", "weight": 0.1}))
+    data = _Tokens(n=4)
+    model.train()
+    model(input_ids=data.ids, attention_mask=data.mask)
+    with pytest.warns(UserWarning, match=r"'ct' alignment term is in the loss but its \d+ auxiliary network "
+                                         r"parameters are frozen.*unfreeze_probattn"):
+        alignment_loss(model)
+    assert len(unfreeze_probattn(model)) > 0 and unfreeze_probattn(model) == []
+
+
+def test_saving_a_lora_adapter_warns_that_learned_hybrid_weights_are_not_in_it(tmp_path):
+    model = _lora(_tiny_classifier(normalization="hybrid", hybrid_alpha="learned"))
+    trainer = Trainer(model=model, args=_args(tmp_path, max_steps=1, gradient_accumulation_steps=1),
+                      train_dataset=_Tokens(n=8))
+    assert len(trainer.unfrozen) == 2  # one logit vector per layer, frozen by peft
+    trainer.train()
+    with pytest.warns(UserWarning, match=r"does not hold the 2 learned hybrid weights .*merge_and_unload"):
+        trainer.save_model(str(tmp_path / "adapter"))
+    merged = tmp_path / "merged"
+    model.merge_and_unload().save_pretrained(merged)
+    from probattn.hf import load
+
+    reloaded = load(merged)
+    trained = {n: p for n, p in model.named_parameters() if "probattn_hybrid" in n}
+    assert all(p.abs().sum() > 0 for p in trained.values())  # moved away from their zero initialisation
+    restored = {n: p for n, p in reloaded.named_parameters() if "probattn_hybrid" in n}
+    assert len(restored) == 2
+    for name, param in restored.items():  # the merged save keeps them
+        assert torch.equal(param, next(p for n, p in trained.items() if n.endswith(name)))

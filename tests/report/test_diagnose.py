@@ -25,7 +25,8 @@ def _layer_mean(model: dict, key: str) -> float:
     return sum(values) / len(values)
 
 
-def test_argument_errors(tmp_path, capsys):
+def test_argument_errors(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default --output is relative: a refused command must not create it
     assert main(["diagnose", "--data", "sample"]) == 2
     assert "either one MODEL or --compare" in capsys.readouterr().err
     assert main(["diagnose", "minilm", "--data", "sample", "--normalization", "doubly", "softmax"]) == 2
@@ -35,6 +36,7 @@ def test_argument_errors(tmp_path, capsys):
     assert main(["diagnose", "minilm", "--data", "sample", "--text-column", "review", "--label-column", "label",
                  "--output", str(tmp_path / "r")]) == 2
     assert "'review' is not a column" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists() and not (tmp_path / "diagnose-report").exists()
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "metrics.json").write_text("{}")
     assert main(["diagnose", "minilm", "--data", "sample", "--output", str(tmp_path / "old")]) == 2

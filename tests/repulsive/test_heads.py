@@ -302,3 +302,44 @@ def test_toy_collapse_repulsion_diversifies_heads_without_hurting_the_fit():
     assert plain_cosine > 0.9  # the collapse persists without repulsion
     assert repulsive_cosine < plain_cosine - 0.5
     assert repulsive_loss <= 1.05 * plain_loss  # stated margin: at most 5% worse test MSE
+
+
+@pytest.mark.parametrize(("method", "alpha"), [("svgd", 0.01), ("spos", 0.0)])
+def test_all_zero_particles_stay_finite_under_adam(method, alpha):
+    """Issue 23 item 9: frozen weights, zero biases as the particles (8 heads): the bandwidth stays positive.
+
+    Before: h² = tiny / (2 log 9) was subnormal, the rewrite gave NaN and Adam wrote NaN into the biases.
+    """
+    from probattn.repulsive.kernels import min_squared_bandwidth
+
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(64, 8, 64, dropout=0.0, batch_first=True)
+    model = replace_attention(nn.TransformerEncoder(layer, 1, enable_nested_tensor=False))
+    attn = model.layers[0].self_attn
+    attn.in_proj_weight.requires_grad_(False)
+    assert (attn.in_proj_bias == 0).all()
+    repulsive = RepulsiveHeads(model, method=method, alpha=alpha, include_bias=True)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    repulsive.attach(optimizer)
+    for step in range(2):
+        model(torch.randn(4, 5, 64)).pow(2).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        assert all(torch.isfinite(p).all() for p in model.parameters()), f"NaN after step {step + 1}"
+    one = repulsive.last_stats["sets"]["layers.0.self_attn.q"]
+    assert one["bandwidth"] ** 2 >= min_squared_bandwidth(torch.float32) * (1 - 1e-6)
+
+
+def test_a_non_finite_rewrite_names_the_regularizer_and_changes_nothing():
+    model = encoder()
+    with torch.no_grad():  # close query heads: h² ~ 1e-6, so alpha / h² overflows float32
+        model.layers[0].self_attn.in_proj_weight[:E].mul_(1e-3)
+    repulsive = RepulsiveHeads(model, alpha=3e38).attach(torch.optim.SGD(model.parameters(), lr=0.1))
+    loss_of(model, *batch()).backward()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    with pytest.raises(FloatingPointError, match=r"RepulsiveHeads\(svgd\) produced a non-finite gradient in "
+                                                 r"layers\.0\.self_attn\.q at step 0 from finite weights"):
+        repulsive._optimizer.step()
+    for name, p in model.named_parameters():  # the optimizer step did not run, no gradient was rewritten
+        assert torch.equal(p, before[name]) and torch.equal(p.grad, grads[name])

@@ -85,3 +85,89 @@ def test_pretrained_minilm_heads_sit_at_the_high_dimensional_kernel_value(monkey
     model(**batch, labels=torch.tensor([1, 0])).loss.backward()
     stats = repulsive.step()
     assert abs(stats["mean_offdiag_kernel"] - 1 / 13) < 0.01
+
+
+# ---- LoRA (peft): particles are the effective head weights, the rewrite lands on B ----
+
+def _lora_bert(dtype=torch.float32):
+    peft = pytest.importorskip("peft")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=50, hidden_size=HIDDEN, num_attention_heads=HEADS, num_hidden_layers=1,
+                                     intermediate_size=8, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = transformers.BertModel(config).to(dtype)
+    # init_lora_weights=False: B random (peft's default B = 0 would hide a wrong effective weight)
+    lora = peft.get_peft_model(model, peft.LoraConfig(r=3, lora_alpha=6, target_modules=["query", "value"],
+                                                      init_lora_weights=False, lora_dropout=0.0))
+    return lora.eval(), lora.base_model.model.encoder.layer[0].attention.self
+
+
+def test_lora_heads_are_found_and_their_particles_are_the_effective_weights():
+    model, attention = _lora_bert()
+    found = RepulsiveHeads(model)  # previously: "no attention module found"
+    assert [s.name.rsplit(".", 1)[-1] for s in found.particle_sets] == ["q", "v"]  # key: frozen base, no LoRA
+    x = torch.randn(2, 3, HIDDEN)
+    for s, linear in zip(found.particle_sets, (attention.query, attention.value)):
+        assert s.lifted and s.params == [linear.lora_B["default"].weight]
+        with torch.no_grad():
+            expected = per_head(linear(x) - linear.base_layer.bias, HEADS)  # peft's own adapted forward
+            torch.testing.assert_close(particle_outputs(s, x, conv1d=False), expected)
+
+
+def _reference_lora_svgd(w0, lora_a, lora_b, scaling, grads, alpha, coef, h2):
+    """SVGD over B's head rows with the RBF kernel of the effective weights θ_i = W0_i + s·B_i·A, float64, by
+    autograd: Ĝ_i = coef·(Σ_j k_ij G_j − α Σ_j ∇_{B_j} k(θ(B_j), θ_i))."""
+    b = lora_b.detach().clone().requires_grad_(True)
+    theta = (w0 + scaling * b @ lora_a).flatten(1)
+    k = torch.exp(-torch.cdist(theta, theta).square() / (2 * h2)).detach()
+    repulsion = []
+    for i in range(theta.shape[0]):
+        energy = torch.exp(-(theta - theta[i].detach()).square().sum(1) / (2 * h2)).sum()
+        (grad,) = torch.autograd.grad(energy, b, retain_graph=True)
+        repulsion.append(grad.sum(0))
+    return coef * (torch.einsum("ij,jdr->idr", k, grads) - alpha * torch.stack(repulsion))
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5])
+def test_lora_rewrite_matches_an_autograd_reference(alpha):
+    _model, attention = _lora_bert(torch.float64)
+    repulsive = RepulsiveHeads([attention], alpha=alpha, layers=None)
+    linear = attention.query
+    w0 = linear.base_layer.weight.detach().unflatten(0, (HEADS, D))
+    lora_a, lora_b = linear.lora_A["default"].weight.detach(), linear.lora_B["default"].weight
+    gen = torch.Generator().manual_seed(3)
+    for s in repulsive.particle_sets:
+        for p in s.params:
+            p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+    grads = lora_b.grad.detach().clone().unflatten(0, (HEADS, D))
+    stats = repulsive.step()
+    h2 = stats["sets"]["0.q"]["bandwidth"] ** 2
+    want = _reference_lora_svgd(w0, lora_a, lora_b.detach().unflatten(0, (HEADS, D)), linear.scaling["default"],
+                                grads, alpha, 1.0 / HEADS, h2)
+    torch.testing.assert_close(lora_b.grad.unflatten(0, (HEADS, D)), want)
+    # the bandwidth is the median heuristic of the effective weights (what a plain layer with W0 + s·B·A gets)
+    from probattn.repulsive import svgd_terms
+
+    theta = (linear.base_layer.weight + linear.get_delta_weight("default")).detach().unflatten(0, (HEADS, D))
+    plain = svgd_terms(theta.flatten(1), torch.zeros_like(theta.flatten(1)))
+    assert stats["sets"]["0.q"]["bandwidth"] == pytest.approx(float(plain.bandwidth), rel=1e-9)
+
+
+def test_lora_on_a_fused_projection_is_refused():
+    peft = pytest.importorskip("peft")
+    config = transformers.GPT2Config(n_embd=HIDDEN, n_head=HEADS, n_layer=1, vocab_size=50, n_positions=8)
+    model = peft.get_peft_model(transformers.GPT2Model(config), peft.LoraConfig(r=2, target_modules=["c_attn"]))
+    with pytest.raises(ValueError, match=r"LoRA on GPT-2's fused Conv1D c_attn is not supported"):
+        RepulsiveHeads(model)
+
+
+def test_lora_spos_and_joint_grouping_run_in_b_space():
+    _model, attention = _lora_bert()
+    for options in ({"method": "spos"}, {"grouping": "joint"}):
+        repulsive = RepulsiveHeads([attention], **options)
+        lora_b = [attention.query.lora_B["default"].weight, attention.value.lora_B["default"].weight]
+        for p in lora_b:
+            p.grad = torch.randn_like(p)
+        before = [p.grad.clone() for p in lora_b]
+        stats = repulsive.step()
+        assert all(torch.isfinite(p.grad).all() and not torch.equal(p.grad, b) for p, b in zip(lora_b, before))
+        assert all(s["repulsion_ratio"] > 0 for s in stats["sets"].values())

@@ -197,17 +197,25 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(small_config, tmp_
                                                    r"intact\. Free some disk space, then continue with --resume"):
         train(config, progress=False, on_step=fill_disk)
     assert load_checkpoint(out)["step"] == 2
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-00000002"]  # no temporary directory left
+    left = sorted(p.name for p in out.iterdir() if p.name != "probattn-output.json")
+    assert left == ["checkpoint-00000002"]  # no temporary directory left
     disk.full = False
     assert train(config.replace(resume=True), progress=False).history[-1]["step"] == 6
 
 
 def test_disk_full_is_one_line_from_the_cli(small_config, tmp_path, monkeypatch, capsys):
+    import probattn.training.loop as loop
     from probattn.cli import main
 
-    _Disk(monkeypatch).full = True
-    code = main(["train", "--data", small_config.data, "--text-column", "text", "--label-column", "label",
-                 "--embed-dim", "16", "--num-layers", "1", "--max-steps", "1", "--batch-size", "8",
+    disk, save = _Disk(monkeypatch), loop.save_checkpoint
+
+    def fill_then_save(*args, **kwargs):  # the disk fills up before the first checkpoint
+        disk.full = True
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "save_checkpoint", fill_then_save)
+    code = main(["train", "--model", "tiny", "--data", small_config.data, "--text-column", "text",
+                 "--label-column", "label", "--embed-dim", "16", "--num-layers", "1", "--max-steps", "1", "--batch-size", "8",
                  "--output", str(tmp_path / "r"), "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1

@@ -37,11 +37,12 @@ def test_train_on_own_csv_with_string_labels(tmp_path, sample_csv, capsys):
 
 
 def test_many_epochs_on_a_tiny_set_are_warned_about(sample_csv, capsys):
-    # 140 training rows / batch 32 = 4 steps per epoch: 100 steps are 25 passes over the data
+    # 100 steps of 32 examples = 3,200 examples = 23 passes over the 140 training rows
     code, _, err = run(["--data", str(sample_csv), "--text-column", "text", "--label-column", "label",
                         *FAST[:-5], "--batch-size", "32", "--max-steps", "100", "--no-progress"], capsys)
     assert code == 0
-    assert "probattn train: 100 steps of 32 examples on 140 training examples = 25 epochs" in err
+    assert "probattn train: a budget of 100 steps of 32 on 140 training examples is 23 epochs" in err
+    assert "--eval-every" in err  # says how to keep the best checkpoint
 
 
 def test_help_shows_every_default(capsys):
@@ -121,3 +122,12 @@ def test_train_a_local_hugging_face_directory(tmp_path, sample_csv, capsys):
     assert json.loads((tmp_path / "out" / "config.json").read_text())["model"] == str(model_dir)
     code, _, err = run(["--model", str(tmp_path / "nowhere"), *FAST], capsys)
     assert code == 2 and "or a local Hugging Face model directory (with config.json)" in err
+
+
+def test_train_reaches_what_it_reports_from_below_the_experiments():
+    """`train` and the study runner share the metrics and figures it reports; training does not import experiments."""
+    import inspect
+
+    import probattn.training.command as command
+
+    assert "probattn.experiments" not in inspect.getsource(command)

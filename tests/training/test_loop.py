@@ -241,3 +241,34 @@ def _three_class_file(config, folder):
     path = folder / "three.csv"
     path.write_text("\n".join(["text,label", *rows]) + "\n")
     return path
+
+
+def test_model_selection_keeps_the_best_validation_checkpoint(small_config, capsys):
+    """eval_every: validation during training; the returned model is the best one seen, not the last; the
+    history records each validation; patience stops early; the epochs trained are reported."""
+    config = small_config.replace(max_steps=60, eval_every=3, patience=2, lr=3e-2)
+    result = train(config, progress=False)
+    selection = result.metrics["train"]["selection"]
+    seen = [(r["step"], r["val_accuracy"], r["val_nll"]) for r in result.history if "val_accuracy" in r]
+    assert len(seen) == selection["evaluations"] >= 1
+    best = max(seen, key=lambda s: (s[1], -s[2], -s[0]))
+    assert selection["best_step"] == best[0]
+    assert result.predict(result.splits.validation).metrics()["accuracy"] == pytest.approx(best[1])
+    steps = result.metrics["train"]["steps_trained"]
+    assert steps == seen[-1][0] and result.metrics["train"]["epochs"] == pytest.approx(steps / (140 // 8))
+    if selection["stopped_early"]:
+        assert steps < 60 and steps - best[0] == 2 * 3
+    assert "epochs" not in capsys.readouterr().err  # 60 steps of 8 on 140 examples = 3 epochs: no warning
+    train(small_config.replace(max_steps=200, eval_every=100), progress=False)  # 11 epochs: warned, and said kept
+    assert "11 epochs: the best validation checkpoint is kept" in capsys.readouterr().err
+
+
+def test_a_regularizer_that_makes_nan_is_named_at_that_step(small_config, monkeypatch):
+    """Issue 23 item 9: the step the rewrite makes NaN stops with the regularizer's name, before the update."""
+    from probattn.repulsive import heads
+
+    real = heads.fused_svgd
+    monkeypatch.setattr(heads, "fused_svgd", lambda *a, **kw: real(*a, **kw) * float("nan"))
+    with pytest.raises(NonFiniteError, match=r"step 1: non-finite repulsive update \(RepulsiveHeads\(svgd\) produced "
+                                             r"a non-finite gradient in .* from finite weights and gradients"):
+        train(small_config.replace(repulsive="svgd"), progress=False)

@@ -16,6 +16,8 @@ Call :func:`alignment_loss` exactly once after every training forward pass: it r
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -132,6 +134,21 @@ class AlignmentStats:
         return out
 
 
+def _warn_if_frozen(regularizer: AlignmentRegularizer) -> None:
+    """Warn (once per regularizer) when its auxiliary networks are all frozen while its term is trained."""
+    params = regularizer.auxiliary_parameters()
+    if not params or any(p.requires_grad for p in params) or getattr(regularizer, "_warned_frozen", False):
+        return
+    regularizer._warned_frozen = True
+    warnings.warn(
+        f"the {regularizer.variant!r} alignment term is in the loss but its {len(params)} auxiliary network "
+        "parameters are frozen (requires_grad=False), e.g. by peft.get_peft_model: the adversary cannot train and "
+        "the term measures nothing useful. Call probattn.hf.unfreeze_probattn(model) after wrapping (probattn.hf."
+        "Trainer does it), or detach the regularizer (probattn.alignment.detach_alignment)",
+        UserWarning, stacklevel=3,
+    )
+
+
 def alignment_loss(model: nn.Module, *, distance_batch: int | None = 1) -> tuple[Tensor, AlignmentStats]:
     """``mean over layer applications of (weight * term)`` stored since the last call, and diagnostics.
 
@@ -151,11 +168,15 @@ def alignment_loss(model: nn.Module, *, distance_batch: int | None = 1) -> tuple
     regularizers = attached_regularizers(model)
     if not regularizers:
         raise ValueError("no alignment regularizer is attached to model; call attach_alignment(model) first")
-    weighted, terms, distances = [], [], []
+    weighted, terms, distances, owners = [], [], [], []
     for regularizer in regularizers:
-        for obs in regularizer.pop_observations():
+        observations = regularizer.pop_observations()
+        if observations:
+            _warn_if_frozen(regularizer)
+        for obs in observations:
             weighted.append(regularizer.weight * obs.term)
             terms.append(obs.term.detach())
+            owners.append((regularizer, obs))
             if distance_batch != 0:
                 rows = slice(None) if distance_batch is None else slice(0, distance_batch)
                 qv, kv = (None if v is None else v[rows] for v in (obs.query_valid, obs.key_valid))
@@ -172,7 +193,29 @@ def alignment_loss(model: nn.Module, *, distance_batch: int | None = 1) -> tuple
     stats = AlignmentStats(
         terms=torch.stack(terms).tolist(), distances=torch.stack(distances).tolist() if distances else []
     )
+    _check_finite_terms(model, stats.terms, owners)
     return torch.stack(weighted).mean(), stats
+
+
+def _check_finite_terms(model: nn.Module, terms: list[float], owners: list) -> None:
+    """Raise ``FloatingPointError`` naming the regularizer and its layer when a term is NaN or infinite (the terms
+    were read already: no extra sync). Finite queries and keys in: the regularizer is at fault; otherwise the
+    model diverged before it."""
+    bad = [i for i, term in enumerate(terms) if not math.isfinite(term)]
+    if not bad:
+        return
+    regularizer, obs = owners[bad[0]]
+    names = {id(m): name for name, m in model.named_modules()}
+    layer = next((name for name, m in model.named_modules() if getattr(m, REGULARIZER_ATTR, None) is regularizer),
+                 names.get(id(regularizer), "?"))
+    inputs_finite = bool(torch.isfinite(obs.q).all()) and bool(torch.isfinite(obs.k).all())
+    cause = ("from finite queries and keys: lower the alignment weight or the auxiliary networks' learning rate, or "
+             "restart from an earlier checkpoint" if inputs_finite else
+             "because the layer's queries/keys are already non-finite: the model diverged before the alignment term")
+    raise FloatingPointError(
+        f"AlignmentRegularizer({regularizer.variant}) produced {terms[bad[0]]} in layer {layer or 'model'!r} "
+        f"({len(bad)} of {len(terms)} terms non-finite) {cause}"
+    )
 
 
 def alignment_parameter_groups(model: nn.Module, **auxiliary_options) -> list[dict]:

@@ -251,7 +251,15 @@ class AlignmentRegularizer(nn.Module):
 
 
 def _in_backward() -> bool:
-    """True inside a backward pass (torch exposes this only privately; False if the hook is missing)."""
+    """True inside a backward pass (torch exposes this only privately; False if the hook is missing).
+
+    Under ``torch.compile`` this is False without asking: dynamo cannot trace the query (an int from the
+    autograd engine, a graph break that ``fullgraph=True`` refuses), and it need not: a compiled forward is
+    traced once, and activation checkpointing inside it recomputes in the compiled backward graph, which never
+    runs this Python code again, so the term is stored exactly once per forward either way.
+    """
+    if torch.compiler.is_compiling():
+        return False
     task_id = getattr(torch._C, "_current_graph_task_id", None)
     return task_id is not None and task_id() != -1
 

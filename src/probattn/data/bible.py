@@ -174,7 +174,7 @@ def cache_dir() -> Path:
 
 
 def _write_cache(path: Path, corpus: ParallelText) -> None:
-    from probattn.training.checkpoint import write_json
+    from probattn.io import write_json
 
     write_json(path, {"format": CACHE_FORMAT, "source_module": SOURCE_MODULE, "target_module": TARGET_MODULE,
                       "max_length_ratio": MAX_LENGTH_RATIO,

@@ -3,7 +3,10 @@
 Every problem with the file is a ``ValueError`` that names the file, the column and the rows involved:
 a missing column (the existing columns are listed), an empty file, a single class, missing or non-text
 values, labels that are neither integers nor strings, rows pandas cannot parse, or a JSONL line that is not
-a JSON object (named by its line number).
+a JSON object or nests too deeply (named by its line number).
+
+Parquet files are read with pyarrow (>= 14.0.1) and refused when a column carries an Arrow extension type,
+before pyarrow could run that type's deserializer (see :func:`_read_parquet`).
 
 Only an empty CSV cell (or a JSON ``null``) is missing: a text or label written ``None``, ``NA``, ``NaN``,
 ``null`` ... is that string, not pandas' missing value.
@@ -11,8 +14,10 @@ Only an empty CSV cell (or a JSON ``null``) is missing: a text or label written 
 
 from __future__ import annotations
 
+import base64
 import json
 import numbers
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -49,17 +54,89 @@ def read_table(path: str | Path):
         elif kind == "jsonl":
             frame = pd.DataFrame.from_records(_jsonl_records(path))
         else:
-            frame = pd.read_parquet(path)
+            frame = _read_parquet(path)
     except pd.errors.EmptyDataError as exc:
         raise ValueError(f"--data {path}: the file is empty (no header, no rows)") from exc
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"--data {path}: could not read it as {kind.upper()}: {first_line}") from exc
+    except ModuleNotFoundError as exc:
+        if exc.name == "pyarrow":  # _read_parquet's own message (pyarrow missing or too old)
+            raise
+        raise ModuleNotFoundError(f"reading {path.name} needs pyarrow: pip install 'pyarrow>=14.0.1'",
+                                  name="pyarrow") from exc
     except ImportError as exc:  # parquet without pyarrow
-        raise ModuleNotFoundError(f"reading {path.name} needs pyarrow: pip install pyarrow", name="pyarrow") from exc
+        raise ModuleNotFoundError(f"reading {path.name} needs pyarrow: pip install 'pyarrow>=14.0.1'",
+                                  name="pyarrow") from exc
     if len(frame) == 0:
         raise ValueError(f"--data {path}: the file has no rows (columns: {', '.join(map(str, frame.columns))})")
     return frame
+
+
+PYARROW_MIN = (14, 0, 1)  # pyarrow 14.0.0 and older unpickle a crafted Parquet column (CVE-2023-47248)
+_EXTENSION_KEY = b"ARROW:extension:name"
+PARQUET_MAGIC = b"PAR1"
+
+
+def _base64_cores(needle: bytes) -> list[bytes]:
+    """The base64 text that ``needle`` becomes wherever it sits in a base64-encoded string (one per byte offset
+    modulo 3, without the characters that depend on the neighbouring bytes)."""
+    cores = []
+    for shift in range(3):
+        encoded = base64.b64encode(b"\0" * shift + needle)
+        tail = 4 if (shift + len(needle)) % 3 else 0
+        cores.append(encoded[4 if shift else 0: len(encoded) - tail])
+    return cores
+
+
+def _parquet_footer(path: Path) -> bytes:
+    """The raw footer (thrift ``FileMetaData``) of a Parquet file, read without pyarrow."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        if size < 12 or handle.read(4) != PARQUET_MAGIC:
+            raise ValueError("not a Parquet file (no PAR1 magic at the start)")
+        handle.seek(size - 8)
+        tail = handle.read(8)
+        length = int.from_bytes(tail[:4], "little")
+        if tail[4:] != PARQUET_MAGIC:
+            raise ValueError("the Parquet footer is encrypted or the file is truncated (no PAR1 magic at the end)")
+        if not 0 < length <= size - 12:
+            raise ValueError(f"the Parquet footer length {length} does not fit in the file of {size} bytes "
+                             "(truncated or damaged)")
+        handle.seek(size - 8 - length)
+        return handle.read(length)
+
+
+def _read_parquet(path: Path):
+    """A Parquet file as a DataFrame, read with pyarrow, refusing Arrow extension types before pyarrow sees them.
+
+    An extension-typed column is restored by calling the deserializer registered for its name, and pyarrow
+    calls it as soon as it opens the file (``pq.ParquetFile``, ``pq.read_metadata``, ``pq.read_table`` all do):
+    pyarrow <= 14.0.0 registers one that unpickles the column's payload (CVE-2023-47248), and any other
+    package may register its own. Extension types are named only by the ``ARROW:extension:name`` key in the
+    Arrow schema that pyarrow stores (base64-encoded) in the Parquet footer, so this reads the footer's raw bytes
+    first and refuses the file when the key occurs there in any encoding; without the key no deserializer can
+    run. Text and label columns never need an extension type. pyarrow >= 14.0.1 is required as well.
+    """
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise ModuleNotFoundError(f"reading {path.name} needs pyarrow: pip install 'pyarrow>=14.0.1'",
+                                  name="pyarrow") from exc
+    version = tuple(int(part) for part in re.findall(r"\d+", pa.__version__)[:3])
+    if version < PYARROW_MIN:
+        raise ModuleNotFoundError(f"reading {path.name} needs pyarrow >= 14.0.1 (pyarrow {pa.__version__} runs code "
+                                  "hidden in crafted Parquet files, CVE-2023-47248): pip install 'pyarrow>=14.0.1'",
+                                  name="pyarrow")
+    footer = _parquet_footer(path)
+    if any(needle in footer for needle in (_EXTENSION_KEY, *_base64_cores(_EXTENSION_KEY))):
+        raise ValueError(
+            "a column carries an Arrow extension type (the file's schema holds ARROW:extension:name); probattn "
+            "does not deserialize extension types, whose readers can run code (pyarrow's unpickled, "
+            "CVE-2023-47248). Save the text and label columns as plain strings / integers"
+        )
+    return pq.read_table(path).to_pandas()
 
 
 def _jsonl_records(path: Path) -> list[dict]:
@@ -74,6 +151,10 @@ def _jsonl_records(path: Path) -> list[dict]:
             except json.JSONDecodeError as exc:
                 raise ValueError(f"line {number} is not valid JSON ({exc.msg} at column {exc.colno}); fix or "
                                  f"delete that line") from exc
+            except RecursionError:
+                raise ValueError(f"line {number} nests JSON arrays / objects too deeply to read (a record is one "
+                                 f"flat object like {{\"text\": ..., \"label\": ...}}); fix or delete that "
+                                 "line") from None
             if not isinstance(record, dict):
                 raise ValueError(f"line {number} is a JSON {type(record).__name__}, not an object like "
                                  f"{{\"text\": ..., \"label\": ...}}")
@@ -135,8 +216,11 @@ def load_file(
     label_column: str,
     text_pair_column: str | None = None,
     label_names: Sequence[str] | None = None,
+    group_column: str | None = None,
 ) -> TextClassificationData:
     """Load a labelled text file.
+
+    ``group_column``: rows with one value of it form a group that splits keep together (``groups``).
 
     Labels may be integers or strings; they are mapped to ids ``0..C-1`` in sorted order and
     ``label_names[i]`` is ``str`` of the ``i``-th value. Pass ``label_names`` (e.g. the training set's) to map
@@ -146,7 +230,7 @@ def load_file(
     frame = read_table(path)
     columns = [str(c) for c in frame.columns]
     for flag, column in (("--text-column", text_column), ("--label-column", label_column),
-                         ("--text-pair-column", text_pair_column)):
+                         ("--text-pair-column", text_pair_column), ("--group-column", group_column)):
         if column is not None and column not in columns:
             raise ValueError(f"--data {path}: {flag} {column!r} is not a column of the file; "
                              f"its columns are: {', '.join(columns)}")
@@ -165,5 +249,6 @@ def load_file(
     unknown = sorted({str(v) for v in raw} - set(index))
     if unknown:
         raise ValueError(f"--data {path}: labels {unknown[:5]} are not among the training labels {list(names)}")
+    groups = None if group_column is None else [str(v) for v in frame[group_column].tolist()]
     return TextClassificationData(texts=texts, labels=[index[str(v)] for v in raw], label_names=names,
-                                  text_pairs=pairs, name=path.stem)
+                                  text_pairs=pairs, groups=groups, name=path.stem)

@@ -60,7 +60,7 @@ class SubwordTokenizer:
 
     def save(self, path: str | Path) -> Path:
         """Atomically write the tokenizer JSON."""
-        from probattn.training.checkpoint import atomic_write
+        from probattn.io import atomic_write
 
         data = self.to_json().encode()
         return atomic_write(path, lambda handle: handle.write(data))

@@ -8,37 +8,34 @@ on Amazon Fine Food reviews (out of domain), for the variants ``softmax`` (plain
 authors' script. Fine-tuning MiniLM took 0.9-1.6 s per step at batch 16 on 2 CPU cores (softmax, CT, GAN in
 docs/experiments.md), so the budget is set by ``--max-steps`` and ``--seeds``.
 
-Run it with ``probattn experiment alignment``; it is :func:`probattn.experiments.compare.compare` with the
-``minilm-full`` preset (every MiniLM layer fine-tuned).
+Run it with ``probattn experiment alignment``; it is the compare study
+(:class:`probattn.experiments.compare.CompareStudy`) with the ``minilm-full`` preset (every MiniLM layer
+fine-tuned).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from probattn.experiments.compare import COLUMNS_IN_DOMAIN, COLUMNS_OOD, add_run_arguments, run_compare
-from probattn.experiments.results import Column
+from probattn.experiments import runner
+from probattn.experiments.compare import ACCURACY, BRIER, ECE, NLL, CompareStudy, Metric, Table
 
-__all__ = ["TABLES", "add_arguments", "run"]
+__all__ = ["STUDY", "TABLES", "add_arguments", "run"]
 
-TABLES = {
-    "In domain: Rotten Tomatoes test (held-out movies)": COLUMNS_IN_DOMAIN,
-    "Out of domain: Amazon Fine Food reviews": COLUMNS_OOD,
-    "Key/query alignment and cost (256 test sentences)": [
-        Column("kq_alignment", "k/q distance (MMD²)", False, 4),
-    ],
-}
+TABLES = (
+    Table("In domain: Rotten Tomatoes test (held-out movies)", (ACCURACY, ECE, NLL, BRIER), "test"),
+    Table("Out of domain: Amazon Fine Food reviews", (ACCURACY, ECE, NLL, BRIER), "ood"),
+    Table("Key/query alignment (256 test sentences)", (Metric("kq_alignment", "k/q distance (MMD²)", False, 4,
+                                                             (0.0, float("inf"))),), None),
+)
+STUDY = CompareStudy(name="experiment alignment", title="Alignment attention on MiniLM: Rotten Tomatoes -> Amazon",
+                     preset="minilm-full", tables=TABLES, default_variants=("softmax", "alignment", "alignment-gan"),
+                     default_seeds=(0,), output="probattn-experiments/alignment", max_steps=150, ood_examples=1000)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--variants", nargs="+", default=["softmax", "alignment", "alignment-gan"],
-                        help="default: softmax alignment alignment-gan")
-    add_run_arguments(parser, seeds=[0], max_steps=150, output="probattn-experiments/alignment", ood_examples=1000)
-    parser.add_argument("--max-train-examples", type=int, default=None, help="train on a random subset")
+    runner.add_arguments(parser, STUDY)
 
 
 def run(args: argparse.Namespace) -> int:
-    overrides = {} if args.max_train_examples is None else {"max_train_examples": args.max_train_examples}
-    return run_compare(args, name="experiment alignment", preset="minilm-full", variants=args.variants,
-                       overrides=overrides, title="Alignment attention on MiniLM: Rotten Tomatoes -> Amazon",
-                       tables=TABLES)
+    return runner.main(STUDY, args)

@@ -7,8 +7,8 @@
   model attends over) and logistic regression.
 
 The logistic regressions pick ``C`` from (0.1, 1, 10) on the validation split. Each baseline is one
-deterministic fit, so its rows have no interval over seeds. Every baseline returns the same record shape as a
-trained run (``metrics``, ``correct_id``/``correct_ood`` per example, ``reliability``).
+deterministic fit, so its rows have no interval over seeds. Every baseline returns the runner's record shape
+(``sets``: ``test`` / ``ood`` metrics and per-example scores; ``reliability``).
 """
 
 from __future__ import annotations
@@ -17,37 +17,24 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import torch
 
 from probattn.data import DataSplits, TextClassificationData
+from probattn.metrics.calibration import measure_probabilities
 
 __all__ = ["BASELINES", "majority", "measure_probabilities", "run_baselines"]
 
 C_GRID = (0.1, 1.0, 10.0)
 
 
-def measure_probabilities(probs: np.ndarray, labels: list[int], suffix: str) -> dict[str, Any]:
-    """``{"metrics": accuracy/ece/nll/brier_<suffix>, "correct": [0/1 per example], "reliability": bins}``."""
-    from probattn.metrics import calibration
-
-    p = torch.as_tensor(np.asarray(probs, dtype=np.float32))
-    y = torch.as_tensor(labels, dtype=torch.long)
-    result = calibration(p, y, n_bins=15)
-    metrics = {f"accuracy_{suffix}": result.accuracy, f"ece_{suffix}": result.ece, f"nll_{suffix}": result.nll,
-               f"brier_{suffix}": result.brier}
-    bins = {k: getattr(result, k) for k in ("bin_edges", "bin_confidence", "bin_accuracy", "bin_count")}
-    return {"metrics": metrics, "correct": (p.argmax(1) == y).int().tolist(), "reliability": bins}
-
-
 def _record(predict: Callable[[TextClassificationData], np.ndarray], test: TextClassificationData,
             ood: TextClassificationData | None) -> dict[str, Any]:
-    record: dict[str, Any] = {"metrics": {}, "reliability": {}}
-    for suffix, key, data in (("id", "in_domain", test), ("ood", "ood", ood)):
+    """The runner's record shape: ``sets`` ``test`` (and ``ood``) with metrics and per-example scores."""
+    record: dict[str, Any] = {"sets": {}, "reliability": {}}
+    for name, key, data in (("test", "in_domain", test), ("ood", "ood", ood)):
         if data is None:
             continue
-        measured = measure_probabilities(predict(data), data.labels, suffix)
-        record["metrics"].update(measured["metrics"])
-        record[f"correct_{suffix}"] = measured["correct"]
+        measured = measure_probabilities(predict(data), data.labels)
+        record["sets"][name] = {"metrics": measured["metrics"], "scores": measured["scores"]}
         record["reliability"][key] = measured["reliability"]
     return record
 

@@ -3,23 +3,24 @@
 With no arguments: the variants softmax, doubly, hybrid, repulsive (SVGD) and alignment (CT) on Rotten
 Tomatoes (split by movie) with 2,000 Amazon Fine Food reviews as the out-of-domain set, 3 seeds each, using
 the ``minilm`` preset: two fresh probattn attention layers trained over the frozen token states of the
-pretrained all-MiniLM-L6-v2 (computed once and cached on disk, :mod:`probattn.hf.states`). The variants
+pretrained all-MiniLM-L6-v2 (computed once and cached on disk, :mod:`probattn.hf.states`), with model
+selection on the validation split (the best checkpoint is kept, early stopping with patience). The variants
 change exactly those trained attention layers. Measured run time and results: docs/experiments.md.
 
-The run, in order:
+A study of the runner (:mod:`probattn.experiments.runner`): the runner owns the grid (variants × seeds, and
+folds: ``--folds`` defaults to 5-fold cross-validation on a labelled file under 3,000 rows), worker processes,
+resume, the statistics, the verdict and the files. This module gives what is compare's own:
 
-1. the baselines (majority class, bag of words + logistic regression, frozen MiniLM + logistic regression;
-   :mod:`probattn.experiments.baselines`) on the same splits, saved as ``baselines.json``;
-2. every (variant, seed): :func:`probattn.training.train`, then on the in-domain test split and the OOD set
-   accuracy, ECE (15 bins), NLL, Brier, per-example correctness and reliability data, and on the first 256
-   test texts per layer head diversity, explained-away fraction and key/query distance
-   (:mod:`probattn.experiments.diagnostics`); saved at once as ``runs/<variant>-seed<k>.json``;
-3. a dedicated timing pass (:func:`timing_pass`): the variants interleaved round by round, wall and CPU
-   time per step and peak memory, saved as ``timing.json``;
-4. ``results.md`` (verdict first: :mod:`probattn.experiments.verdict`), ``results.json`` and the figures.
-
-``results.md``/``results.json`` are rebuilt after every run, so a later failure never loses earlier ones;
-``--resume`` skips what is finished.
+1. the data (the fixed split of 0.2.0, or folds of the whole labelled set) and, once, the frozen MiniLM
+   states of every text (:meth:`CompareStudy.prepare`);
+2. the baselines on each split (majority class, bag of words + LR, frozen MiniLM + LR;
+   :mod:`probattn.experiments.baselines`);
+3. one (variant, seed[, fold]): :func:`probattn.training.train`, then on the test split and the OOD set
+   accuracy, ECE (15 bins), NLL, Brier with per-example scores, reliability data, and on the first 256 test
+   texts per layer head diversity, explained-away fractions, keys below the doubly-normalized bound and
+   key/query distance (:mod:`probattn.experiments.diagnostics`);
+4. a dedicated timing pass (:func:`timing_pass`) after the grid, and the reliability / per-layer / cost
+   figures.
 """
 
 from __future__ import annotations
@@ -28,36 +29,32 @@ import argparse
 import contextlib
 import ctypes
 import gc
-import json
 import math
-import shlex
-import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from probattn.benchmarking import _reset_peak_rss, _status_kib
-from probattn.experiments import plots
-from probattn.experiments.diagnostics import collect_layer_statistics, layer_metrics
-from probattn.experiments.results import (
-    RUNS_DIR,
-    Column,
-    format_table,
-    load_runs,
-    run_path,
-    save_run,
-    summarize,
-    summary_records,
-    write_json,
+from probattn.experiments.runner import (
+    Claim,
+    Metric,
+    Report,
+    RunSpec,
+    Split,
+    Study,
+    Table,
+    fold_assignment,
+    fold_indices,
+    main,
+    run_study,
 )
-from probattn.experiments.verdict import accuracy_comparison, format_verdicts, verdicts
 from probattn.training.presets import DEFAULT_PRESET, PRESET_HELP, PRESETS
 
-__all__ = ["COLUMNS", "DEFAULT_PRESET", "PRESETS", "VARIANTS", "add_arguments", "add_run_arguments",
-           "apply_threads", "compare", "peak_memory", "run", "run_compare", "timing_pass"]
+__all__ = ["ACCURACY", "BRIER", "CLAIMS", "DEFAULT_PRESET", "ECE", "NLL", "PRESETS", "TABLES", "VARIANTS",
+           "CompareStudy", "Metric", "Table", "add_arguments", "compare", "evaluation_data", "peak_memory", "run", "timing_pass", "train_and_measure"]
 
 # variant name -> TrainConfig options that make it
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -72,48 +69,51 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 DEFAULT_VARIANTS = ("softmax", "doubly", "hybrid", "repulsive", "alignment")
 DEFAULT_SEEDS = (0, 1, 2)
-# presets: probattn.training.presets (shared with probattn train)
-COLUMNS_IN_DOMAIN = [
-    Column("accuracy_id", "accuracy", True), Column("ece_id", "ECE", False),
-    Column("nll_id", "NLL", False), Column("brier_id", "Brier", False),
-]
-COLUMNS_OOD = [
-    Column("accuracy_ood", "accuracy", True), Column("ece_ood", "ECE", False),
-    Column("nll_ood", "NLL", False), Column("brier_ood", "Brier", False),
-]
-COLUMNS_ATTENTION = [
-    Column("head_diversity", "head diversity (JS, bits)", True),
-    Column("explained_away_0.1", "explained away (m̃<0.1)", False),
-    Column("explained_away", "explained away (m̃<0.01)", False),
-    Column("kq_alignment", "k/q distance (MMD²)", False, 4),
-]
-COLUMNS_COST = [
-    Column("ms_per_step", "wall ms / step", False, 1),
-    Column("cpu_ms_per_step", "CPU ms / step", False, 1),
-    Column("peak_memory_mb", "peak memory (MiB)", False, 1),
-]
-COST_KEYS = {c.key for c in COLUMNS_COST}
-COLUMNS = COLUMNS_IN_DOMAIN + COLUMNS_OOD + COLUMNS_ATTENTION
-TABLES = {"In domain: test split": COLUMNS_IN_DOMAIN,
-          "Out of domain": COLUMNS_OOD,
-          "Attention (first 256 test texts, mean over layers)": COLUMNS_ATTENTION}
 DIAGNOSTIC_EXAMPLES = 256
+# model selection of the compare presets (flags --eval-every / --patience win; 0 turns it off). The default
+# validates about twice per epoch, every 25 to 100 steps (auto_eval_every): on Rotten Tomatoes (279 steps per
+# epoch) 3 validations of 1,314 texts per run, on an 800-row file every 25 steps (17 steps per epoch).
+SELECTION = {"eval_every": "about twice per epoch (25-100 steps)", "patience": 4}
 
 
-class Messages:
-    """Notices of a run, printed once each as ``<command>: <message>`` above the progress bars."""
+def auto_eval_every(train_examples: int, batch_size: int) -> int:
+    """Validation interval of the default model selection: half an epoch, at least 25 and at most 100 steps."""
+    return max(25, min(100, train_examples // batch_size // 2))
 
-    def __init__(self, command: str = "probattn compare") -> None:
-        self.prefix = command.split(" --")[0].split(" -")[0]
-        self.seen: set[str] = set()
-
-    def __call__(self, message: str) -> None:
-        if message in self.seen:
-            return
-        self.seen.add(message)
-        from tqdm.auto import tqdm
-
-        tqdm.write(f"{self.prefix}: {message}", file=sys.stderr)
+ACCURACY = Metric("accuracy", "accuracy", True, bounds=(0.0, 1.0), score="correct")
+ECE = Metric("ece", "ECE", False, bounds=(0.0, 1.0))
+NLL = Metric("nll", "NLL", False, bounds=(0.0, math.inf), score="nll")
+BRIER = Metric("brier", "Brier", False, bounds=(0.0, 2.0), score="brier")
+CLASSIFICATION = (ACCURACY, ECE, NLL, BRIER)
+ATTENTION = (
+    Metric("head_diversity", "head diversity (JS, bits)", True, bounds=(0.0, 1.0)),
+    Metric("below_bound", "keys below 1/N of fair share", False, 4, bounds=(0.0, 1.0)),
+    Metric("explained_away_0.1", "explained away (m̃<0.1)", False, bounds=(0.0, 1.0)),
+    Metric("explained_away", "explained away (m̃<0.01)", False, bounds=(0.0, 1.0)),
+    Metric("kq_alignment", "k/q distance (MMD²)", False, 4, bounds=(0.0, math.inf)),
+)
+COST = (Metric("ms_per_step", "wall ms / step", False, 1, (0.0, math.inf)),
+        Metric("cpu_ms_per_step", "CPU ms / step", False, 1, (0.0, math.inf)),
+        Metric("peak_memory_mb", "peak memory (MiB)", False, 1, (0.0, math.inf)))
+TABLES = (Table("In domain: test split", CLASSIFICATION, "test"),
+          Table("Out of domain", CLASSIFICATION, "ood"),
+          Table(f"Attention (first {DIAGNOSTIC_EXAMPLES} test texts, mean over layers)", ATTENTION, None))
+CLAIMS = (
+    Claim("doubly", "no key below 1/N of its fair share (the guaranteed bound, m̃ ≥ 1/N_q)", "below_bound",
+          "at_most", None, 0.0, 4),
+    Claim("doubly", "accuracy in domain up", "accuracy", "up"),
+    Claim("doubly", "explained-away tokens (m̃<0.1) down (secondary: a threshold, not the bound)",
+          "explained_away_0.1", "down", None),
+    Claim("hybrid", "accuracy in domain up", "accuracy", "up"),
+    Claim("hybrid", "explained-away tokens (m̃<0.1) down", "explained_away_0.1", "down", None),
+    Claim("repulsive", "head diversity up", "head_diversity", "up", None),
+    Claim("repulsive", "accuracy in domain up", "accuracy", "up"),
+    Claim("repulsive", "calibration: ECE in domain down", "ece", "down"),
+    Claim("alignment", "key/query distance (MMD²) down", "kq_alignment", "down", None, digits=4),
+    Claim("alignment", "ECE in domain down", "ece", "down"),
+    Claim("alignment", "ECE out of domain down", "ece", "down", "ood"),
+    Claim("alignment", "accuracy out of domain up", "accuracy", "up", "ood"),
+)
 
 
 @contextlib.contextmanager
@@ -141,43 +141,37 @@ def peak_memory(device: torch.device) -> Iterator[dict[str, float]]:
         box["mb"] = (end - start) / 1024
 
 
-def _split_metrics(predictions, suffix: str) -> dict[str, Any]:
-    from probattn.experiments.baselines import measure_probabilities
-
-    return measure_probabilities(predictions.probs.numpy(), predictions.labels.tolist(), suffix)
-
-
-def train_and_measure(config, ood, *, log: Callable[[str], None] | None = None, progress: bool = False,
+def train_and_measure(config, splits, ood, *, log: Callable[[str], None] | None = None, progress: bool = False,
                       desc: str | None = None) -> dict[str, Any]:
-    """Train one run and measure it; returns the run record (without ``variant``/``seed``)."""
+    """Train one run on ``splits`` and measure it; returns the runner's run record."""
+    from probattn.experiments.diagnostics import collect_layer_statistics, layer_metrics
+    from probattn.metrics.calibration import measure_probabilities
     from probattn.training import train
 
-    began, cpu_began = time.perf_counter(), time.process_time()
-    result = train(config, progress=progress, log=log, desc=desc, evaluate=False)  # evaluated here, once
-    metrics: dict[str, float] = {}
-    record: dict[str, Any] = {"reliability": {}}
-    for split, data in (("id", result.splits.test), ("ood", ood)):
+    result = train(config, progress=progress, log=log, desc=desc, evaluate=False, splits=splits)
+    record: dict[str, Any] = {"sets": {}, "reliability": {}}
+    for name, key, data in (("test", "in_domain", splits.test), ("ood", "ood", ood)):
         if data is None:
             continue
-        measured = _split_metrics(result.predict(data), split)
-        metrics.update(measured["metrics"])
-        record[f"correct_{split}"] = measured["correct"]
-        record["reliability"]["in_domain" if split == "id" else "ood"] = measured["reliability"]
-    test = result.splits.test
-    summaries = collect_layer_statistics(result.model, result.encode(test.texts[:DIAGNOSTIC_EXAMPLES], None),
+        predictions = result.predict(data)
+        measured = measure_probabilities(predictions.probs.numpy(), predictions.labels.tolist())
+        record["sets"][name] = {"metrics": measured["metrics"], "scores": measured["scores"]}
+        record["reliability"][key] = measured["reliability"]
+    summaries = collect_layer_statistics(result.model, result.encode(splits.test.texts[:DIAGNOSTIC_EXAMPLES], None),
                                          max_examples=DIAGNOSTIC_EXAMPLES)
     per_layer_values = [layer_metrics(s) for s in summaries]
-    per_layer = {k: [v[k] for v in per_layer_values]
-                 for k in ("head_diversity", "explained_away_0.1", "explained_away", "kq_alignment", "lin_redundancy")}
+    per_layer = {k: [v[k] for v in per_layer_values] for k in per_layer_values[0]} if per_layer_values else {}
+    metrics = {}
     for key, values in per_layer.items():
         finite = [v for v in values if math.isfinite(v)]
         metrics[key] = sum(finite) / len(finite) if finite else math.nan
+    train_info = result.metrics["train"]
     return {"metrics": metrics, **record, "per_layer": per_layer, "config": config.to_dict(),
-            "seconds": time.perf_counter() - began, "cpu_seconds": time.process_time() - cpu_began,
-            "final_loss": result.metrics["train"]["final_loss"]}
+            "epochs": train_info["epochs"], "steps_trained": train_info["steps_trained"],
+            "selection": train_info["selection"], "final_loss": train_info["final_loss"]}
 
 
-def timing_pass(configs: dict[str, Any], *, rounds: int, steps: int,
+def timing_pass(configs: dict[str, Any], *, rounds: int, steps: int, splits=None,
                 progress: Callable[[str], None] | None = None) -> dict[str, list[dict[str, float]]]:
     """Time ``steps`` training steps of every variant, interleaved: round 1 runs each variant once, then round 2...
 
@@ -192,10 +186,9 @@ def timing_pass(configs: dict[str, Any], *, rounds: int, steps: int,
         for variant, config in configs.items():
             if progress is not None:
                 progress(f"timing round {r + 1}/{rounds}: {variant}")
-            device = _device(config)
-            with peak_memory(device) as memory:
-                result = train(config.replace(max_steps=steps, warmup_steps=0), progress=False,
-                               log=lambda _: None, evaluate=False)
+            with peak_memory(_device(config)) as memory:
+                result = train(config.replace(max_steps=steps, warmup_steps=0, eval_every=0), progress=False,
+                               log=lambda _: None, evaluate=False, splits=splits)
             t = result.metrics["train"]
             out[variant].append({"ms_per_step": 1000 * t["seconds_per_step"],
                                  "cpu_ms_per_step": 1000 * t["cpu_seconds_per_step"],
@@ -207,11 +200,6 @@ def _device(config) -> torch.device:
     if config.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(config.device)
-
-
-def _majority(data) -> float:
-    counts = torch.bincount(torch.tensor(data.labels))
-    return float(counts.max() / counts.sum())
 
 
 def evaluation_data(config, ood_examples: int | None):
@@ -237,305 +225,290 @@ def evaluation_data(config, ood_examples: int | None):
     return splits, ood
 
 
-def _cached_json(path: Path, fingerprint: dict[str, Any], make: Callable[[], Any], log: Callable[[str], None],
-                 what: str) -> Any:
-    """``make()``, saved to ``path`` with ``fingerprint``; reused when ``path`` holds the same fingerprint."""
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        if saved.get("fingerprint") == fingerprint:
-            log(f"{what}: reusing {path}")
-            return saved["data"]
-    data = make()
-    write_json(path, {"fingerprint": fingerprint, "data": data})
-    return data
+def _labelled(config, group_column: str | None):
+    """The whole labelled set (for folds): Rotten Tomatoes (groups = movies) or the user's file."""
+    from probattn.data import load_file
+    from probattn.data.sources import load_rotten_tomatoes
+
+    if config.data == "rotten_tomatoes":
+        if group_column is not None:
+            raise ValueError("--group-column: Rotten Tomatoes is always grouped by movie; drop the flag")
+        return load_rotten_tomatoes()
+    return load_file(config.data, text_column=config.text_column, label_column=config.label_column,
+                     text_pair_column=config.text_pair_column, group_column=group_column)
 
 
-def _interval_text(e: dict[str, Any] | None) -> str:
-    if e is None:
-        return ""
-    return f"{e['difference']:+.3f} [{e['low']:+.3f}, {e['high']:+.3f}], p = {e['p_value']:.3f}: {e['verdict']}"
+class CompareStudy(Study):
+    """``probattn compare`` (and the experiments built on it: ``alignment``, ``self-attentive``)."""
 
+    name = "compare"
+    title = "probattn compare"
+    output = "probattn-compare"
+    variants: ClassVar[dict[str, Any]] = VARIANTS
+    default_variants = DEFAULT_VARIANTS
+    default_seeds = DEFAULT_SEEDS
+    tables = TABLES
+    claims = CLAIMS
+    supports_folds = True
 
-def _baseline_runs(baselines: dict[str, Any]) -> list[dict[str, Any]]:
-    return [{"variant": name, "seed": 0, **record} for name, record in baselines.items()]
+    def __init__(self, *, name: str = "compare", title: str = "probattn compare", preset: str | None = None,
+                 tables: tuple[Table, ...] | None = None, default_variants: tuple[str, ...] | None = None,
+                 default_seeds: tuple[int, ...] | None = None, output: str | None = None,
+                 max_steps: int | None = None, ood_examples: int = 2000) -> None:
+        self.name, self.title, self.fixed_preset = name, title, preset
+        self.tables = tables or TABLES
+        self.default_variants = default_variants or DEFAULT_VARIANTS
+        self.default_seeds = default_seeds or DEFAULT_SEEDS
+        self.output = output or self.output
+        self.max_steps, self.ood_examples = max_steps, ood_examples
 
+    # -- flags and options ------------------------------------------------------------------------------------
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--max-steps", type=int, default=self.max_steps,
+                            help="optimizer steps per run at most (default: the preset's)")
+        parser.add_argument("--eval-every", type=int, default=None,
+                            help=f"model selection: validation every N steps, best checkpoint kept (default "
+                                 f"{SELECTION['eval_every']}; 0 = off, the last step)")
+        parser.add_argument("--patience", type=int, default=None,
+                            help=f"early stopping after N validations without improvement (default "
+                                 f"{SELECTION['patience']}; 0 = never)")
+        parser.add_argument("--ood-examples", type=int, default=self.ood_examples,
+                            help="evaluate on a fixed random subset of this many out-of-domain texts (0 = all)")
+        parser.add_argument("--timing-rounds", type=int, default=3,
+                            help="rounds of the interleaved timing pass (0 = skip it)")
+        parser.add_argument("--timing-steps", type=int, default=20, help="training steps per variant and round")
+        parser.add_argument("--max-train-examples", type=int, default=None, help="train on a random subset")
+        if self.fixed_preset is not None:
+            return
+        parser.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
+                            help="; ".join(f"{k}: {v}" for k, v in PRESET_HELP.items()))
+        parser.add_argument("--data", default=None,
+                            help="your CSV / JSONL / Parquet file instead of Rotten Tomatoes (needs --text-column "
+                                 "and --label-column)")
+        parser.add_argument("--text-column", default=None, help="--data FILE: the text column")
+        parser.add_argument("--label-column", default=None, help="--data FILE: the label column")
+        parser.add_argument("--ood", default=None,
+                            help="out-of-domain test file with the same columns and labels (or 'amazon' for "
+                                 "binary sentiment); Rotten Tomatoes uses Amazon by default")
+        parser.add_argument("--max-length", type=int, default=None, help="tokens per text (None = the preset's)")
+        parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
 
-def write_summary(output: Path, *, variants: Sequence[str], header: dict[str, Any],
-                  failed: Sequence[dict[str, Any]] = (), tables: dict[str, list[Column]] | None = None,
-                  figures: bool = True) -> str:
-    """Rebuild ``results.md``, ``results.json`` (and with ``figures`` the PNG figures) from the saved runs,
-    ``baselines.json`` and ``timing.json`` in ``output``.
+    def extra_overrides(self, args: argparse.Namespace) -> dict[str, Any]:
+        """TrainConfig options a subclass sets from its own flags."""
+        return {}
 
-    ``tables``: ``{title: columns}`` of the Markdown file (default :data:`TABLES`); the cost table (from the
-    timing pass) is added after them.
-    """
-    runs = [r for r in load_runs(output) if r["variant"] in variants]
-    if not runs:
-        return ""
-    baselines = json.loads((output / "baselines.json").read_text())["data"] if (output / "baselines.json").is_file() \
-        else {}
-    timing = json.loads((output / "timing.json").read_text())["data"] if (output / "timing.json").is_file() else {}
-    tables = tables or TABLES
-    columns_all = [c for cols in tables.values() for c in cols if c.key not in COST_KEYS]
-    summary = summarize(runs + _baseline_runs(baselines), columns_all, order=[*variants, *baselines])
-    found = [v for v in variants if v in summary.index]
-    claims = verdicts(runs)
-    comparisons = {split: {v: accuracy_comparison(runs, v, split) for v in found if v != "softmax"}
-                   for split in ("id", "ood")}
-    ood_name = header.get("ood_name") or "none"
-    text = [f"# {header['title']}\n\nCommand: `{header['command']}`\n",
-            f"Preset `{header['preset']}` ({PRESET_HELP.get(header['preset'], '')}); variants "
-            f"{', '.join(variants)}; seeds {header['seeds']}. Data: {header['data_name']} "
-            f"({header['sizes']}); out of domain: {ood_name}. Cells: mean [95% Student-t interval over seeds]; "
-            "baselines are single deterministic fits. A variant differs from softmax only where the paired "
-            "bootstrap (seeds × test examples, p < 0.05) says so; nothing is marked best. "
-            "↑ higher is better, ↓ lower is better.\n"]
-    verdict_lines = format_verdicts(claims)
-    text.append("## Verdict (each paper's claim against softmax, at this scale)\n\n" + "\n".join(verdict_lines) + "\n")
-    for title, columns in tables.items():
-        columns = [c for c in columns if c.key not in COST_KEYS]
-        if not columns:
-            continue
-        extra = None
-        split = "id" if columns[0].key.endswith("_id") else "ood" if columns[0].key.endswith("_ood") else None
-        if split is not None and columns[0].key.startswith("accuracy") and comparisons[split]:
-            extra = {"accuracy − softmax [95%], paired bootstrap": {v: _interval_text(e) for v, e in
-                                                                    comparisons[split].items()}}
-        if split == "ood" and not any(c.key in r["metrics"] for r in runs for c in columns):
-            continue
-        rows = summary.loc[:, [c.key for c in columns]]
-        if split is None:
-            rows = rows.loc[[v for v in rows.index if v in found]]
-        text.append(f"## {title}\n\n{format_table(rows, columns, extra)}\n")
-    cost = None
-    if timing:
-        cost = summarize([{"variant": v, "seed": i, "metrics": m} for v, ms in timing["rounds"].items()
-                          for i, m in enumerate(ms)], COLUMNS_COST, order=variants)
-        text.append(f"## Cost (dedicated timing pass: {timing['steps']} steps × {len(next(iter(timing['rounds'].values())))} "
-                    f"interleaved rounds per variant, {timing['threads']} thread(s); interval over rounds; never "
-                    f"ranked)\n\n{format_table(cost, COLUMNS_COST)}\n")
-    text.append("![accuracy and ECE](metrics.png)\n\n![reliability](reliability.png)\n\n![per layer](per_layer.png)\n"
-                + ("\n![cost](cost.png)\n" if timing else ""))
-    if failed:
-        text.append("## Failed runs\n\n" + "\n".join(f"- {f['variant']} seed {f['seed']}: {f['error']}"
-                                                     for f in failed) + "\n")
-    if header.get("timings"):
-        text.append("## Run time\n\n" + header["timings"] + "\n")
-    markdown = "\n".join(text)
-    (output / "results.md").write_text(markdown)
-    write_json(output / "results.json", {**header, "variants": list(variants), "verdicts": claims,
-                                         "comparisons": comparisons,
-                                         "summary": summary_records(summary, columns_all),
-                                         "cost": summary_records(cost, COLUMNS_COST) if cost is not None else None,
-                                         "failed": list(failed), "runs": runs})
-    if not figures:
-        return markdown
-    splits = {"in_domain": "in domain", **({"ood": "out of domain"} if header.get("ood_name") else {})}
-    plots.metrics_figure(summary, found, list(baselines), splits, output / "metrics.png")
-    plots.reliability_figure(runs, found, splits, output / "reliability.png")
-    plots.per_layer_figure(runs, found, {"head_diversity": "head diversity (JS, bits)",
-                                         "explained_away_0.1": "explained-away fraction (m̃<0.1)",
-                                         "kq_alignment": "key/query distance (MMD²)"}, output / "per_layer.png")
-    if cost is not None:
-        plots.cost_figure(cost, found, output / "cost.png")
-    return markdown
+    def options(self, args: argparse.Namespace) -> dict[str, Any]:
+        preset = self.fixed_preset or args.preset
+        if preset not in PRESETS:
+            raise ValueError(f"--preset {preset!r}: choose one of {', '.join(PRESETS)}")
+        data = getattr(args, "data", None)
+        if data is not None and (args.text_column is None or args.label_column is None):
+            raise ValueError(f"--data {data}: also give --text-column and --label-column")
+        if args.timing_rounds < 0 or args.timing_steps < 1:
+            raise ValueError(f"--timing-rounds {args.timing_rounds} / --timing-steps {args.timing_steps}: need "
+                             "rounds >= 0 and steps >= 1")
+        overrides = {k: v for k, v in (
+            ("max_steps", args.max_steps), ("max_train_examples", args.max_train_examples),
+            ("max_length", getattr(args, "max_length", None)), ("data", data),
+            ("text_column", getattr(args, "text_column", None)), ("label_column", getattr(args, "label_column", None)),
+            ("ood", getattr(args, "ood", None)),
+            ("device", args.device if getattr(args, "device", "auto") != "auto" else None),
+            ("eval_every", args.eval_every), ("patience", SELECTION["patience"] if args.patience is None
+                                                           else args.patience)) if v is not None}
+        overrides.update(self.extra_overrides(args))
+        options = {"preset": preset, "overrides": overrides, "ood_examples": args.ood_examples or None,
+                   "auto_eval_every": args.eval_every is None,
+                   "timing_rounds": args.timing_rounds, "timing_steps": args.timing_steps}
+        self.config(options, "softmax", 0)  # bad options fail here, naming the flag
+        return options
 
+    def config(self, options: dict[str, Any], variant: str, seed: int):
+        from probattn.training import TrainConfig
 
-def compare(*, variants: Sequence[str] = DEFAULT_VARIANTS, seeds: Sequence[int] = DEFAULT_SEEDS,
-            preset: str = DEFAULT_PRESET, output: str | Path = "probattn-compare", resume: bool = False,
-            overrides: dict[str, Any] | None = None, ood_examples: int | None = 2000,
-            command: str = "probattn compare", title: str = "probattn compare",
-            tables: dict[str, list[Column]] | None = None, baselines: bool = True, timing_rounds: int = 3,
-            timing_steps: int = 20, progress: bool = True, threads: int | None = None) -> dict[str, Any]:
-    """Baselines, every (variant, seed), a timing pass, and the summary files with the verdict first.
+        return TrainConfig.from_dict({**PRESETS[options["preset"]], "data_seed": options.get("split_seed", 0),
+                                      **options["overrides"], **VARIANTS[variant], "seed": seed}, source=self.name)
 
-    ``overrides`` are :class:`probattn.training.TrainConfig` options applied over the preset (e.g.
-    ``{"max_steps": 50}`` or ``{"data": "my.csv", "text_column": "text", "label_column": "label"}``);
-    ``ood_examples`` evaluates on a fixed random subset of that many OOD texts (None = all);
-    ``timing_rounds=0`` skips the timing pass; ``threads``: torch threads for training (default: torch's for
-    every preset but tiny / self-attentive, which use 1); ``title`` and ``tables`` shape ``results.md`` (see
-    :func:`write_summary`). Returns the content of ``results.json``. Raises ``ValueError`` for unknown
-    variants/presets, and when ``output`` already holds runs but ``resume`` is False.
-    """
-    from tqdm.auto import tqdm
+    # -- data ---------------------------------------------------------------------------------------------------
+    def prepare(self, options: dict[str, Any], *, output: Path, log: Callable[[str], None]) -> dict[str, Any]:
+        config = self.config(options, "softmax", 0)
+        splits, ood = evaluation_data(config, options["ood_examples"])
+        labelled = _labelled(config, options.get("group_column"))
+        prepared = {"splits": splits, "ood": ood, "labelled": labelled, "states": None, "config": config}
+        if config.model == "minilm-states":  # the frozen part once, up front (cached on disk)
+            from probattn.hf.states import STORE
 
-    from probattn.training import TrainConfig
+            began = time.perf_counter()
+            sets = [labelled, *([ood] if ood is not None else [])]
+            encoded = [STORE.encode(s.texts, s.text_pairs, max_length=config.max_length, log=log) for s in sets]
+            prepared["states"] = (labelled, encoded[0])
+            truncated = sum(e.truncated for e in encoded)
+            if truncated:
+                log(f"{truncated} texts are longer than {config.max_length} MiniLM tokens and were cut (--max-length)")
+            log(f"frozen MiniLM token states ready in {time.perf_counter() - began:.0f} s")
+            self._register(prepared, splits)
+        return prepared
 
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown or not variants:
-        raise ValueError(f"--variants {' '.join(unknown) or '(none)'}: choose from {', '.join(VARIANTS)}")
-    if len(set(variants)) != len(variants) or len(set(seeds)) != len(seeds) or not seeds:
-        raise ValueError("--variants and --seeds must be non-empty and list each value once")
-    if preset not in PRESETS:
-        raise ValueError(f"--preset {preset!r}: choose one of {', '.join(PRESETS)}")
-    if timing_rounds < 0 or timing_steps < 1:
-        raise ValueError(f"--timing-rounds {timing_rounds} / --timing-steps {timing_steps}: need rounds >= 0 "
-                         "and steps >= 1")
-    output = Path(output)
-    existing = sorted((output / RUNS_DIR).glob("*.json")) if (output / RUNS_DIR).is_dir() else []
-    if existing and not resume:
-        raise ValueError(f"--output {output} already holds {len(existing)} finished run(s); pass --resume to "
-                         "skip them and run the rest, or choose another --output")
-    log = Messages(command)
-    began, cpu_began = time.perf_counter(), time.process_time()
-    base = {**PRESETS[preset], **(overrides or {})}
-    configs = {(v, s): TrainConfig.from_dict({**base, **VARIANTS[v], "seed": s}, source="compare")
-               for v in variants for s in seeds}
-    first = next(iter(configs.values()))
-    splits, ood = evaluation_data(first, ood_examples)
-    fingerprint = {"preset": preset, "overrides": overrides or {}, "ood_examples": ood_examples,
-                   "sizes": [len(splits.train), len(splits.validation), len(splits.test), len(ood) if ood else 0]}
-    minilm_states = first.model == "minilm-states"
-    if minilm_states:  # the frozen part once, up front (cached on disk): every run and baseline reuses it
+    def labelled_size(self, prepared: dict[str, Any]) -> int | None:
+        labelled = prepared["labelled"]
+        return len(labelled) if labelled is not None else None
+
+    def _register(self, prepared: dict[str, Any], splits) -> None:
+        """Make the split's texts known to the MiniLM state store as rows of the encoded labelled set."""
+        if prepared["states"] is None or prepared["labelled"] is None:
+            return
         from probattn.hf.states import STORE
 
-        t0 = time.perf_counter()
-        for data in (splits.train, splits.validation, splits.test, *([ood] if ood is not None else [])):
-            STORE.encode(data.texts, data.text_pairs, max_length=first.max_length, log=log, progress=progress)
-        log(f"frozen MiniLM token states ready in {time.perf_counter() - t0:.0f} s")
-        if threads:  # default: torch's (all cores); on an idle 2-core machine a run takes 23 s instead of 32 s
-            torch.set_num_threads(threads)
-    if baselines:
+        full, encoded = prepared["states"]
+        if "row_of" not in prepared:
+            pairs = full.text_pairs or [None] * len(full)
+            prepared["row_of"] = {(t, p): i for i, (t, p) in enumerate(zip(full.texts, pairs))}
+        row_of = prepared["row_of"]
+        diagnosed = splits.test.subset(range(min(DIAGNOSTIC_EXAMPLES, len(splits.test))))  # the attention probe's
+        for data in (splits.train, splits.validation, splits.test, diagnosed):
+            pairs = data.text_pairs or [None] * len(data)
+            rows = [row_of[(t, p)] for t, p in zip(data.texts, pairs)]
+            STORE.alias(data.texts, data.text_pairs, max_length=prepared["config"].max_length, source=encoded,
+                        rows=rows)
+
+    def splits(self, prepared: dict[str, Any], split: Split):
+        """The fixed split of 0.2.0 (``split.fold`` None) or fold ``split.fold`` of the labelled set."""
+        from probattn.data import DataSplits
+
+        if split.fold is None:
+            return prepared["splits"]
+        labelled = prepared["labelled"]
+        if labelled is None:
+            raise ValueError("--folds: this data has no single labelled set to fold")
+        groups = labelled.groups if (split.group_column or prepared["config"].data == "rotten_tomatoes") else None
+        assign = fold_assignment(len(labelled), split.folds, split.seed, groups)
+        train, validation, test = fold_indices(assign, split.fold, seed=split.seed, groups=groups)
+        return DataSplits(labelled.subset(train), labelled.subset(validation), labelled.subset(test))
+
+    def describe(self, prepared: dict[str, Any], options: dict[str, Any]) -> str:
+        config, splits, ood = prepared["config"], prepared["splits"], prepared["ood"]
+        data = "Rotten Tomatoes, split by movie" if config.data == "rotten_tomatoes" else config.data
+        labelled = prepared["labelled"]
+        sizes = (f"{len(labelled)} labelled rows; fixed split: " if labelled is not None else "") + \
+            f"train {len(splits.train)}, validation {len(splits.validation)}, test {len(splits.test)}"
+        ood_name = (f"{len(ood)} {'Amazon Fine Food reviews' if 'amazon' in ood.name else ood.name}"
+                    if ood is not None else "none")
+        every = (f"{auto_eval_every(len(splits.train), config.batch_size)} steps on the fixed split"
+                 if options.get("auto_eval_every") else f"{config.eval_every} steps")
+        selection = (f"model selection: validation every {every}, best checkpoint kept, patience {config.patience}"
+                     if options.get("auto_eval_every") or config.eval_every else "no model selection (the last step)")
+        return (f"Preset `{options['preset']}` ({PRESET_HELP.get(options['preset'], '')}); at most {config.max_steps} "
+                f"steps of {config.batch_size}, {selection}. Data: {data} ({sizes}); out of domain: {ood_name}.")
+
+    # -- runs -----------------------------------------------------------------------------------------------------
+    def baselines(self, prepared: dict[str, Any], options: dict[str, Any], split: Split, *,
+                  log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
         from probattn.experiments.baselines import run_baselines
 
-        _cached_json(output / "baselines.json", fingerprint, lambda: run_baselines(
-            splits, ood, minilm=minilm_states, max_length=first.max_length, log=log), log, "baselines")
-    header = {"title": title, "command": command, "preset": preset, "seeds": list(seeds), "overrides": overrides or {},
-              "data_name": "Rotten Tomatoes, split by movie" if first.data == "rotten_tomatoes" else first.data,
-              "ood_name": (f"{len(ood)} {'Amazon Fine Food reviews' if 'amazon' in ood.name else ood.name}"
-                           if ood is not None else None),
-              "sizes": f"train {len(splits.train)}, validation {len(splits.validation)}, test {len(splits.test)}",
-              "ood_examples": len(ood) if ood is not None else 0,
-              "majority_id": _majority(splits.test), "majority_ood": _majority(ood) if ood is not None else None}
-    failed: list[dict[str, Any]] = []
-    todo = list(configs.items())
-    bar = tqdm(total=len(todo), desc="runs", unit="run", disable=not progress, dynamic_ncols=True)
-    for i, ((variant, seed), config) in enumerate(todo, 1):
-        path = run_path(output, variant, seed)
-        if path.exists():
-            saved = json.loads(path.read_text())
-            diff = TrainConfig.from_dict(saved["config"], source=str(path)).differences(config)
-            if diff:
-                raise ValueError(f"--resume: {path} was made with other options ({diff}); use the same options "
-                                 "or another --output")
-            log(f"[{i}/{len(todo)}] {variant} seed {seed}: finished before, skipped")
-            bar.update(1)
-            continue
-        bar.set_postfix_str(f"{variant} seed {seed}")
-        try:
-            record = train_and_measure(config, ood, log=log, progress=progress, desc=f"{variant} seed {seed}")
-        except Exception as exc:  # keep going: the other runs are independent; reported at the end
-            failed.append({"variant": variant, "seed": seed, "error": f"{type(exc).__name__}: {exc}"})
-            tqdm.write(f"[{i}/{len(todo)}] {variant} seed {seed}: FAILED: {type(exc).__name__}: {exc}")
-            bar.update(1)
-            continue
-        save_run(output, {"variant": variant, "seed": seed, **record})
-        m = record["metrics"]
-        tqdm.write(f"[{i}/{len(todo)}] {variant} seed {seed}: accuracy {m['accuracy_id']:.3f} (OOD "
-                   f"{m.get('accuracy_ood', math.nan):.3f}), ECE {m['ece_id']:.3f} (OOD "
-                   f"{m.get('ece_ood', math.nan):.3f}), {record['seconds']:.1f} s ({record['cpu_seconds']:.1f} s CPU)")
-        bar.update(1)
-        write_summary(output, variants=variants, header=header, failed=failed, tables=tables, figures=False)
-    bar.close()
-    finished = {r["variant"] for r in load_runs(output)}
-    if timing_rounds:
-        timed = {v: configs[(v, seeds[0])] for v in variants if v in finished}
-        fingerprint_t = {**fingerprint, "variants": list(timed), "rounds": timing_rounds, "steps": timing_steps,
-                         "threads": torch.get_num_threads()}
-        _cached_json(output / "timing.json", fingerprint_t, lambda: {
-            "rounds": timing_pass(timed, rounds=timing_rounds, steps=timing_steps, progress=log),
-            "steps": timing_steps, "threads": torch.get_num_threads()}, log, "timing pass")
-    wall, cpu = time.perf_counter() - began, time.process_time() - cpu_began
-    header["timings"] = (f"This invocation: {wall:.0f} s wall, {cpu:.0f} s CPU (process time, all threads; "
-                         f"{torch.get_num_threads()} torch thread(s)).")
-    markdown = write_summary(output, variants=variants, header=header, failed=failed, tables=tables)
-    if not markdown:
-        raise RuntimeError(f"no run finished; see the errors above ({len(failed)} failed)")
-    print(markdown)
-    verdict = markdown.split("## Verdict", 1)[1].split("\n## ", 1)[0]
-    print("## Verdict" + verdict.rstrip() + "\n", flush=True)
-    return json.loads((output / "results.json").read_text())
+        splits = self.splits(prepared, split)
+        self._register(prepared, splits)
+        config = prepared["config"]
+        return run_baselines(splits, prepared["ood"], minilm=config.model == "minilm-states",
+                             max_length=config.max_length, log=log)
+
+    def run(self, prepared: dict[str, Any], options: dict[str, Any], spec: RunSpec, *,
+            log: Callable[[str], None]) -> dict[str, Any]:
+        splits = self.splits(prepared, spec.split)
+        self._register(prepared, splits)
+        config = self.config(options, spec.variant, spec.seed)
+        if options.get("auto_eval_every"):
+            config = config.replace(eval_every=auto_eval_every(len(splits.train), config.batch_size))
+        desc = f"{spec.variant} seed {spec.seed}" + (f" fold {spec.split.fold}" if spec.split.fold is not None else "")
+        return train_and_measure(config, splits, prepared["ood"], log=log, progress=spec.progress, desc=desc)
+
+    def progress_line(self, record: dict[str, Any]) -> str:
+        parts = []
+        for name, label in (("test", ""), ("ood", "OOD ")):
+            m = record.get("sets", {}).get(name, {}).get("metrics")
+            if m:
+                parts.append(f"{label}accuracy {m['accuracy']:.3f}, {label}ECE {m['ece']:.3f}")
+        if record.get("epochs") is not None:
+            parts.append(f"{record['epochs']:.1f} epochs")
+        return "; ".join(parts)
+
+    def after_runs(self, prepared: dict[str, Any], options: dict[str, Any], variants: list[str], *, output: Path,
+                   log: Callable[[str], None]) -> dict[str, Any] | None:
+        if not options["timing_rounds"]:
+            return None
+        configs = {v: self.config(options, v, 0) for v in variants}
+        self._register(prepared, prepared["splits"])
+        return {"rounds": timing_pass(configs, rounds=options["timing_rounds"], steps=options["timing_steps"],
+                                      splits=prepared["splits"], progress=log),
+                "steps": options["timing_steps"], "threads": torch.get_num_threads()}
+
+    def _cost(self, report: Report):
+        from probattn.experiments.runner import _cell
+
+        timing = report.extra
+        if not timing:
+            return None
+        return {v: {m.key: _cell({(i, None): {"metrics": r} for i, r in enumerate(rounds)}, m, None) for m in COST}
+                for v, rounds in timing["rounds"].items()}
+
+    def sections(self, report: Report) -> list[str]:
+        cost, timing = self._cost(report), report.extra
+        if cost is None:
+            return []
+        rounds = len(next(iter(timing["rounds"].values())))
+        lines = ["| variant | " + " | ".join(m.label for m in COST) + " |", "|---|" + "---|" * len(COST)]
+        for v, row in cost.items():
+            cells = []
+            for m in COST:
+                c = row[m.key]
+                interval = (f" [{c['low']:.1f}, {c['high']:.1f}]" if math.isfinite(c["low"]) else "")
+                cells.append(f"{c['mean']:.1f}{interval}" if math.isfinite(c["mean"]) else "n/a")
+            lines.append(f"| {v} | " + " | ".join(cells) + " |")
+        return [f"## Cost (dedicated timing pass: {timing['steps']} steps × {rounds} interleaved rounds per variant, "
+                f"{timing['threads']} thread(s); interval over rounds; never ranked)\n\n" + "\n".join(lines) + "\n"]
+
+    def figures(self, report: Report, output: Path) -> list[Path]:
+        from probattn.experiments import plots
+
+        runs, found = report.runs, report.variants
+        splits = {"in_domain": "in domain", **({"ood": "out of domain"} if any("ood" in r.get("reliability", {})
+                                                                                for r in runs) else {})}
+        paths = [plots.reliability_figure(runs, found, splits, output / "reliability.png"),
+                 plots.per_layer_figure(runs, found, {"head_diversity": "head diversity (JS, bits)",
+                                                      "explained_away_0.1": "explained-away fraction (m̃<0.1)",
+                                                      "kq_alignment": "key/query distance (MMD²)"},
+                                        output / "per_layer.png")]
+        cost = self._cost(report)
+        if cost is not None:
+            paths.append(plots.summary_figure(cost, [v for v in found if v in cost], [], COST, output / "cost.png",
+                                              title="cost (timing pass)"))
+        return paths
 
 
-def add_run_arguments(parser: argparse.ArgumentParser, *, seeds: Sequence[int], max_steps: int | None,
-                      output: str, ood_examples: int) -> None:
-    """The options every compare-based command shares: ``--seeds``, ``--max-steps``, ``--output``, ``--resume``,
-    ``--ood-examples``, ``--threads``, ``--timing-rounds``, ``--timing-steps``, ``--no-progress``."""
-    parser.add_argument("--seeds", nargs="+", type=int, default=list(seeds), help="seeds")
-    parser.add_argument("--max-steps", type=int, default=max_steps,
-                        help="optimizer steps per run (None = the preset's)")
-    parser.add_argument("--output", default=output, help="output folder")
-    parser.add_argument("--resume", action="store_true", help="skip the runs already finished in --output")
-    parser.add_argument("--ood-examples", type=int, default=ood_examples,
-                        help="evaluate on a fixed random subset of this many out-of-domain texts (0 = all)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads for training (None: 1 for the from-scratch presets tiny and "
-                             "self-attentive, whose small matrices gain little from threads; torch's default, all "
-                             "cores, for minilm and minilm-full; pass 1 on a CPU shared with other jobs)")
-    parser.add_argument("--timing-rounds", type=int, default=3,
-                        help="rounds of the interleaved timing pass (0 = skip it)")
-    parser.add_argument("--timing-steps", type=int, default=20, help="training steps per variant and timing round")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+STUDY = CompareStudy()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
-    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), metavar="NAME",
-                        help=f"variants to compare (available: {', '.join(VARIANTS)})")
-    add_run_arguments(parser, seeds=DEFAULT_SEEDS, max_steps=None, output="probattn-compare", ood_examples=2000)
-    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
-                        help="; ".join(f"{k}: {v}" for k, v in PRESET_HELP.items()))
-    parser.add_argument("--data", default=None,
-                        help="your CSV / JSONL / Parquet file instead of Rotten Tomatoes (needs --text-column and "
-                             "--label-column; split 70/10/20 at random)")
-    parser.add_argument("--text-column", default=None, help="--data FILE: the text column")
-    parser.add_argument("--label-column", default=None, help="--data FILE: the label column")
-    parser.add_argument("--ood", default=None,
-                        help="out-of-domain test file with the same columns and labels (or 'amazon' for binary "
-                             "sentiment); Rotten Tomatoes uses Amazon by default")
-    parser.add_argument("--max-length", type=int, default=None, help="tokens per text (None = the preset's)")
-    parser.add_argument("--max-train-examples", type=int, default=None, help="train on a random subset")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    from probattn.experiments import runner
 
-
-def apply_threads(threads: int | None, preset: str) -> None:
-    """``torch.set_num_threads``: ``threads``, or 1 for the small from-scratch presets, else leave torch's."""
-    threads = threads if threads is not None else (1 if preset in ("tiny", "self-attentive") else None)
-    if threads is not None:
-        if threads < 1:
-            raise ValueError(f"--threads {threads}: must be >= 1")
-        torch.set_num_threads(threads)
-
-
-def run_compare(args: argparse.Namespace, *, name: str, preset: str, variants: Sequence[str],
-                overrides: dict[str, Any], title: str = "probattn compare",
-                tables: dict[str, list[Column]] | None = None) -> int:
-    """Run :func:`compare` with the options of :func:`add_run_arguments`; exit code 1 when a run failed.
-
-    ``name``: the command as typed after ``probattn`` (``"compare"``, ``"experiment alignment"``); the command
-    line recorded in ``results.md`` is the real one when the process was started as ``probattn name ...``.
-    """
-    if PRESETS[preset]["model"] != "minilm-states":
-        apply_threads(args.threads, preset)
-    if args.max_steps is not None:
-        overrides = {**overrides, "max_steps": args.max_steps}
-    words = name.split()
-    typed = sys.argv[1:1 + len(words)] == words
-    command = shlex.join(["probattn", *(sys.argv[1:] if typed else words)])
-    result = compare(variants=variants, seeds=args.seeds, preset=preset, output=args.output, resume=args.resume,
-                     overrides=overrides, ood_examples=args.ood_examples or None, command=command, title=title,
-                     tables=tables, timing_rounds=args.timing_rounds, timing_steps=args.timing_steps,
-                     progress=not args.no_progress, threads=args.threads)
-    print(f"wrote {Path(args.output) / 'results.md'}, results.json and the figures (metrics.png, reliability.png, "
-          "per_layer.png, cost.png)")
-    return 1 if result["failed"] else 0
+    runner.add_arguments(parser, STUDY)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.data is not None and (args.text_column is None or args.label_column is None):
-        raise ValueError(f"--data {args.data}: also give --text-column and --label-column")
-    overrides = {k: v for k, v in (("max_train_examples", args.max_train_examples), ("max_length", args.max_length),
-                                   ("data", args.data), ("text_column", args.text_column),
-                                   ("label_column", args.label_column), ("ood", args.ood),
-                                   ("device", args.device if args.device != "auto" else None)) if v is not None}
-    return run_compare(args, name="compare", preset=args.preset, variants=args.variants, overrides=overrides)
+    return main(STUDY, args)
+
+
+def compare(*, output: str | Path = "probattn-compare", study: CompareStudy | None = None,
+            command: str | None = None, **flags: Any) -> dict[str, Any]:
+    """Python entry: ``compare(variants=[...], seeds=[...], preset="tiny", max_steps=50, output=...)``; keyword
+    arguments are the command's flags with underscores. Returns the content of ``results.json``."""
+    from probattn.experiments import runner
+
+    study = study or STUDY
+    parser = argparse.ArgumentParser()
+    runner.add_arguments(parser, study)
+    args = parser.parse_args(["--output", str(output), "--no-progress"])
+    unknown = sorted(set(flags) - set(vars(args)))
+    if unknown:
+        raise ValueError(f"compare(): unknown options {unknown}; use the flags of `probattn {study.name}`")
+    for key, value in flags.items():
+        setattr(args, key, value)
+    return run_study(study, args, command=command or f"probattn {study.name} (Python)")

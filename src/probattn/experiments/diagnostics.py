@@ -13,6 +13,8 @@ Per layer it reports (:func:`layer_metrics`):
 * ``explained_away`` / ``explained_away_0.1``: fraction of real keys whose normalized incoming mass
   ``m~_j = (Σ_i A_ij)·N_k/N_q`` is below 0.01 / 0.1 of the fair share (mean over heads);
 * ``kq_alignment``: squared RBF-kernel MMD between each head's query cloud and key cloud (mean over heads);
+* ``below_bound``: fraction of real keys (over heads and examples) with ``m~_j < 1/N_q``: the bound that
+  doubly-normalized attention guarantees (0 for it, up to float64 rounding);
 * ``lin_redundancy``: Lin et al.'s ``‖A Aᵀ − I‖_F`` with ``A`` the heads' rows for one query (mean).
 
 The self-attentive classifier (Lin et al. 2017) has no query/key layer; its ``r`` hops are treated as ``r``
@@ -31,13 +33,14 @@ from torch import Tensor, nn
 
 from probattn.data import Encoded
 from probattn.functional import attention
-from probattn.metrics import AttentionStatistics
+from probattn.metrics import AttentionStatistics, incoming_mass
 from probattn.nn import MultiheadAttention
 from probattn.report.collect import attached_probes
 
 __all__ = ["attention_layers", "collect_layer_statistics", "hop_statistics", "layer_metrics"]
 
 EXPLAINED_AWAY_THRESHOLD = 0.01
+BOUND_TOLERANCE = 1e-6  # float64 recomputed weights: a key counts as below 1/N_q of its fair share past this
 
 
 def _settings(module: nn.Module) -> tuple[str, Any, int]:
@@ -72,6 +75,7 @@ class _Probe:
         self.module = module
         self.thresholds, self.pairwise_examples = thresholds, pairwise_examples
         self.stats: AttentionStatistics | None = None
+        self.below, self.keys = 0, 0  # keys under the doubly-normalized bound m~_j >= 1 / N_q, and all keys
 
     def observe(self, q: Tensor, k: Tensor, *, query_valid: Tensor | None, key_valid: Tensor | None) -> None:
         if self.stats is None:
@@ -85,6 +89,13 @@ class _Probe:
                                sinkhorn_iters=iters, key_padding_mask=key_valid,
                                query_padding_mask=query_valid, return_weights=True)
         self.stats.update_weights(weights, query_valid=query_valid, key_valid=key_valid)
+        mass = incoming_mass(weights, query_valid=query_valid, key_valid=key_valid)  # (B, H, Lk)
+        queries = (query_valid.sum(-1) if query_valid is not None
+                   else torch.full((q.shape[0],), q.shape[2], device=q.device)).to(torch.float64)
+        keys = (key_valid if key_valid is not None else torch.ones(mass.shape[0], mass.shape[-1], dtype=torch.bool,
+                                                                     device=mass.device))[:, None, :].expand_as(mass)
+        self.below += int(((mass * queries[:, None, None] < 1 - BOUND_TOLERANCE) & keys).sum())
+        self.keys += int(keys.sum())
         self.stats.update_qk(q64, k64, query_valid=query_valid, key_valid=key_valid)
 
 
@@ -125,7 +136,7 @@ def collect_layer_statistics(model: nn.Module, encoded: Encoded, *, batch_size: 
     with attached_probes(layers, probes):
         for ids, valid in _batches(model, encoded, batch_size, max_examples):
             forward_logits(model, ids, valid)
-    return [p.stats.summary() if p.stats is not None else {} for p in probes]
+    return [{**p.stats.summary(), "below_bound": p.below / p.keys} if p.stats is not None else {} for p in probes]
 
 
 @torch.no_grad()
@@ -157,4 +168,5 @@ def layer_metrics(summary: dict[str, Any]) -> dict[str, float]:
         "explained_away_0.1": mean(summary.get("explained_away_0.1")),
         "kq_alignment": mean(summary.get("qk_mmd2")),
         "lin_redundancy": float(summary.get("lin_redundancy", math.nan)),
+        "below_bound": float(summary.get("below_bound", math.nan)),
     }

@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from probattn.experiments.results import write_json
 from probattn.functional import attention
+from probattn.io import claim_output_dir, save_figure, write_json, write_text
 from probattn.metrics import incoming_mass
 
 __all__ = ["GmmResult", "add_arguments", "attention_step", "em_step", "make_clusters", "run", "run_gmm"]
@@ -156,8 +156,7 @@ def plot(result: GmmResult, points: Tensor, path: Path) -> Path:
         ax.set_title(f"{name}: min mass {result.per_normalization[name]['min_mass']:.1e}")
         ax.set_aspect("equal")
     fig.colorbar(shade, ax=list(axes), label="log10 normalized incoming mass")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
+    save_figure(fig, path, dpi=80)
     plt.close(fig)
     return path
 
@@ -182,14 +181,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sigma2", type=float, default=1.0, help="kernel variance sigma^2 (default 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=Path("probattn-experiments/gmm"), help="output folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the files probattn wrote in --output (never other files)")
 
 
 def run(args: argparse.Namespace) -> int:
+    out = claim_output_dir(args.output, command="probattn experiment gmm", overwrite=args.overwrite,
+                           will_write=("results.md", "results.json", "gmm.png"))
     result = run_gmm(args.sizes, iterations=args.iterations, sigma2=args.sigma2, seed=args.seed)
-    out = Path(args.output)
     table = to_markdown(result)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.md").write_text(f"# GMM explaining-away toy\n\n{table}\n\n![gmm](gmm.png)\n")
+    write_text(out / "results.md", f"# GMM explaining-away toy\n\n{table}\n\n![gmm](gmm.png)\n")
     write_json(out / "results.json", {k: v for k, v in vars(result).items() if k not in ("trajectories", "masses")})
     plot(result, make_clusters(args.sizes, seed=args.seed)[0], out / "gmm.png")
     print(table)

@@ -38,14 +38,15 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from probattn.training.checkpoint import atomic_write, write_json
+from probattn.experiments.runner import Claim, Metric, Report, Study, Table, _finite, build_report
+from probattn.io import claim_output_dir, write_json
 
-__all__ = ["SCHEDULES", "SIZES", "VARIANTS", "add_arguments", "baselines", "head_diversity", "run", "run_experiment",
-           "write_summary"]
+__all__ = ["SCHEDULES", "SIZES", "STUDY", "VARIANTS", "NmtStudy", "add_arguments", "baselines", "head_diversity", "run",
+           "run_experiment", "write_summary"]
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "softmax": {},
@@ -120,15 +121,22 @@ def prepare(splits, output: Path, *, vocab_size: int, max_length: int, resume: b
 
 
 # -- measurements -----------------------------------------------------------------------------------------------
-def baselines(splits, test_examples: int | None = None) -> dict[str, dict[str, float]]:
-    """Test BLEU/chrF (first ``test_examples`` test pairs) of two trivial systems: the source copied, and a
-    translation memory (the training target of the most similar training source, TF-IDF over word 1-2-grams;
-    needs scikit-learn)."""
+def _test_set(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
+    """The runner's ``sets["test"]``: corpus BLEU/chrF, the mean sentence chrF and each sentence's chrF."""
     from probattn.training.seq2seq import corpus_scores
 
+    sentence = _sentence_chrf(hypotheses, references)
+    return {"metrics": {**corpus_scores(hypotheses, references), "sentence_chrf": sum(sentence) / len(sentence)},
+            "scores": {"chrf": sentence}}
+
+
+def baselines(splits, test_examples: int | None = None) -> dict[str, dict[str, Any]]:
+    """Test scores (first ``test_examples`` test pairs) of two trivial systems, as run records (``sets``): the
+    source copied, and a translation memory (the training target of the most similar training source, TF-IDF
+    over word 1-2-grams; needs scikit-learn)."""
     test = splits.test.head(test_examples)
     refs = test.targets
-    out = {"copy source": corpus_scores(test.sources, refs)}
+    out = {"copy source": {"sets": {"test": _test_set(test.sources, refs)}}}
     try:
         from sklearn.feature_extraction.text import TfidfVectorizer
     except ModuleNotFoundError:
@@ -136,7 +144,7 @@ def baselines(splits, test_examples: int | None = None) -> dict[str, dict[str, f
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit(splits.train.sources)
     similarity = vectorizer.transform(test.sources) @ vectorizer.transform(splits.train.sources).T
     nearest = [int(similarity.getrow(i).toarray().argmax()) for i in range(similarity.shape[0])]
-    out["translation memory"] = corpus_scores([splits.train.targets[j] for j in nearest], refs)
+    out["translation memory"] = {"sets": {"test": _test_set([splits.train.targets[j] for j in nearest], refs)}}
     return out
 
 
@@ -181,7 +189,7 @@ def _sentence_chrf(hypotheses: Sequence[str], references: Sequence[str]) -> list
 
 def run_one(variant: str, seed: int, base: dict[str, Any], data, splits, tokenizer, output: Path, args) -> dict:
     """Train and measure one (variant, seed); returns the run record."""
-    from probattn.training.seq2seq import Seq2SeqTrainConfig, corpus_scores, train_seq2seq, translate
+    from probattn.training.seq2seq import Seq2SeqTrainConfig, train_seq2seq, translate
 
     config = Seq2SeqTrainConfig.from_dict({**base, **VARIANTS[variant], "seed": seed})
     began = time.perf_counter()
@@ -194,7 +202,8 @@ def run_one(variant: str, seed: int, base: dict[str, Any], data, splits, tokeniz
     test = splits.test.head(args.test_examples)
     test_sources = tokenizer.encode(test.sources)
     hypotheses = tokenizer.decode(translate(trained.model, test_sources, beam=args.beam, lenpen=args.lenpen))
-    metrics = corpus_scores(hypotheses, test.targets)
+    test_set = _test_set(hypotheses, test.targets)
+    metrics = {k: test_set["metrics"][k] for k in ("bleu", "chrf")}
     n = min(DIVERSITY_EXAMPLES, len(test))
     metrics.update(head_diversity(trained.model, [s[: config.max_positions - 2] for s in test_sources[:n]],
                                   [t[: config.max_positions - 2] for t in tokenizer.encode(test.targets[:n])]))
@@ -205,125 +214,94 @@ def run_one(variant: str, seed: int, base: dict[str, Any], data, splits, tokeniz
     metrics["val_bleu"] = validation[-1]["val_bleu"] if validation else math.nan
     metrics["test_seconds"] = time.perf_counter() - test_began  # beam search + head diversity
     train_records = [h for h in trained.history if "loss" in h]
-    return {"variant": variant, "seed": seed, "config": config.to_dict(), "metrics": metrics,
-            "sentence_chrf": _sentence_chrf(hypotheses, test.targets), "hypotheses": hypotheses,
+    return {"variant": variant, "seed": seed, "fold": None, "config": config.to_dict(), "metrics": metrics,
+            "sets": {"test": test_set}, "sentence_chrf": test_set["scores"]["chrf"], "hypotheses": hypotheses,
             "history": trained.history, "repulsive_sets": trained.repulsive_sets,
             "parameters": sum(p.numel() for p in trained.model.parameters()),
             "final_train_loss": train_records[-1]["loss"] if train_records else None,
             "seconds": time.perf_counter() - began, "threads": torch.get_num_threads()}
 
 
-# -- summary ----------------------------------------------------------------------------------------------------
-def _interval(values: Sequence[float], digits: int = 2) -> str:
-    from probattn.metrics import mean_interval
+# -- summary: the runner's statistics, verdict and files ---------------------------------------------------------
+_BOUNDED = (0.0, 100.0)
+TEST_TABLE = Table("Test books", (Metric("bleu", "BLEU", True, 2, _BOUNDED), Metric("chrf", "chrF", True, 2, _BOUNDED),
+                                  Metric("sentence_chrf", "sentence chrF", True, 2, _BOUNDED, score="chrf")), "test",
+                   note="BLEU and chrF: corpus scores (sacreBLEU); sentence chrF: the mean per-sentence chrF, tested "
+                        "by the paired bootstrap over seeds × test sentences.")
+_KINDS = {"encoder_self": "enc-self", "decoder_self": "dec-self", "cross": "cross"}
+DIVERSITY_TABLE = Table(
+    f"Head diversity (first {DIVERSITY_EXAMPLES} test pairs, mean over layers)",
+    (*(Metric(f"js_{k}", f"JS {label}", True, 3, (0.0, 1.0)) for k, label in _KINDS.items()),
+     *(Metric(f"cos_{k}", f"cos {label}", False, 3, (-1.0, 1.0)) for k, label in _KINDS.items())), None,
+    note="JS: mean pairwise Jensen–Shannon divergence between heads' attention rows (bits, ↑ more diverse). cos: "
+         "mean pairwise cosine of the heads' Q/K/V weights (↓ more diverse).")
+COST_TABLE = Table("Cost", (Metric("ms_per_step", "ms / step", False, 0, (0.0, math.inf)),
+                            Metric("cpu_ms_per_step", "CPU ms / step", False, 0, (0.0, math.inf))), None, tests=False)
+CLAIMS = (
+    Claim("svgd", "encoder self-attention heads more diverse (JS up)", "js_encoder_self", "up", None),
+    Claim("svgd", "translation quality up (sentence chrF)", "sentence_chrf", "up", digits=2),
+    Claim("spos", "encoder self-attention heads more diverse (JS up)", "js_encoder_self", "up", None),
+    Claim("spos", "translation quality up (sentence chrF)", "sentence_chrf", "up", digits=2),
+    Claim("doubly-encoder", "translation quality up (sentence chrF)", "sentence_chrf", "up", digits=2),
+    Claim("alignment", "translation quality up (sentence chrF)", "sentence_chrf", "up", digits=2),
+)
 
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    if not finite:
-        return "n/a"
-    mean, low, high = mean_interval(finite)
-    return f"{mean:.{digits}f}" if len(finite) < 2 else f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+class NmtStudy(Study):
+    """The report of ``probattn experiment nmt`` (its grid, torchrun and parallel processes stay in
+    :func:`run_experiment`)."""
+
+    name = "experiment nmt"
+    title = "Translation: Spanish RV1909 → English WEB (held-out books)"
+    output = "probattn-experiments/nmt"
+    variants: ClassVar[dict[str, Any]] = VARIANTS
+    default_variants = tuple(VARIANTS)
+    default_seeds = DEFAULT_SEEDS
+    primary = ("test", "sentence_chrf")
+    tables = (TEST_TABLE, DIVERSITY_TABLE, COST_TABLE)
+    claims = CLAIMS
+
+    def sections(self, report: Report) -> list[str]:
+        header, runs = report.header, report.runs
+        text = ["## Example translations (test books, first seed of each variant)\n"]
+        first = {v: min((r for r in runs if r["variant"] == v), key=lambda r: r["seed"]) for v in report.variants}
+        for i in header["example_indices"]:
+            ex = header["examples"][str(i)]
+            text.append(f"**{ex['ref']}** — source: {ex['source']}\n\n- reference: {ex['target']}")
+            text += [f"- {v}: {first[v]['hypotheses'][i]}" for v in report.variants
+                     if i < len(first[v].get("hypotheses", []))]
+            text.append("")
+        return ["\n".join(text)]
+
+    def figures(self, report: Report, output: Path) -> list[Path]:
+        from probattn.experiments.plots import curves_figure
+
+        return [curves_figure(report.runs, report.variants, "val_bleu", "validation BLEU (greedy)",
+                              output / "val_bleu.png")]
 
 
-def load_runs(output: Path) -> list[dict[str, Any]]:
-    folder = output / RUNS_DIR
-    runs = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
-    return sorted(runs, key=lambda r: (r["variant"], r["seed"]))
-
-
-def paired_tests(runs: Sequence[dict[str, Any]], variants: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Per variant: paired bootstrap of per-sentence chrF against softmax over the seeds both have."""
-    from probattn.metrics import paired_bootstrap
-
-    by = {(r["variant"], r["seed"]): r for r in runs}
-    tests = {}
-    for variant in variants:
-        if variant == "softmax":
-            continue
-        seeds = sorted(s for v, s in by if v == variant and ("softmax", s) in by)
-        if not seeds:
-            continue
-        base = [by["softmax", s]["sentence_chrf"] for s in seeds]
-        other = [by[variant, s]["sentence_chrf"] for s in seeds]
-        if len({len(row) for row in base + other}) != 1:
-            continue
-        result = paired_bootstrap(base, other, higher_is_better=True)
-        tests[variant] = {"seeds": seeds, "difference": result.difference, "low": result.low, "high": result.high,
-                          "p_value": result.p_value, "verdict": result.verdict}
-    return tests
+STUDY = NmtStudy()
 
 
 def write_summary(output: Path, *, variants: Sequence[str], header: dict[str, Any], figures: bool = True) -> str:
-    """Rebuild ``results.md``, ``results.json`` (and with ``figures`` ``val_bleu.png``) from the saved runs."""
-    runs = [r for r in load_runs(output) if r["variant"] in variants]
-    if not runs:
-        return ""
-    present = [v for v in variants if any(r["variant"] == v for r in runs)]
-    of = lambda v, key: [r["metrics"].get(key) for r in runs if r["variant"] == v]  # noqa: E731
-    tests = paired_tests(runs, present)
-    text = [f"# {header['title']}\n", f"Command: `{header['command']}`\n",
-            f"Data: {header['data']['train_pairs']} training pairs, {header['data']['validation_pairs']} validation "
-            f"pairs ({', '.join(header['data']['validation_books'])}), {header['data']['test_pairs']} test pairs "
-            f"({', '.join(header['data']['test_books'])}; {header['test_examples']} decoded); joint BPE vocabulary "
-            f"of {header['data']['vocab_size']}. Model: {header['model']}. {header['steps']} steps, beam "
-            f"{header['beam']}, length penalty {header['lenpen']}. sacreBLEU {header['sacrebleu']}."
-            + (" CUDA float32 matmuls in TF32." if header.get("tf32") else "") + "\n",
-            *([f"Runs not finished (left out of every table): {', '.join(header['missing_runs'])}.\n"]
-              if header.get("missing_runs") else []),
-            "Cells: mean over seeds [95% Student-t interval] (no interval for one seed). Δ chrF: paired bootstrap "
-            "over seeds × test sentences of per-sentence chrF against softmax (10,000 resamples); a difference "
-            "is called only when p < 0.05.\n",
-            "## Test books\n", "| system | seeds | BLEU ↑ | chrF ↑ | Δ chrF vs softmax [95%] | p | verdict | "
-            "ms / step | CPU ms / step |", "|---|---|---|---|---|---|---|---|---|"]
-    for name, scores in header["baselines"].items():
-        text.append(f"| baseline: {name} | – | {scores['bleu']:.2f} | {scores['chrf']:.2f} | | | | | |")
-    for v in present:
-        t = tests.get(v)
-        delta = f"{t['difference']:+.2f} [{t['low']:+.2f}, {t['high']:+.2f}]" if t else "–"
-        p = f"{t['p_value']:.3f}" if t else "–"
-        text.append(f"| {v} | {len(of(v, 'bleu'))} | {_interval(of(v, 'bleu'))} | {_interval(of(v, 'chrf'))} | "
-                    f"{delta} | {p} | {t['verdict'] if t else '–'} | {_interval(of(v, 'ms_per_step'), 0)} | "
-                    f"{_interval(of(v, 'cpu_ms_per_step'), 0)} |")
-    text += [f"\n## Head diversity (first {min(DIVERSITY_EXAMPLES, header['test_examples'])} test pairs, mean over "
-             "layers)\n",
-             "JS: mean pairwise Jensen–Shannon divergence between heads' attention rows (bits, ↑ more diverse). "
-             "cos: mean pairwise cosine of the heads' Q/K/V weights (↓ more diverse).\n",
-             "| variant | JS enc-self | JS dec-self | JS cross | cos enc-self | cos dec-self | cos cross |",
-             "|---|---|---|---|---|---|---|"]
-    for v in present:
-        cells = [_interval(of(v, f"{m}_{k}"), 3) for m in ("js", "cos")
-                 for k in ("encoder_self", "decoder_self", "cross")]
-        text.append(f"| {v} | " + " | ".join(cells) + " |")
-    text.append("\n## Example translations (test books, first seed of each variant)\n")
-    first = {v: min((r for r in runs if r["variant"] == v), key=lambda r: r["seed"]) for v in present}
-    for i in header["example_indices"]:
-        ex = header["examples"][str(i)]
-        text.append(f"**{ex['ref']}** — source: {ex['source']}\n\n- reference: {ex['target']}")
-        text += [f"- {v}: {first[v]['hypotheses'][i]}" for v in present if i < len(first[v]["hypotheses"])]
-        text.append("")
-    text.append("![validation BLEU](val_bleu.png)\n")
-    markdown = "\n".join(text)
-    data = markdown.encode()
-    atomic_write(output / "results.md", lambda handle: handle.write(data))
-    summary = {v: {k: of(v, k) for k in runs[0]["metrics"]} for v in present}
-    write_json(output / "results.json", _finite({**header, "variants": present, "per_seed": summary,
-                                                 "paired_tests": tests,
-                                                 "runs": [{k: r[k] for k in r if k != "hypotheses"} for r in runs]}))
-    if figures:
-        from probattn.experiments.plots import curves_figure
-
-        curves_figure(runs, present, "val_bleu", "validation BLEU (greedy)", output / "val_bleu.png")
-    return markdown
-
-
-def _finite(value: Any) -> Any:
-    """NaN / inf -> None, so results.json is strict JSON."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
+    """Rebuild ``results.md``, ``results.json`` (and with ``figures`` the figures) from the saved runs, through the
+    runner (:func:`probattn.experiments.runner.build_report`)."""
+    data = header["data"]
+    describe = (f"Data: {data['train_pairs']} training pairs, {data['validation_pairs']} validation pairs "
+                f"({', '.join(data['validation_books'])}), {data['test_pairs']} test pairs "
+                f"({', '.join(data['test_books'])}; {header['test_examples']} decoded); joint BPE vocabulary of "
+                f"{data['vocab_size']}. Model: {header['model']}. {header['steps']} steps, beam {header['beam']}, "
+                f"length penalty {header['lenpen']}. sacreBLEU {header['sacrebleu']}."
+                + (" CUDA float32 matmuls in TF32." if header.get("tf32") else "")
+                + (f"\n\nRuns not finished (left out of every table): {', '.join(header['missing_runs'])}."
+                   if header.get("missing_runs") else ""))
+    invocation = {"command": header["command"], "started": header["started"], "workers": 1,
+                  "threads": torch.get_num_threads(), "wall_seconds": header.get("wall_seconds"),
+                  "cpu_seconds": header.get("cpu_seconds")}
+    report = build_report(STUDY, output, variants=variants, figures=figures,
+                          header={**header, "describe": describe, "invocations": [invocation], "folds": None},
+                          baselines={"all": header["baselines"]})
+    return (output / "results.md").read_text() if report is not None else ""
 
 
 # -- the command ------------------------------------------------------------------------------------------------
@@ -345,11 +323,13 @@ def _baselines(output: Path, splits, test_examples: int) -> dict[str, dict[str, 
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
         saved = {}
-    if saved.get("test_examples") == test_examples and saved.get("test_pairs") == len(splits.test):
+    if saved.get("test_examples") == test_examples and saved.get("test_pairs") == len(splits.test) \
+            and saved.get("format") == 2:
         return saved["baselines"]
     scores = baselines(splits, test_examples)
     if _is_main():
-        write_json(path, {"test_examples": test_examples, "test_pairs": len(splits.test), "baselines": scores})
+        write_json(path, {"format": 2, "test_examples": test_examples, "test_pairs": len(splits.test),
+                          "baselines": scores})
     return scores
 
 
@@ -383,12 +363,17 @@ def run_experiment(args: argparse.Namespace, command: str = "probattn experiment
             raise ValueError(f"--threads {args.threads}: must be >= 1")
         torch.set_num_threads(args.threads)
     output = Path(args.output)
-    if _is_main() and (output / TOKENIZER).exists() and not args.resume:
+    overwrite = getattr(args, "overwrite", False)
+    if _is_main() and (output / TOKENIZER).exists() and not (args.resume or overwrite):
         raise ValueError(f"--output {output} already holds a run; pass --resume to skip the finished runs and "
-                         "continue the others, or choose another --output")
+                         "continue the others, --overwrite to start over, or choose another --output")
     if report_only and not (output / TOKENIZER).exists():
         raise ValueError(f"--report-only: {output} holds no prepared run (no {TOKENIZER}); run the experiment (or "
                          "--prepare-only and the runs) into this --output first")
+    if _is_main():  # refuses a folder holding files probattn did not write
+        claim_output_dir(output, command="probattn experiment nmt", overwrite=overwrite,
+                         resume=args.resume or report_only,
+                         will_write=(TOKENIZER, PREPARED, "results.md", "results.json"))
     output.mkdir(parents=True, exist_ok=True)
     splits = load_splits(args.data)
     tokenizer, data, stats = prepare(splits, output, vocab_size=args.vocab_size, max_length=args.max_length,
@@ -405,7 +390,9 @@ def run_experiment(args: argparse.Namespace, command: str = "probattn experiment
               f"{test_examples} test pairs); now run each (variant, seed) with --resume --no-report", flush=True)
         return {}
     shown = sorted({round(i * (test_examples - 1) / max(1, EXAMPLES_SHOWN - 1)) for i in range(EXAMPLES_SHOWN)})
+    began, cpu_began = time.perf_counter(), time.process_time()
     header = {"title": "Translation: Spanish RV1909 → English WEB (held-out books)", "command": command,
+              "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
               "data": stats, "model": ", ".join(f"{k}={v}" for k, v in size.items()), "steps": args.max_steps,
               "beam": args.beam, "lenpen": args.lenpen, "tf32": bool(getattr(args, "tf32", False)), "seeds": seeds,
               "test_examples": test_examples,
@@ -450,7 +437,8 @@ def run_experiment(args: argparse.Namespace, command: str = "probattn experiment
             write_summary(output, variants=variants, header=header, figures=False)
     if not _is_main() or no_report:
         return {}
-    header["missing_runs"] = missing
+    header.update(missing_runs=missing, wall_seconds=time.perf_counter() - began,
+                  cpu_seconds=time.process_time() - cpu_began)
     markdown = write_summary(output, variants=variants, header=header)
     if not markdown:
         raise ValueError(f"--report-only: no finished run of {' '.join(variants)} × seeds "
@@ -482,6 +470,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="probattn-experiments/nmt", help="output folder")
     parser.add_argument("--resume", action="store_true",
                         help="skip finished runs in --output and continue unfinished ones from their checkpoints")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over in --output: delete the files probattn wrote there (never other files)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--prepare-only", action="store_true",
                       help="write the files the runs share (tokenizer, baselines) into --output and stop: start "

@@ -225,19 +225,11 @@ class Messages:
         tqdm.write(f"{self.prefix}: {message}", file=sys.stderr)
 
 
-# -- writing (one private helper, to be replaced by probattn.io) ----------------------------------------------------
+# -- writing: every file through probattn.io (atomic, no links, recorded in the claimed folder's manifest) ---------
 def _write_bytes(path: Path, data: bytes) -> None:
-    """Atomically replace ``path`` with ``data``; refuses to write through a link."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_symlink() or path.parent.is_symlink():
-        raise ValueError(f"{path}: is (or lies in) a symbolic link; probattn never writes through links")
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    from probattn.io import write_bytes
+
+    write_bytes(path, data)
 
 
 def _finite(value: Any) -> Any:
@@ -257,12 +249,16 @@ def _write_json(path: Path, obj: Any) -> None:
     _write_bytes(path, json.dumps(_finite(obj), indent=1, allow_nan=False).encode())
 
 
-def _claim_output(output: Path, study: Study, options: dict[str, Any], resume: bool) -> dict[str, Any]:
-    """Claim ``output`` for this study: a new or empty folder, or one this study wrote with the same options.
-    Returns the study file's content (its ``invocations`` so far)."""
+def _claim_output(output: Path, study: Study, options: dict[str, Any], resume: bool, overwrite: bool = False,
+                  command: str = "probattn") -> dict[str, Any]:
+    """Claim ``output`` for this study (:func:`probattn.io.claim_output_dir`: a new or empty folder, or one holding
+    only files probattn wrote; ``overwrite`` deletes those first), then check that a folder written before holds
+    this study with the same options. Returns the study file's content (its ``invocations`` so far)."""
+    from probattn.io import claim_output_dir
+
+    claim_output_dir(output, command=command, overwrite=overwrite, resume=resume,
+                     will_write=(STUDY_FILE, "results.md", "results.json", BASELINES_FILE))
     marker = output / STUDY_FILE
-    if output.is_symlink():
-        raise ValueError(f"--output {output}: is a symbolic link; choose a real folder")
     if marker.is_file():
         saved = json.loads(marker.read_text())
         if saved.get("study") != study.name:
@@ -271,16 +267,12 @@ def _claim_output(output: Path, study: Study, options: dict[str, Any], resume: b
             changed = sorted(k for k in {**saved.get("options", {}), **options}
                              if saved.get("options", {}).get(k) != _finite(options).get(k))
             raise ValueError(f"--output {output} was made with other options ({', '.join(changed)}); use the same "
-                             "options or another --output")
+                             "options, --overwrite, or another --output")
         runs = list((output / RUNS_DIR).glob("*.json")) if (output / RUNS_DIR).is_dir() else []
         if runs and not resume:
             raise ValueError(f"--output {output} already holds {len(runs)} finished run(s); pass --resume to skip "
-                             "them and run the rest, or choose another --output")
+                             "them and run the rest, --overwrite to start over, or choose another --output")
         return saved
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise ValueError(f"--output {output}: holds files this command did not write (no {STUDY_FILE}); probattn "
-                         "writes only into a new or empty folder, or one it wrote before: choose another --output")
-    output.mkdir(parents=True, exist_ok=True)
     saved = {"study": study.name, "options": _finite(options), "invocations": []}
     _write_json(marker, saved)
     return saved
@@ -374,18 +366,24 @@ def _set_threads(threads: int) -> None:
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_log(message: str) -> None:
-    print(f"[worker {os.getpid()}] {message}", file=sys.stderr, flush=True)
+def _gpu_ids(gpus: int) -> list[str]:
+    """The ids to hand out, one per worker: ``CUDA_VISIBLE_DEVICES``'s entries when set, else 0..gpus-1."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [v.strip() for v in visible.split(",") if v.strip()] if visible else []
+    return ids[:gpus] if ids else [str(i) for i in range(gpus)]
 
 
-def _worker_init(study: Study, options: dict[str, Any], output: str, threads: int) -> None:
+def _worker_init(study: Study, options: dict[str, Any], output: str, threads: int, gpu_queue: Any = None) -> None:
+    if gpu_queue is not None:  # one GPU per worker, chosen before CUDA starts in this process
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu_queue.get())
     _set_threads(threads)
-    _WORKER.update(study=study, options=options, prepared=study.prepare(options, output=Path(output),
-                                                                         log=_worker_log))
+    log = Messages(f"[worker {os.getpid()}]")  # each notice once per worker
+    _WORKER.update(study=study, options=options, log=log, prepared=study.prepare(options, output=Path(output),
+                                                                                  log=log))
 
 
 def _worker_run(spec: RunSpec) -> dict[str, Any]:
-    return _attempt(_WORKER["study"], _WORKER["prepared"], _WORKER["options"], spec, _worker_log)
+    return _attempt(_WORKER["study"], _WORKER["prepared"], _WORKER["options"], spec, _WORKER["log"])
 
 
 def _attempt(study: Study, prepared: Any, options: dict[str, Any], spec: RunSpec,
@@ -467,15 +465,16 @@ def _matrix(units: dict[tuple[Any, Any], dict[str, Any]], records: str | None, s
     return np.asarray(rows, dtype=float), [(s, f) for s in seeds for f in folds]
 
 
-def _cell(units: dict[tuple[Any, Any], dict[str, Any]], metric: Metric, records: str | None) -> dict[str, Any]:
-    """mean, low, high, n (replicates), method of one variant and metric."""
+def _cell(units: dict[tuple[Any, Any], dict[str, Any]], metric: Metric, records: str | None,
+          intervals: bool = True) -> dict[str, Any]:
+    """mean, low, high, n (replicates), method of one variant and metric (``intervals=False``: the mean only)."""
     from probattn.metrics import bootstrap_interval, mean_interval
 
     lo, hi = metric.bounds
     if metric.score is not None:
         matrix, used = _matrix(units, records, metric.score)
         if matrix is not None:
-            if len(used) >= MIN_REPLICATES:
+            if len(used) >= MIN_REPLICATES and intervals:
                 mean, low, high = bootstrap_interval(matrix, bounds=metric.bounds)
             else:
                 mean, low, high = float(matrix.mean()), math.nan, math.nan
@@ -484,7 +483,7 @@ def _cell(units: dict[tuple[Any, Any], dict[str, Any]], metric: Metric, records:
     if not values:
         return {"mean": math.nan, "low": math.nan, "high": math.nan, "n": 0, "method": None}
     mean, low, high = mean_interval(values)
-    if len(values) < MIN_REPLICATES:
+    if len(values) < MIN_REPLICATES or not intervals:
         low = high = math.nan
     else:
         low, high = min(max(low, lo), hi), min(max(high, lo), hi)
@@ -496,9 +495,18 @@ def _baseline_units(baselines: dict[str, dict[str, Any]], name: str) -> dict[tup
             for fold, records in baselines.items() if name in records}
 
 
+_MEMO: dict[tuple[Any, ...], dict[str, Any] | None] = {}  # tests of one build_report (tables and verdict share)
+
+
 def _compare(a_units: dict, b_units: dict, records: str | None, metric_key: str, score: str | None,
-             higher_is_better: bool) -> dict[str, Any] | None:
-    """Paired test ``b - a`` (a: reference, b: the other). Baseline units (seed None) pair with every seed."""
+             higher_is_better: bool, memo: tuple[Any, ...] | None = None) -> dict[str, Any] | None:
+    """Paired test ``b - a`` (a: reference, b: the other). Baseline units (seed None) pair with every seed.
+    ``memo``: a key under which the result is reused within one report (the same test in a table and a claim)."""
+    if memo is not None:
+        key = (*memo, records, metric_key, score)
+        if key not in _MEMO:
+            _MEMO[key] = _compare(a_units, b_units, records, metric_key, score, higher_is_better)
+        return dict(_MEMO[key]) if _MEMO[key] is not None else None
     from probattn.metrics import paired_bootstrap, paired_t_test
 
     a_is_baseline = all(s is None for s, _ in a_units)
@@ -546,7 +554,8 @@ def table_tests(study: Study, table: Table, runs: Sequence[dict[str, Any]], vari
             continue
         other = _units(runs, variant)
         for metric in table.metrics:
-            test = _compare(reference, other, table.records, metric.key, metric.score, metric.higher_is_better)
+            test = _compare(reference, other, table.records, metric.key, metric.score, metric.higher_is_better,
+                            memo=(study.reference, variant))
             if test is not None:
                 tests.append({"variant": variant, "metric": metric.key, "label": metric.label,
                               "higher_is_better": metric.higher_is_better, "digits": metric.digits, **test})
@@ -573,7 +582,7 @@ def verdict(study: Study, runs: Sequence[dict[str, Any]], baselines: dict[str, d
     names = sorted({name for fold in baselines.values() for name in fold})
     opening = None
     if reference and names:
-        means = {n: _cell(_baseline_units(baselines, n), metric, records)["mean"] for n in names}
+        means = {n: _cell(_baseline_units(baselines, n), metric, records, False)["mean"] for n in names}
         means = {n: m for n, m in means.items() if math.isfinite(m)}
         if means:
             strongest = (max if metric.higher_is_better else min)(means, key=means.get)
@@ -581,7 +590,7 @@ def verdict(study: Study, runs: Sequence[dict[str, Any]], baselines: dict[str, d
                             metric.higher_is_better)
             if test is not None:
                 opening = {"baseline": strongest, "baseline_mean": means[strongest], "metric": key,
-                           "label": metric.label, "reference_mean": _cell(reference, metric, records)["mean"],
+                           "label": metric.label, "reference_mean": _cell(reference, metric, records, False)["mean"],
                            "higher_is_better": metric.higher_is_better, **test}
     claims = []
     ran = {r["variant"] for r in runs}
@@ -599,7 +608,8 @@ def verdict(study: Study, runs: Sequence[dict[str, Any]], baselines: dict[str, d
                                   "reproduced" if max(values) <= claim.value else "not reproduced"))
         else:
             metric_c = _metric_of(study, claim.records, claim.metric)
-            test = _compare(reference, units, claim.records, claim.metric, metric_c.score, claim.direction == "up")
+            test = _compare(reference, units, claim.records, claim.metric, metric_c.score, claim.direction == "up",
+                            memo=(study.reference, claim.variant))
             entry.update(test or {"p": math.nan})
             entry["tested"] = test is not None
         claims.append(entry)
@@ -698,32 +708,40 @@ def _table_markdown(study: Study, table: Table, variants: Sequence[str], cells: 
 
 
 def build_report(study: Study, output: Path, *, variants: Sequence[str], header: dict[str, Any],
-                 failed: Sequence[dict[str, Any]] = (), extra: Any = None, figures: bool = True) -> Report | None:
-    """Rebuild ``results.md`` and ``results.json`` (and with ``figures`` the figures) from the saved runs."""
+                 failed: Sequence[dict[str, Any]] = (), extra: Any = None, figures: bool = True,
+                 baselines: dict[str, dict[str, Any]] | None = None, interim: str | None = None) -> Report | None:
+    """Rebuild ``results.md`` and ``results.json`` (and with ``figures`` the figures) from the saved runs.
+
+    ``baselines``: ``{fold key: {name: record}}`` (default: ``baselines.json`` of ``output``). ``interim``: a
+    progress note (e.g. "4 of 15 runs finished"): the tables get means only, without the intervals, tests and
+    verdict that the final report computes (they cost up to a minute of CPU on the default study)."""
     runs = [r for r in load_runs(output) if r["variant"] in variants]
     if not runs:
         return None
+    _MEMO.clear()
     path = output / BASELINES_FILE
-    baselines = json.loads(path.read_text())["data"] if path.is_file() else {}
+    if baselines is None:
+        baselines = json.loads(path.read_text())["data"] if path.is_file() else {}
     present = [v for v in variants if any(r["variant"] == v for r in runs)]
     names = sorted({n for fold in baselines.values() for n in fold})
     summary, tests, sections = {}, {}, []
     for table in study.tables:
-        cells = {v: {m.key: _cell(_units(runs, v), m, table.records) for m in table.metrics} for v in present}
+        cells = {v: {m.key: _cell(_units(runs, v), m, table.records, not interim) for m in table.metrics}
+                 for v in present}
         if not any(math.isfinite(c["mean"]) for row in cells.values() for c in row.values()):
             continue  # e.g. no OOD set: no table, no "(OOD nan)"
         baseline_cells = {}
         if table.records is not None:
             for n in names:
-                row = {m.key: _cell(_baseline_units(baselines, n), m, table.records) for m in table.metrics}
+                row = {m.key: _cell(_baseline_units(baselines, n), m, table.records, False) for m in table.metrics}
                 if any(math.isfinite(c["mean"]) for c in row.values()):
                     baseline_cells[n] = {k: {**c, "low": math.nan, "high": math.nan} for k, c in row.items()}
-        table_test = table_tests(study, table, runs, present) if table.tests else []
+        table_test = table_tests(study, table, runs, present) if table.tests and not interim else []
         summary[table.title] = {**cells, **{f"{b} (baseline)": c for b, c in baseline_cells.items()}}
         tests[table.title] = table_test
         sections.append(f"## {table.title}\n\n" + (f"{table.note}\n\n" if table.note else "")
                         + _table_markdown(study, table, present, cells, baseline_cells, table_test) + "\n")
-    result = verdict(study, runs, baselines)
+    result = verdict(study, runs, baselines) if not interim else {"opening": None, "claims": []}
     report = Report(header=header, variants=present, runs=runs, baselines=baselines, summary=summary, tests=tests,
                     verdict=result, extra=extra, failed=list(failed))
     epochs = {v: [r["epochs"] for r in runs if r["variant"] == v and isinstance(r.get("epochs"), int | float)]
@@ -751,8 +769,12 @@ def build_report(study: Study, output: Path, *, variants: Sequence[str], header:
                      "(or folds) for intervals and seed-level tests")
     if notes:
         text.append("Notes:\n\n" + "\n".join(f"- {m}" for m in notes) + "\n")
-    text.append(f"## Verdict (each claim against {study.reference}, at this scale)\n\n"
-                + "\n".join(format_verdict(study, result)) + "\n")
+    if interim:
+        text.append(f"## Interim ({interim})\n\nMeans only: the intervals, paired tests and the verdict are "
+                    "computed when the grid ends (or with --resume once every run is saved).\n")
+    else:
+        text.append(f"## Verdict (each claim against {study.reference}, at this scale)\n\n"
+                    + "\n".join(format_verdict(study, result)) + "\n")
     text += sections
     if training:
         text.append("## Training\n\nEpochs actually trained (model selection on the validation split: the best "
@@ -806,7 +828,8 @@ def run_study(study: Study, args: argparse.Namespace, *, command: str | None = N
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     options = {**study.options(args), "split_seed": args.split_seed, "group_column": args.group_column}
     output = Path(args.output)
-    saved = _claim_output(output, study, {**options, "folds_flag": args.folds}, args.resume)
+    saved = _claim_output(output, study, {**options, "folds_flag": args.folds}, args.resume,
+                          getattr(args, "overwrite", False), command.split(" --")[0])
     if gpus is None:
         gpus = _gpu_count()
     free, _, _ = free_cores()
@@ -838,7 +861,7 @@ def run_study(study: Study, args: argparse.Namespace, *, command: str | None = N
               "folds": folds, "split_seed": args.split_seed, "group_column": args.group_column, "options": options,
               "describe": study.describe(prepared, options), "messages": log.seen}
     failed: list[dict[str, Any]] = []
-    rebuilt = [time.perf_counter()]
+    rebuilt, done = [time.perf_counter()], [0]
     bar = tqdm(total=len(todo), desc="runs", unit="run", disable=args.no_progress, dynamic_ncols=True)
 
     def finish(spec: RunSpec, outcome: dict[str, Any]) -> None:
@@ -852,8 +875,10 @@ def run_study(study: Study, args: argparse.Namespace, *, command: str | None = N
             _write_json(run_file(output, spec.variant, spec.seed, spec.split.fold), record)
             tqdm.write(f"{name}: {study.progress_line(record)}, {record['seconds']:.1f} s "
                        f"({record['cpu_seconds']:.1f} s CPU)", file=sys.stderr)
-            if time.perf_counter() - rebuilt[0] > REBUILD_SECONDS:  # the tables so far, for a look mid-run
-                build_report(study, output, variants=variants, header=header, failed=failed, figures=False)
+            done[0] += 1
+            if time.perf_counter() - rebuilt[0] > REBUILD_SECONDS:  # the means so far, for a look mid-run
+                build_report(study, output, variants=variants, header=header, failed=failed, figures=False,
+                             interim=f"{done[0]} of {len(todo)} runs of this invocation finished")
                 rebuilt[0] = time.perf_counter()
         bar.update(1)
 
@@ -866,9 +891,15 @@ def run_study(study: Study, args: argparse.Namespace, *, command: str | None = N
             finish(spec, _attempt(study, prepared, options, spec, log))
     else:
         context = multiprocessing.get_context("spawn")
+        gpu_queue = None
+        if gpus:
+            gpu_queue = context.Queue()
+            ids = _gpu_ids(gpus)
+            for i in range(workers):
+                gpu_queue.put(ids[i % len(ids)])
         with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context,
                                                     initializer=_worker_init,
-                                                    initargs=(study, options, str(output), threads)) as pool:
+                                                    initargs=(study, options, str(output), threads, gpu_queue)) as pool:
             futures = {pool.submit(_worker_run, spec): spec for spec in todo}
             for future in concurrent.futures.as_completed(futures):
                 try:
@@ -937,6 +968,8 @@ def add_arguments(parser: argparse.ArgumentParser, study: Study) -> None:
     parser.add_argument("--output", default=study.output, help=f"output folder (default {study.output}): new, "
                                                               "empty, or written by this study before")
     parser.add_argument("--resume", action="store_true", help="skip the runs already finished in --output")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over in --output: delete the files probattn wrote there (never other files)")
     parser.add_argument("--workers", type=int, default=None,
                         help="runs in parallel, each in its own process (default: one per GPU, else one per free "
                              "core: cores minus the load average)")

@@ -9,40 +9,50 @@ Reported: accuracy and ECE, and hop diversity: mean pairwise Jensen–Shannon di
 attention distributions (bits, higher = more diverse) and Lin et al.'s redundancy ``‖A Aᵀ − I‖_F`` (lower =
 more diverse). Both are measured on the first 256 test sentences.
 
-Run it with ``probattn experiment self-attentive``; it is :func:`probattn.experiments.compare.compare` with the
-``self-attentive`` preset and the variants ``softmax`` (no repulsion) and ``repulsive``.
+Run it with ``probattn experiment self-attentive``; it is the compare study
+(:class:`probattn.experiments.compare.CompareStudy`) with the ``self-attentive`` preset and the variants
+``softmax`` (no repulsion) and ``repulsive``.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+from typing import Any
 
-from probattn.experiments.compare import add_run_arguments, run_compare
-from probattn.experiments.results import Column
+from probattn.experiments import runner
+from probattn.experiments.compare import ACCURACY, ECE, CompareStudy, Metric, Table
 
-__all__ = ["TABLES", "add_arguments", "run"]
+__all__ = ["STUDY", "TABLES", "add_arguments", "run"]
 
-TABLES = {
-    "Accuracy and calibration (Rotten Tomatoes test; Amazon out of domain)": [
-        Column("accuracy_id", "accuracy", True), Column("ece_id", "ECE", False),
-        Column("accuracy_ood", "OOD accuracy", True), Column("ece_ood", "OOD ECE", False),
-    ],
-    "Hop diversity (256 test sentences)": [
-        Column("head_diversity", "hop diversity (JS, bits)", True),
-        Column("lin_redundancy", "‖AAᵀ−I‖_F", False),
-    ],
-}
+TABLES = (
+    Table("Accuracy and calibration: Rotten Tomatoes test", (ACCURACY, ECE), "test"),
+    Table("Out of domain: Amazon", (ACCURACY, ECE), "ood"),
+    Table("Hop diversity (256 test sentences)", (Metric("head_diversity", "hop diversity (JS, bits)", True,
+                                                        bounds=(0.0, 1.0)),
+                                                 Metric("lin_redundancy", "‖AAᵀ−I‖_F", False, bounds=(0.0, math.inf))),
+          None),
+)
+
+
+class SelfAttentiveStudy(CompareStudy):
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        super().add_arguments(parser)
+        parser.add_argument("--hops", type=int, default=30, help="attention hops r (default 30, as in the paper)")
+        parser.add_argument("--alpha", type=float, default=0.01, help="repulsion weight α (default 0.01, Age preset)")
+
+    def extra_overrides(self, args: argparse.Namespace) -> dict[str, Any]:
+        return {"num_heads": args.hops, "repulsive_alpha": args.alpha}
+
+
+STUDY = SelfAttentiveStudy(name="experiment self-attentive", title="Self-attentive classifier ± repulsive hops",
+                           preset="self-attentive", tables=TABLES, default_variants=("softmax", "repulsive"),
+                           output="probattn-experiments/self-attentive", max_steps=300)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_run_arguments(parser, seeds=[0, 1, 2], max_steps=300, output="probattn-experiments/self-attentive",
-                      ood_examples=2000)
-    parser.add_argument("--hops", type=int, default=30, help="attention hops r (default 30, as in the paper)")
-    parser.add_argument("--alpha", type=float, default=0.01, help="repulsion weight α (default 0.01, Age preset)")
+    runner.add_arguments(parser, STUDY)
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_compare(args, name="experiment self-attentive", preset="self-attentive",
-                       variants=["softmax", "repulsive"],
-                       overrides={"num_heads": args.hops, "repulsive_alpha": args.alpha},
-                       title="Self-attentive classifier ± repulsive hops", tables=TABLES)
+    return runner.main(STUDY, args)

@@ -22,7 +22,7 @@ steps keeps the best weights (:class:`probattn.training.selection.BestCheckpoint
 Measured per run on the test set: accuracy (overall and per question type: yes/no, color, shape), ECE (15
 bins), NLL, PAvPU (predictive entropy, uncertain iff ``H(p) >= ln 2`` nats; :mod:`probattn.metrics.uncertainty`);
 the same on the **noisy test set** (``N(0, σ²)`` added to every grid feature, ``σ = --noise``; the grid features
-are layer-normalized, so σ is in units of their standard deviation; the noise is drawn from a fixed seed, so
+are normalized per image (mean 0, variance 1), so σ is in units of their standard deviation; the noise is drawn from a fixed seed, so
 every model sees the same corrupted features); the accuracy and PAvPU at every σ of ``--noise-sweep``; per
 attention layer on ``--diagnostic-examples`` test questions: head diversity (mean pairwise Jensen–Shannon
 divergence between heads, bits), explained-away keys (normalized incoming mass ``m̃ < 0.1`` of the fair share),
@@ -394,7 +394,7 @@ class VQAStudy(Study):
                 f"{options['grid']}×{options['grid']} image grid from a CNN trained jointly; {options['max_steps']} "
                 f"steps of {options['batch_images']} images (all their questions), validation every "
                 f"{options['eval_every']} steps keeps the best weights. Noisy test: σ = {options['noise']} "
-                f"(features layer-normalized: σ is in units of their standard deviation); PAvPU threshold ln 2 nats.")
+                f"(features normalized per image to variance 1: σ is in units of their standard deviation); PAvPU threshold ln 2 nats.")
 
     def baselines(self, prepared: Any, options: dict[str, Any], split: Split, *,
                   log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
@@ -496,7 +496,7 @@ def _sweep_section(report: Report) -> str:
             pav = _run_means(report, f"pavpu@{s:g}").get(v)
             cells.append(f"{acc[0]:.4f} / {pav[0]:.4f}" if acc and pav else "n/a")
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
-    return ("## Noise sweep\n\nTest accuracy / PAvPU (mean over seeds) with N(0, σ²) added to the layer-normalized "
+    return ("## Noise sweep\n\nTest accuracy / PAvPU (mean over seeds) with N(0, σ²) added to the per-image normalized "
             "image grid features (σ = 0: accuracy only). The noisy test set of the tables above uses σ = "
             f"{report.header['options']['noise']:g}.\n\n" + "\n".join(lines) + "\n")
 
@@ -569,7 +569,9 @@ def _noise_figure(report: Report, path: Path) -> Path:
     ax.set_title("easy-VQA: accuracy vs feature noise (mean; band = min–max over seeds)", fontsize=9)
     ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    fig.savefig(path)
+    from probattn.io import save_figure
+
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -611,7 +613,9 @@ def _examples_figure(report: Report, path: Path) -> Path | None:
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(path)
+    from probattn.io import save_figure
+
+    save_figure(fig, path)
     plt.close(fig)
     return path
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from probattn.functional.doubly import doubly_weights, hybrid_weights
-from probattn.functional.fused import excluded_gap, fused_normalized_attention
+from probattn.functional.fused import fused_normalized_attention, range_refusal
 from probattn.functional.sinkhorn import sinkhorn_weights
 from probattn.functional.softmax import sdpa_attention, softmax_weights
 from probattn.functional.streaming import chunked_attention, prefer_chunked
@@ -246,9 +246,10 @@ def attention(
         impl: ``"dense"`` (materialized scores), ``"chunked"`` (key-block streaming, memory linear in the
             sequence length), ``"sdpa"`` (PyTorch's fused attention kernels, FlashAttention on CUDA; memory
             linear; padding-shaped masks only, see :mod:`probattn.functional.fused`) or ``"auto"``: on CUDA
-            ``"sdpa"`` where it can run; else chunked from ``B * H * Lq * Lk >= 2**20`` scores when neither
-            ``return_weights`` nor ``dropout_p > 0`` is asked (see
-            :func:`probattn.functional.streaming.prefer_chunked`), else dense. Ignored for ``"softmax"``.
+            ``"sdpa"`` where it can run; else chunked from a measured number of scores ``B * H * Lq * Lk`` on
+            (``2**17``-``2**21``, by head dim and torch thread count: see
+            :func:`probattn.functional.streaming.prefer_chunked`) when neither ``return_weights`` nor
+            ``dropout_p > 0`` is asked, else dense. Ignored for ``"softmax"``.
 
     Returns:
         ``out (B, H, Lq, Dv)``, or ``(out, weights)`` when ``return_weights``. Queries with no allowed key
@@ -281,7 +282,7 @@ def attention(
                 "(mean pooling); use 'softmax' for single-query pooling", UserWarning, stacklevel=2,
             )
     scale = float(scale) if scale is not None else 1.0 / math.sqrt(dim)
-    score_bound = _check_ranges(q, k, v, spec, scale, normalization)
+    _check_ranges(q, k, v, spec, scale, normalization)
     dropout_p = float(dropout_p)
 
     if normalization == "softmax" and not return_weights:
@@ -291,7 +292,8 @@ def attention(
 
     groups = heads // kv_heads
     if normalization != "softmax" and (impl == "sdpa" or (impl == "auto" and q.device.type == "cuda")):
-        factors, refusal = _fused_plan(q, spec, scale, score_bound, return_weights, dropout_p)
+        factors, refusal = _fused_plan(q, k, spec, scale, return_weights, dropout_p, normalization,
+                                       int(sinkhorn_iters))
         if impl == "sdpa" and refusal is not None:
             raise ValueError(f"impl='sdpa' cannot run this call: {refusal}")
         if factors is not None:
@@ -303,7 +305,7 @@ def attention(
     # impl="auto": the key-block slab path where it is measured faster (many scores), and only when neither the
     # weights nor dropout (which need the materialized weights) are asked for
     auto_chunked = impl == "auto" and not return_weights and dropout_p == 0 and prefer_chunked(
-        batch, heads, q_len, k_len)
+        batch, heads, q_len, k_len, head_dim=dim, threads=torch.get_num_threads())
     if normalization != "softmax" and (impl == "chunked" or auto_chunked):
         if return_weights:
             raise ValueError("return_weights=True materializes the weights; use impl='dense' (or 'auto') for them")
@@ -321,8 +323,10 @@ def attention(
     return result
 
 
-def _fused_plan(q: Tensor, spec: MaskSpec, scale: float, score_bound: float | None, return_weights: bool,
-                dropout_p: float) -> tuple[tuple[Tensor | None, Tensor | None] | None, str | None]:
+def _fused_plan(
+    q: Tensor, k: Tensor, spec: MaskSpec, scale: float, return_weights: bool, dropout_p: float, normalization: str,
+    sinkhorn_iters: int,
+) -> tuple[tuple[Tensor | None, Tensor | None] | None, str | None]:
     """``(padding factors, None)`` when the fused-kernel path can run this call, else ``(None, why not)``."""
     if q.device.type not in ("cpu", "cuda"):
         return None, f"it runs on CPU and CUDA tensors, not {q.device.type}; use impl='chunked'"
@@ -334,18 +338,12 @@ def _fused_plan(q: Tensor, spec: MaskSpec, scale: float, score_bound: float | No
         return None, "dropout_p > 0 is not supported; use impl='dense'"
     if scale <= 0:
         return None, f"scale must be > 0, got {scale}; use impl='chunked'"
-    if q.dtype == torch.float16:  # an excluded key must land far below every score, in float16's range
-        if score_bound is None:
-            return None, "float16 under torch.compile (the score range is unknown); use bfloat16 or impl='chunked'"
-        room = 4 * score_bound + 2 * math.log(spec.q_len * spec.k_len) + 50
-        if room > excluded_gap(q.dtype, scale) or room / scale > torch.finfo(q.dtype).max / 4:
-            return None, (f"float16 scores up to {score_bound:.3g} leave too little range for the bias in the extra "
-                          "head dimensions; use bfloat16 or float32, or impl='chunked'")
     factors = padding_factors(spec)
     if factors is None:
         return None, ("it takes padding-shaped masks only (key_padding_mask / query_padding_mask, or an attn_mask "
                       "that is their product); this mask has a bias or a block pattern: use impl='chunked'")
-    return factors, None
+    refusal = range_refusal(q, k, scale=scale, normalization=normalization, sinkhorn_iters=sinkhorn_iters)
+    return (None, refusal) if refusal is not None else (factors, None)
 
 
 def _dense_attention(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec, *, normalization: str, scale: float,

@@ -23,9 +23,12 @@ GEMMs per slab for doubly and hybrid). For doubly, with ``A = exp(Z - rho)``, ``
     dZ = A * (dP - D);  g = colsum(dZ);  dS = dZ - P * g
     dv = Aᵀ dO;  dk = scale * dSᵀ q;  dq = scale * dS k
 
-Sinkhorn's backward walks the potentials back (one extra pass per iteration, see ``_backward_rows``).
+Sinkhorn's backward walks the potentials back (one extra pass per iteration) with one exponential per slab:
+every stage matrix is the output weights rescaled by O(L) factors (``_sinkhorn_backward_rows``; the exact
+log-domain sweeps of ``_backward_rows`` when the factors would leave the float range). Under several torch
+threads the row groups are split across threads (``_run_groups``).
 
-Peak extra memory is a few slabs plus ``O(rows * (Lq + Lk) * D)`` per group, on top of the ``O(B * H * L * D)``
+Peak extra memory is a few slabs plus ``O(rows * (Lq + Lk) * D)`` per group in flight (one per thread), on top of the ``O(B * H * L * D)``
 inputs, outputs and gradients; nothing of size ``Lq * Lk`` per row is ever held. Mask rules
 (``probattn.masks``): ``spec.allowed`` already folds padding and causality and ``spec.bias`` is a finite additive
 bias; both broadcast over ``B``/``H`` and are sliced per row group and key block, never expanded. A padded
@@ -36,13 +39,16 @@ key outputs zeros and receives zero gradient; nothing ever becomes NaN.
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import Tensor
 
 from probattn.masks import MaskSpec
 
-__all__ = ["chunked_attention", "prefer_chunked", "slab_shape"]
+__all__ = ["AUTO_MIN_SCORES", "auto_min_scores", "chunked_attention", "prefer_chunked", "slab_shape"]
 
 NORMALIZATIONS = ("doubly", "hybrid", "sinkhorn")
 
@@ -56,6 +62,10 @@ SLAB_ELEMENTS = 2**18
 MIN_BLOCK = 64
 
 _NEG_INF = float("-inf")
+
+# Below this many scores B * H * Lq * Lk a call stays on the calling thread (with torch's intra-op threads):
+# starting worker threads costs ~0.1 ms.
+PARALLEL_MIN_SCORES = 2**20
 
 
 def slab_shape(batch: int, heads: int, q_len: int, k_len: int) -> tuple[int, int]:
@@ -71,16 +81,41 @@ def slab_shape(batch: int, heads: int, q_len: int, k_len: int) -> tuple[int, int
     return block, min(rows, batch * heads)
 
 
-# impl="auto": what decides is the total number of scores B * H * Lq * Lk, not the length. Measured by
-# benchmarks/impl_crossover.py (CPU, float32, 1 thread; docs/performance.md): from 2**21 scores on the slab path
-# took 0.22-0.86x the dense path's time (Sinkhorn at (16, 12, 128, 128) fwd+bwd: 1.00x) and far less memory; at
-# 2**19 the two are on par (0.71-1.23x); at 2**17 the slab path's fixed cost per slab loses (1.24-2.14x).
-AUTO_MIN_SCORES = 2**20
+# impl="auto" on the CPU: the slab path from AUTO_MIN_SCORES[(threads, head_dim)] scores B * H * Lq * Lk on, the
+# dense path below. How it was derived: benchmarks/impl_crossover.py runs both paths interleaved (process CPU time,
+# median of 5 rounds, doubly-normalized forward+backward, float32) at score counts 2**17 .. 2**23 (shapes with the
+# same count but different lengths agree within the noise) for head dims 32 / 64 / 128 under 1 and 2 torch threads,
+# and interpolates where chunked / dense crosses 1 (log2 scores vs log ratio, rounded to a power of two; 2**17 means
+# chunked won from the smallest measured size on). Below the crossing the slab path's fixed cost per slab (a few
+# dozen small ops) loses; above it the dense path's passes over (B, H, Lq, Lk) tensors fall out of cache. A wider
+# head moves it up (more of the time is in the GEMMs both paths share). Run on a nearly idle 2-core machine (load
+# 0.2-0.6): results/impl-crossover-cpu-20261205-012104.json; the table is
+# `python benchmarks/impl_crossover.py --from-json benchmarks/results/impl-crossover-cpu-20261205-012104.json`.
+# More threads than measured use the 2-thread row; hybrid and Sinkhorn use doubly's crossing.
+AUTO_MIN_SCORES: dict[tuple[int, int], int] = {
+    (1, 32): 2**17, (1, 64): 2**20, (1, 128): 2**21,
+    (2, 32): 2**19, (2, 64): 2**21, (2, 128): 2**21,
+}
 
 
-def prefer_chunked(batch: int, heads: int, q_len: int, k_len: int) -> bool:
-    """Whether ``impl="auto"`` should take the slab path: ``batch * heads * q_len * k_len >= AUTO_MIN_SCORES``."""
-    return batch * heads * q_len * k_len >= AUTO_MIN_SCORES
+def auto_min_scores(head_dim: int, threads: int) -> int:
+    """The score count from which ``impl="auto"`` takes the slab path on the CPU.
+
+    Looked up in ``AUTO_MIN_SCORES``: the measured thread count nearest below ``threads`` (more threads than
+    measured use the largest measured count), and the smallest measured head dim ``>= head_dim`` (the largest
+    for wider heads).
+    """
+    counts = sorted({t for t, _ in AUTO_MIN_SCORES})
+    t = max([c for c in counts if c <= max(threads, 1)] or counts[:1])
+    dims = sorted(d for tt, d in AUTO_MIN_SCORES if tt == t)
+    d = next((x for x in dims if x >= head_dim), dims[-1])
+    return AUTO_MIN_SCORES[(t, d)]
+
+
+def prefer_chunked(batch: int, heads: int, q_len: int, k_len: int, *, head_dim: int, threads: int) -> bool:
+    """Whether ``impl="auto"`` should take the slab path on the CPU: ``batch * heads * q_len * k_len`` at least
+    :func:`auto_min_scores` for this head dim and torch thread count (a pure function of the shape)."""
+    return batch * heads * q_len * k_len >= auto_min_scores(head_dim, threads)
 
 
 def _row_groups(batch: int, heads: int, rows_per_group: int) -> list[tuple[slice, slice]]:
@@ -114,9 +149,14 @@ def _columns(x: Tensor, j0: int, j1: int) -> Tensor:
     return x if x.shape[-1] == 1 else x[..., j0:j1]
 
 
-def _slab(q: Tensor, k_scaled: Tensor, allowed: Tensor | None, bias: Tensor | None, j0: int, j1: int) -> Tensor:
-    """Scores ``q (scale k[J])ᵀ + bias[..., J]`` of shape (B, H, Lq, j1 - j0); not-allowed pairs are -inf."""
-    s = torch.matmul(q, k_scaled[:, :, j0:j1].transpose(-1, -2))
+def _slab(q: Tensor, k_t: Tensor, allowed: Tensor | None, bias: Tensor | None, j0: int, j1: int) -> Tensor:
+    """Scores ``q k_t[..., J] + bias[..., J]`` of shape (B, H, Lq, j1 - j0); not-allowed pairs are -inf.
+
+    ``k_t`` (B, H, D, Lk) holds the scaled keys transposed and contiguous (see :func:`_keys_t`): the score
+    product then reads a plain column block (a (2, 1024, 66) x (2, 66, 128) product, 1 thread: 0.41 ms against
+    0.53 ms from a transposed row block; not visible beside the load noise of a whole call on the shared machine).
+    """
+    s = torch.matmul(q, k_t[..., j0:j1])
     if bias is not None:
         s += _columns(bias, j0, j1)
     if allowed is not None:
@@ -152,7 +192,13 @@ class _OnlineSoftmax:
         return out, lse
 
 
-def _column_sweep(q, k_scaled, v, allowed, bias, rho_prev, block, soft):
+def _keys_t(k_scaled: Tensor, *rows: Tensor) -> Tensor:
+    """``[scale kᵀ; rows...]`` (G, H', D + len(rows), Lk), contiguous: the keys as :func:`_slab` takes them, with
+    extra rows (G, H', 1, Lk) that pair with extra query columns (e.g. ``[q, 1, -rho] [k; -c; 1]``)."""
+    return torch.cat([k_scaled.transpose(-1, -2), *rows], dim=-2)
+
+
+def _column_sweep(q, k_t, v, allowed, bias, rho_prev, block, soft):
     """One column-then-row sweep (Sinkhorn iteration t; t = 1 is doubly), one exp per slab.
 
     Per key block: ``c_j = logsumexp_i (S_ij - rho_prev_i)`` (complete in the slab, 0 for an empty column) and
@@ -160,11 +206,12 @@ def _column_sweep(q, k_scaled, v, allowed, bias, rho_prev, block, soft):
     running max: one GEMM ``exp(S - colmax) @ [v / colsum, 1 / colsum]`` gives both.
     ``soft`` (hybrid) additionally accumulates the plain row softmax of ``S``.
 
-    Returns ``c (B, H, 1, Lk)``, ``l (B, H, Lq, 1)`` and ``acc (B, H, Lq, Dv)`` (None when ``v`` is None).
+    Returns ``c (B, H, 1, Lk)``, ``l (B, H, Lq, 1)``, ``acc (B, H, Lq, Dv)`` (None when ``v`` is None) and
+    ``has_query (B, H, 1, Lk)``, the columns some query may see.
     """
-    c_blocks, total = [], None
-    for j0, j1 in _key_blocks(k_scaled.shape[-2], block):
-        s = _slab(q, k_scaled, allowed, bias, j0, j1)
+    c_blocks, seen, total = [], [], None
+    for j0, j1 in _key_blocks(k_t.shape[-1], block):
+        s = _slab(q, k_t, allowed, bias, j0, j1)
         v_block = None if v is None else v[:, :, j0:j1]
         if soft is not None:
             soft.update(s, v_block, inplace=False)
@@ -175,14 +222,49 @@ def _column_sweep(q, k_scaled, v, allowed, bias, rho_prev, block, soft):
         e = s.sub_(top).exp_()
         colsum = e.sum(dim=-2, keepdim=True)  # >= 1, or 0 for a column no query may see
         has_query = colsum > 0
+        seen.append(has_query)
         c_blocks.append(torch.where(has_query, top + colsum.log(), 0.0))
-        inv = torch.where(has_query, colsum.reciprocal(), 0.0).transpose(-1, -2)  # (B, H, Bk, 1)
-        rhs = inv if v_block is None else torch.cat([v_block * inv, inv], dim=-1)
-        if total is None:
-            total = torch.matmul(e, rhs)
-        else:  # accumulate in place: (G * H', Lq, Bk) @ (G * H', Bk, Dv + 1)
-            total.flatten(0, 1).baddbmm_(e.flatten(0, 1), rhs.flatten(0, 1))
-    return torch.cat(c_blocks, dim=-1), total[..., -1:], None if v is None else total[..., :-1]
+        total = _accumulate_rows(total, e, torch.where(has_query, colsum.reciprocal(), 0.0), v_block)
+    return torch.cat(c_blocks, dim=-1), total[..., -1:], None if v is None else total[..., :-1], torch.cat(seen, -1)
+
+
+def _accumulate_rows(total: Tensor | None, e: Tensor, inv: Tensor, v_block: Tensor | None) -> Tensor:
+    """``total + e @ [v_block * invᵀ, invᵀ]`` (or ``e @ invᵀ`` without values): row sums of ``e`` with column
+    weights ``inv`` (G, H', 1, Bk), and the weighted values. Without values the product is formed as the row
+    vector ``inv eᵀ``: a batched matrix product with one output column runs several times slower on the CPU."""
+    if v_block is None:
+        row = torch.matmul(inv, e.transpose(-1, -2)).transpose(-1, -2)  # (G, H', Lq, 1)
+        return row if total is None else total.add_(row)
+    inv = inv.transpose(-1, -2)
+    rhs = torch.cat([v_block * inv, inv], dim=-1)
+    if total is None:
+        return torch.matmul(e, rhs)
+    # accumulate in place: (G * H', Lq, Bk) @ (G * H', Bk, Dv + 1)
+    return total.flatten(0, 1).baddbmm_(e.flatten(0, 1), rhs.flatten(0, 1)).view(total.shape)
+
+
+def _centred_column_sweep(q, k_t, v, allowed, bias, rho_prev, c_prev, has_query, block):
+    """Sinkhorn iteration t >= 2 without a column max: ``A^(t-1) = exp(S - c^(t-1) - rho^(t-1)) <= 1`` comes out of
+    the score GEMM itself (``[q, 1, -rho] [scale k, -c, 1]ᵀ``), its column sums are ``exp(c^t - c^(t-1))``.
+
+    Returns what :func:`_column_sweep` returns, or None when a column that has a query sums below
+    ``sqrt(finfo.tiny)`` (its entries may have underflowed: the caller redoes the iteration with a column max).
+    ``has_query`` (G, H', 1, Lk): the columns some query may see (from iteration 1).
+    """
+    q_c = torch.cat([q, torch.ones_like(rho_prev), -rho_prev], dim=-1)
+    k_c = torch.cat([k_t, -c_prev, torch.ones_like(c_prev)], dim=-2)
+    sums, total = [], None
+    for j0, j1 in _key_blocks(k_t.shape[-1], block):
+        e = _slab(q_c, k_c, allowed, bias, j0, j1).exp_()
+        colsum = e.sum(dim=-2, keepdim=True)
+        sums.append(colsum)
+        inv = torch.where(has_query[..., j0:j1], colsum.reciprocal(), 0.0)
+        total = _accumulate_rows(total, e, inv, None if v is None else v[:, :, j0:j1])
+    colsum = torch.cat(sums, dim=-1)
+    if bool(((colsum < math.sqrt(torch.finfo(colsum.dtype).tiny)) & has_query).any()):
+        return None
+    c = torch.where(has_query, c_prev + colsum.log(), 0.0)
+    return c, total[..., -1:], None if v is None else total[..., :-1], has_query
 
 
 def _underflowed(row_sum: Tensor, allowed: Tensor | None) -> bool:
@@ -197,11 +279,11 @@ def _underflowed(row_sum: Tensor, allowed: Tensor | None) -> bool:
     return allowed is None or bool((small & allowed.any(dim=-1, keepdim=True)).any())
 
 
-def _exact_row_sweep(q, k_scaled, v, allowed, bias, c, block):
+def _exact_row_sweep(q, k_t, v, allowed, bias, c, block):
     """Row softmax of ``Z = S - c`` with a running max (log domain): ``(out or None, rho = rowLSE(Z))``."""
     rows = _OnlineSoftmax(q, None if v is None else v.shape[-1])
-    for j0, j1 in _key_blocks(k_scaled.shape[-2], block):
-        s = _slab(q, k_scaled, allowed, bias, j0, j1)
+    for j0, j1 in _key_blocks(k_t.shape[-1], block):
+        s = _slab(q, k_t, allowed, bias, j0, j1)
         rows.update(s.sub_(c[..., j0:j1]), None if v is None else v[:, :, j0:j1], inplace=True)
     return rows.finish()
 
@@ -214,13 +296,19 @@ def _forward_rows(q, k_scaled, v, allowed, bias, iters, hybrid, block):
     """Potentials and outputs of one row group: ``(out_dbl, out_soft, rho_soft, [c^1..c^k], [rho^1..rho^k])``."""
     cs: list[Tensor] = []  # c^1..c^k, each (G, H', 1, Lk)
     rhos: list[Tensor] = []  # rho^1..rho^k, each (G, H', Lq, 1)
-    rho_prev = soft = None
+    rho_prev = soft = has_query = None
+    k_t = _keys_t(k_scaled)
     for t in range(1, iters + 1):
         values = v if t == iters else None
         soft = _OnlineSoftmax(q, v.shape[-1]) if (hybrid and t == iters) else None
-        c, row_sum, acc = _column_sweep(q, k_scaled, values, allowed, bias, rho_prev, block, soft)
+        swept = None
+        if t > 1:  # (hybrid runs one iteration only, so soft is None here)
+            swept = _centred_column_sweep(q, k_t, values, allowed, bias, rho_prev, cs[-1], has_query, block)
+        if swept is None:
+            swept = _column_sweep(q, k_t, values, allowed, bias, rho_prev, block, soft)
+        c, row_sum, acc, has_query = swept
         if _underflowed(row_sum, allowed):
-            out_dbl, rho = _exact_row_sweep(q, k_scaled, values, allowed, bias, c, block)
+            out_dbl, rho = _exact_row_sweep(q, k_t, values, allowed, bias, c, block)
         else:  # l_i = exp(rho^t_i - rho^(t-1)_i); rows with no key give 0
             has_key = row_sum > 0
             l_safe = torch.where(has_key, row_sum, 1.0)
@@ -233,13 +321,120 @@ def _forward_rows(q, k_scaled, v, allowed, bias, iters, hybrid, block):
     return out_dbl, out_soft, rho_soft, cs, rhos
 
 
+def _rescaling_factors(cs: list[Tensor], rhos: list[Tensor | None]) -> tuple[list[Tensor], list[Tensor]] | None:
+    """``(ex, ey)`` with every Sinkhorn stage matrix a diagonal rescaling of ``A = A^k``, or None if unsafe.
+
+    ``P^t = A * ex[t-1] * ey[t]ᵀ`` and ``A^t = A * ex[t] * ey[t]ᵀ`` with ``ex[t] = exp(rho^k - rho^t)`` (Lq, 1),
+    ``t = 0..k`` (``rho^0 = 0``), and ``ey[t] = exp(c^k - c^t)`` (Lk, 1), ``t = 1..k``. Exact in real arithmetic;
+    in floating point a factor ``exp(x)`` multiplies an ``A_ij`` that may have underflowed, losing ``P_ij`` below
+    ``tiny * exp(|x|)``, and products of two factors must stay far from overflow. So every exponent must satisfy
+    ``|x| <= log(finfo.max) / 5`` (float32: 17.7, so ``exp(2|x|) <= 2.6e15``; float64: 142); otherwise (a query
+    that loses every key by many nats, extreme scores) None, and the caller takes the exact log-domain sweeps.
+    """
+    iters = len(cs)
+    rho_k, c_k = rhos[iters], cs[-1].transpose(-1, -2)
+    xs = [rho_k - (0.0 if t == 0 else rhos[t]) for t in range(iters)]
+    ys = [c_k - cs[t - 1].transpose(-1, -2) for t in range(1, iters)]
+    limit = math.log(torch.finfo(rho_k.dtype).max) / 5
+    if float(torch.stack([x.abs().amax() for x in xs + ys]).amax()) > limit:
+        return None
+    ones_q, ones_k = torch.ones_like(rho_k), torch.ones_like(c_k)
+    return [x.exp() for x in xs] + [ones_q], [ones_k] + [y.exp() for y in ys] + [ones_k]  # ey[0] unused
+
+
+def _times_row(a: Tensor, x: Tensor) -> Tensor:
+    """``a @ x`` for ``a`` (G, H', Lq, Bk) and one column ``x`` (G, H', Bk, 1), as ``(xᵀ aᵀ)ᵀ``: a batched matrix
+    product with one output column runs several times slower on the CPU than one with one output row."""
+    return torch.matmul(x.transpose(-1, -2), a.transpose(-1, -2)).transpose(-1, -2)
+
+
+def _times_column(a: Tensor, x: Tensor) -> Tensor:
+    """``aᵀ @ x`` for ``a`` (G, H', Lq, Bk) and one column ``x`` (G, H', Lq, 1), as ``(xᵀ a)ᵀ`` (see ``_times_row``)."""
+    return torch.matmul(x.transpose(-1, -2), a).transpose(-1, -2)
+
+
+def _sinkhorn_backward_rows(d_out, q, k_scaled, v, allowed, bias, out, cs, rhos, ex, ey, d_bias, block):
+    """Sinkhorn (k >= 2) gradients with one exponential per slab: every stage matrix is ``A`` rescaled.
+
+    With ``A = exp(S - c^k - rho^k)`` (the output weights) and the factors of :func:`_rescaling_factors`:
+
+    * pass 1 (t = k): ``dv = Aᵀ dO`` and ``dc^k = -colsum(A * (dP - D))`` from one GEMM ``Aᵀ [dO, -D]``;
+      ``drho^(k-1) = -ex[k-1] * A (ey[k] * dc^k)``;
+    * passes t = k-1 .. 2: ``dc^t = -ey[t] * Aᵀ (ex[t] * drho^t)``, ``drho^(t-1) = -ex[t-1] * A (ey[t] * dc^t)``;
+    * final pass: ``dc^1`` as above (complete in the slab), then
+      ``dS = A * (dP - D + Σ_t ex[t-1] (ey[t] dc^t)ᵀ + Σ_(t<k) (ex[t] drho^t) ey[t]ᵀ)``, one GEMM
+      ``[dO, -D, F] [v, 1, G]ᵀ`` with the ``2k - 1`` rank-one terms riding in extra columns; ``dk``, ``dq``.
+
+    Per slab: ``k`` score GEMMs and exponentials in all, plus ``Aᵀ [dO, -D]``, ``dP``, ``dk``, ``dq``
+    (the exact sweeps of :func:`_backward_rows` need ``2k + 1`` exponentials per slab and one more GEMM).
+    """
+    iters, dv_dim = len(cs), v.shape[-1]
+    blocks = _key_blocks(k_scaled.shape[-2], block)
+    rho_k = rhos[iters]
+    do_aug = torch.cat([d_out, -(d_out * out).sum(-1, keepdim=True)], dim=-1)  # [dO, -D]
+    q_c = torch.cat([q, torch.ones_like(rho_k), -rho_k], dim=-1)  # S - c^k - rho^k in the score GEMM
+    k_c = _keys_t(k_scaled, -cs[-1], torch.ones_like(cs[-1]))
+
+    def weights(j0: int, j1: int) -> Tensor:
+        return _slab(q_c, k_c, allowed, bias, j0, j1).exp_()
+
+    dcs: list[Tensor | None] = [None] * (iters + 1)  # dc^t as (G, H', Lk, 1)
+    drhos: list[Tensor | None] = [None] * (iters + 1)  # drho^t as (G, H', Lq, 1)
+    dv = torch.empty_like(v)
+    drho, dc_blocks = torch.zeros_like(rho_k), []
+    for j0, j1 in blocks:  # pass 1: t = k
+        a = weights(j0, j1)
+        m = torch.matmul(a.transpose(-1, -2), do_aug)  # (G, H', Bk, Dv + 1)
+        dv[:, :, j0:j1] = m[..., :dv_dim]
+        dc = (v[:, :, j0:j1] * m[..., :dv_dim]).sum(-1, keepdim=True).add_(m[..., dv_dim:]).neg_()
+        dc_blocks.append(dc)
+        drho.sub_(_times_row(a, dc))  # ey[k] = 1
+    dcs[iters], drhos[iters - 1] = torch.cat(dc_blocks, dim=-2), drho.mul_(ex[iters - 1])
+    for t in range(iters - 1, 1, -1):  # passes t = k-1 .. 2
+        w = ex[t] * drhos[t]
+        drho, dc_blocks = torch.zeros_like(rho_k), []
+        for j0, j1 in blocks:
+            a = weights(j0, j1)
+            dc = _times_column(a, w).mul_(ey[t][:, :, j0:j1]).neg_()
+            dc_blocks.append(dc)
+            drho.sub_(_times_row(a, dc * ey[t][:, :, j0:j1]))
+        dcs[t], drhos[t - 1] = torch.cat(dc_blocks, dim=-2), drho.mul_(ex[t - 1])
+    w1 = ex[1] * drhos[1]
+    lhs = torch.cat([do_aug, *ex[:iters], *(ex[t] * drhos[t] for t in range(1, iters))], dim=-1)
+    dq = torch.zeros_like(q)
+    dk = torch.empty_like(k_scaled)
+    for j0, j1 in blocks:  # final pass
+        a = weights(j0, j1)
+        eyj = [None] + [e[:, :, j0:j1] for e in ey[1:iters]]
+        dc1 = _times_column(a, w1).mul_(eyj[1]).neg_()
+        rhs = torch.cat([v[:, :, j0:j1], torch.ones_like(dc1), dc1 * eyj[1],
+                         *(eyj[t] * dcs[t][:, :, j0:j1] for t in range(2, iters)), dcs[iters][:, :, j0:j1],
+                         *eyj[1:]], dim=-1)
+        ds = torch.matmul(lhs, rhs.transpose(-1, -2)).mul_(a)
+        del a
+        dk[:, :, j0:j1] = torch.matmul(ds.transpose(-1, -2), q)
+        dq += torch.matmul(ds, k_scaled[:, :, j0:j1])
+        if d_bias is not None:
+            target = _columns(d_bias, j0, j1)
+            target += ds.sum_to_size(target.shape)
+    return dq, dk, dv
+
+
 def _backward_rows(d_out, q, k_scaled, v, allowed, bias, alpha, out_dbl, out_soft, rho_soft, cs, rhos, d_bias,
                    block):
     """Gradients ``(dq, dk_scaled, dv)`` of one row group; adds the bias gradient into ``d_bias`` (a view) if given.
 
-    ``cs`` holds c^1..c^k, ``rhos`` holds rho^0 = None, rho^1..rho^k.
+    ``cs`` holds c^1..c^k, ``rhos`` holds rho^0 = None, rho^1..rho^k. Sinkhorn (k >= 2) takes the rescaled
+    one-exponential sweeps of :func:`_sinkhorn_backward_rows` when :func:`_rescaling_factors` allows, else the
+    exact log-domain sweeps below.
     """
     iters, hybrid = len(cs), out_soft is not None
+    if iters > 1 and not hybrid:
+        factors = _rescaling_factors(cs, rhos)
+        if factors is not None:
+            return _sinkhorn_backward_rows(d_out, q, k_scaled, v, allowed, bias, out_dbl, cs, rhos, *factors,
+                                           d_bias, block)
+    k_t = None if iters == 1 and not hybrid else _keys_t(k_scaled)  # doubly uses k_c below only
     blocks = _key_blocks(k_scaled.shape[-2], block)
     dv_dim = v.shape[-1]
     d_dbl = (d_out * out_dbl).sum(-1, keepdim=True)  # D_i = <dO_i, O_i>
@@ -269,7 +464,7 @@ def _backward_rows(d_out, q, k_scaled, v, allowed, bias, alpha, out_dbl, out_sof
         drho_prev = torch.zeros_like(rhos[1])
         dc_blocks = []
         for j0, j1 in blocks:
-            s = _slab(q, k_scaled, allowed, bias, j0, j1)
+            s = _slab(q, k_t, allowed, bias, j0, j1)
             p = p_of(s, t, j0, j1)
             dc = -output_grads(s, j0, j1)[1] if t == iters else -(a_of(s, t, j0, j1) * drhos[t]).sum(-2, True)
             dc_blocks.append(dc)
@@ -282,12 +477,12 @@ def _backward_rows(d_out, q, k_scaled, v, allowed, bias, alpha, out_dbl, out_sof
     centred = iters == 1 and not hybrid
     if centred:
         q_c = torch.cat([q, torch.ones_like(rhos[1]), -rhos[1]], dim=-1)
-        k_c = torch.cat([k_scaled, -cs[0].transpose(-1, -2), torch.ones_like(cs[0]).transpose(-1, -2)], dim=-1)
+        k_c = _keys_t(k_scaled, -cs[0], torch.ones_like(cs[0]))
     dq = torch.zeros_like(q)
     dk = torch.empty_like(k_scaled)
     dv = torch.empty_like(v)
     for j0, j1 in blocks:
-        s = _slab(q_c, k_c, allowed, bias, j0, j1) if centred else _slab(q, k_scaled, allowed, bias, j0, j1)
+        s = _slab(q_c, k_c, allowed, bias, j0, j1) if centred else _slab(q, k_t, allowed, bias, j0, j1)
         stage_terms = None
         if iters > 1:  # every dc^t and drho^t is known except dc^1, which is complete in this slab
             stage_terms = a_of(s, 1, j0, j1).mul_(drhos[1])
@@ -319,6 +514,47 @@ def _backward_rows(d_out, q, k_scaled, v, allowed, bias, alpha, out_dbl, out_sof
     return dq, dk, dv
 
 
+def _run_groups(work: Callable[[tuple[slice, slice]], None], batch: int, heads: int, rows_per_group: int,
+                scores_per_row: int) -> None:
+    """Call ``work(rows)`` for every (batch, head) row group, split across torch's CPU threads when it pays.
+
+    With ``torch.get_num_threads() = n > 1`` and at least ``PARALLEL_MIN_SCORES`` scores, the groups
+    (made smaller if there are fewer than ``n``) are dealt round-robin to ``n`` Python threads that each run
+    their share with one torch thread; the process goes back to ``n`` threads afterwards. Every group is an
+    independent problem writing disjoint rows, so the results do not depend on the split. Why: inside a slab
+    loop every op is a separate OpenMP parallel region (thousands per call), and each of them waits for the
+    slowest thread; one split per call (what SDPA's CPU kernel does) waits once.
+    """
+    threads = torch.get_num_threads()
+    if (threads < 2 or batch * heads < 2 or batch * heads * scores_per_row < PARALLEL_MIN_SCORES
+            or torch.compiler.is_compiling()):
+        for rows in _row_groups(batch, heads, rows_per_group):
+            work(rows)
+        return
+    groups = _row_groups(batch, heads, min(rows_per_group, -(-batch * heads // threads)))
+    shares = [groups[i::threads] for i in range(threads) if groups[i::threads]]
+    # grad, inference and autocast modes are per thread: the workers take the caller's
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+    autocast, autocast_dtype = torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
+
+    def run(share: list[tuple[slice, slice]]) -> None:
+        torch.set_num_threads(1)  # OpenMP's thread count is per OS thread: set it in each worker
+        with (torch.inference_mode(inference), torch.set_grad_enabled(grad),
+              torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast)):
+            for rows in share:
+                work(rows)
+
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(len(shares) - 1) as pool:
+            futures = [pool.submit(run, share) for share in shares[1:]]
+            run(shares[0])
+            for future in futures:
+                future.result()
+    finally:
+        torch.set_num_threads(threads)
+
+
 class _SlabAttention(torch.autograd.Function):
     """out = alpha * softmax(S) v + (1 - alpha) * sinkhorn_k(S) v, computed over key-block slabs.
 
@@ -336,7 +572,7 @@ class _SlabAttention(torch.autograd.Function):
         rho_soft = q.new_empty((batch, heads, q_len, 1)) if hybrid else None
         cs = q.new_empty((iters, batch, heads, 1, k.shape[-2]))
         rhos = q.new_empty((iters, batch, heads, q_len, 1))
-        for rows in _row_groups(batch, heads, rows_per_group):
+        def work(rows: tuple[slice, slice]) -> None:
             # scaling keys (per group), not queries, keeps the O(Lq) buffers to the outputs
             o_dbl, o_soft, r_soft, c_list, r_list = _forward_rows(
                 q[rows], k[rows] * scale, v[rows], _rows(allowed, rows), _rows(bias, rows), iters, hybrid, block
@@ -346,6 +582,8 @@ class _SlabAttention(torch.autograd.Function):
             rhos[(slice(None), *rows)] = torch.stack(r_list)
             if hybrid:
                 out_soft[rows], rho_soft[rows] = o_soft, r_soft
+
+        _run_groups(work, batch, heads, rows_per_group, q_len * k.shape[-2])
         out = torch.lerp(out_dbl, out_soft, alpha) if hybrid else out_dbl  # alpha * soft + (1 - alpha) * doubly
         ctx.save_for_backward(q, k, v, alpha, allowed, bias, out_dbl, out_soft, rho_soft, cs, rhos)
         ctx.scale, ctx.block, ctx.rows_per_group = scale, block, rows_per_group
@@ -358,13 +596,26 @@ class _SlabAttention(torch.autograd.Function):
         d_out = d_out.contiguous()
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         d_bias = torch.zeros_like(bias) if bias is not None and ctx.needs_input_grad[5] else None
-        for rows in _row_groups(q.shape[0], q.shape[1], ctx.rows_per_group):
+        # the bias may broadcast over (batch, head) rows, so several groups add into the same entries: each worker
+        # thread of the split sums into its own buffer (the calling thread into d_bias), added up at the end
+        caller, partial = threading.get_ident(), {}
+
+        def work(rows: tuple[slice, slice]) -> None:
+            target = d_bias
+            if d_bias is not None and threading.get_ident() != caller:
+                if threading.get_ident() not in partial:
+                    partial[threading.get_ident()] = torch.zeros_like(d_bias)
+                target = partial[threading.get_ident()]
             dq[rows], dk[rows], dv[rows] = _backward_rows(
                 d_out[rows], q[rows], k[rows] * ctx.scale, v[rows], _rows(allowed, rows), _rows(bias, rows),
                 _rows(alpha, rows), out_dbl[rows], None if out_soft is None else out_soft[rows],
                 None if rho_soft is None else rho_soft[rows], list(cs[(slice(None), *rows)]),
-                [None, *rhos[(slice(None), *rows)]], _rows(d_bias, rows), ctx.block,
+                [None, *rhos[(slice(None), *rows)]], _rows(target, rows), ctx.block,
             )
+
+        _run_groups(work, q.shape[0], q.shape[1], ctx.rows_per_group, q.shape[2] * k.shape[2])
+        for buffer in partial.values():
+            d_bias += buffer
         dk.mul_(ctx.scale)
         d_alpha = None
         if hybrid and ctx.needs_input_grad[3]:
@@ -456,8 +707,9 @@ def chunked_attention(
         alpha = torch.tensor(float(hybrid_alpha), dtype=compute, device=q.device).reshape(1, 1, 1, 1)
     iters = sinkhorn_iters if normalization == "sinkhorn" else 1
     bias = None if spec.bias is None else spec.bias.to(compute)
-    out = _SlabAttention.apply(
-        q.to(compute), k.to(compute), v.to(compute), alpha, spec.allowed, bias, float(scale), iters, hybrid, block_size,
-        rows_per_group,
-    )
+    with torch.autocast(q.device.type, enabled=False):  # the statistics stay in `compute` under autocast too
+        out = _SlabAttention.apply(
+            q.to(compute), k.to(compute), v.to(compute), alpha, spec.allowed, bias, float(scale), iters, hybrid,
+            block_size, rows_per_group,
+        )
     return out.to(q.dtype)

@@ -15,7 +15,7 @@ from probattn.hf.attention import (
 )
 from probattn.hf.convert import attention_modules, convert, repulsive_heads
 from probattn.hf.pretrained import PRETRAINED, load, load_model, load_pretrained
-from probattn.hf.trainer import RepulsiveCallback, Trainer
+from probattn.hf.trainer import RepulsiveCallback, Trainer, unfreeze_probattn
 
 register()  # attn_implementation="probattn", "probattn_doubly", ... work in from_pretrained after import
 
@@ -39,4 +39,5 @@ __all__ = [
     "repulsive_heads",
     "sentence_cosine",
     "sentence_embeddings",
+    "unfreeze_probattn",
 ]

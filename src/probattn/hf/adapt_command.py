@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
 from probattn.hf.adapt import adapt, sentence_cosine
 from probattn.hf.convert import convert
 from probattn.hf.pretrained import load_model
+from probattn.io import claim_output_dir, write_bytes, write_json
 
 __all__ = ["add_arguments", "run"]
 
@@ -38,6 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-budget", type=float, default=None, help="stop after this many CPU seconds")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=None, help="directory for the adapted model and adapt.json")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the files probattn wrote in --output (never other files)")
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow a --model folder whose config "
+                        "names Python classes of its own (auto_map): runs the .py files in that folder (default: "
+                        "refuse such folders)")
 
 
 def _texts(data: str, held_out: int) -> tuple[list[str], list[str]]:
@@ -55,11 +62,29 @@ def _texts(data: str, held_out: int) -> tuple[list[str], list[str]]:
     return lines[:-held_out], lines[-held_out:]
 
 
+def _save_pretrained(out: Path, model, tokenizer) -> None:
+    """``save_pretrained`` of the model and tokenizer into a private folder, then each file moved into ``out``
+    through :mod:`probattn.io` (atomic, recorded as probattn's, never over a file probattn did not write)."""
+    staging = Path(tempfile.mkdtemp(dir=out, prefix=".probattn-tmp-adapt."))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        for file in sorted(p for p in staging.rglob("*") if p.is_file() and not p.is_symlink()):
+            write_bytes(out / file.relative_to(staging), file.read_bytes())
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.held_out < 1:
         raise ValueError(f"--held-out {args.held_out}: must be at least 1")
+    out = None
+    if args.output:  # checked before any work: a folder holding files probattn did not write is refused
+        out = claim_output_dir(args.output, command="probattn adapt", overwrite=args.overwrite,
+                               will_write=("adapt.json", "config.json", "model.safetensors"))
     train_texts, held = _texts(args.data, args.held_out)
-    reference, tokenizer = load_model(args.model, task="encoder")
+    reference, tokenizer = load_model(args.model, task="encoder",
+                                      trust_remote_code=getattr(args, "trust_remote_code", False))
     if tokenizer is None:
         raise ValueError(f"--model {args.model}: the directory holds no tokenizer")
     model = copy.deepcopy(reference)
@@ -76,16 +101,14 @@ def run(args: argparse.Namespace) -> int:
     after = sentence_cosine(model, reference, tokenizer, held)
     print(f"held-out cosine after {result.steps} steps: {after:.4f} (CPU {result.cpu_seconds:.0f} s, "
           f"wall {result.wall_seconds:.0f} s)")
-    if args.output:
-        out = Path(args.output)
-        model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
+    if out is not None:
+        _save_pretrained(out, model, tokenizer)
         report = {"model": args.model, "normalization": args.normalization, "steps": result.steps,
                   "hybrid_alpha": args.hybrid_alpha, "sinkhorn_iters": args.sinkhorn_iters,
                   "cosine_before": before, "cosine_after": after, "cpu_seconds": result.cpu_seconds,
                   "wall_seconds": result.wall_seconds, "losses": result.losses, "held_out": len(held),
                   "lr": args.lr, "pooled_weight": args.pooled_weight, "batch_size": args.batch_size,
                   "max_length": args.max_length}
-        (out / "adapt.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_json(out / "adapt.json", report)
         print(f"wrote {out} (load it with probattn.hf.load)")
     return 0

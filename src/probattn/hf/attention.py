@@ -29,13 +29,14 @@ The work goes to :func:`probattn.functional.attention`, the mask reading to :mod
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.masking_utils import sdpa_mask
 
-from probattn.functional import COLUMN_NORMALIZED, attention
+from probattn.functional import COLUMN_NORMALIZED, NORMALIZATIONS, attention
 from probattn.masks import add_bias, build_mask_spec, from_hf_attention_mask
 from probattn.nn.hooks import is_observed, observe_qk
 
@@ -53,9 +54,12 @@ NAMES: dict[str, str | None] = {
     "probattn_sinkhorn": "sinkhorn",
 }
 SETTINGS_ATTR = "probattn_settings"
+CONFIG_KEY = "probattn"  # the entry of config.json that holds convert's settings
+MAX_SINKHORN_ITERS = 10_000  # a saved setting above this is a damaged file, not a choice (each is one pass)
 HYBRID_ATTR = "probattn_hybrid"
 
-__all__ = ["ATTENTION_NAME", "NAMES", "HybridWeight", "LayerSettings", "probattn_attention", "register"]
+__all__ = ["ATTENTION_NAME", "NAMES", "HybridWeight", "LayerSettings", "check_saved_settings", "probattn_attention",
+           "record_implementation", "register"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,41 @@ class HybridWeight(nn.Module):
     def forward(self) -> Tensor:
         """``alpha (H,)`` in (0, 1)."""
         return torch.sigmoid(self.logit)
+
+
+def check_saved_settings(settings: object, source: str) -> dict[str, Any]:
+    """Check a saved ``config.probattn`` entry (what :func:`probattn.hf.convert` writes); returns it unchanged.
+
+    Raises ``ValueError`` naming ``source`` (the file) and the field for a value convert would not have
+    written: an unknown normalization, ``hybrid_alpha`` outside [0, 1] (or not a number / ``"learned"``),
+    ``sinkhorn_iters`` that is not an integer in ``1..MAX_SINKHORN_ITERS`` (``2.7`` is refused, never
+    truncated), ``layers`` that is not a list of integers.
+    """
+    if not isinstance(settings, dict):
+        raise ValueError(f"{source}: field {CONFIG_KEY!r} must be a JSON object (what probattn.hf.convert "
+                         f"writes), got {type(settings).__name__}; the file is damaged")
+
+    def bad(field: str, what: str) -> ValueError:
+        return ValueError(f"{source}: field {CONFIG_KEY}.{field} = {settings[field]!r}: {what}; the file is "
+                          "damaged or was edited by hand (convert the model again)")
+
+    normalization = settings.get("normalization", "softmax")
+    if normalization not in NORMALIZATIONS:
+        raise bad("normalization", f"must be one of {', '.join(map(repr, NORMALIZATIONS))}")
+    if "hybrid_alpha" in settings:
+        alpha = settings["hybrid_alpha"]
+        if not (alpha is None or alpha == "learned" or (
+                isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and 0.0 <= alpha <= 1.0)):
+            raise bad("hybrid_alpha", "must be a number in [0, 1], 'learned' or null")
+    if "sinkhorn_iters" in settings:
+        iters = settings["sinkhorn_iters"]
+        if isinstance(iters, bool) or not isinstance(iters, int) or not 1 <= iters <= MAX_SINKHORN_ITERS:
+            raise bad("sinkhorn_iters", f"must be an integer in 1..{MAX_SINKHORN_ITERS}")
+    layers = settings.get("layers")
+    if layers is not None and not (isinstance(layers, list) and all(
+            isinstance(i, int) and not isinstance(i, bool) for i in layers)):
+        raise bad("layers", "must be null or a list of integers")
+    return settings
 
 
 # keyword -> why probattn refuses it (each changes the scores in a way the core does not model)
@@ -124,12 +163,18 @@ def _needs_load(cfg: dict) -> bool:
     return cfg.get("layers") is not None or cfg.get("hybrid_alpha") == "learned" or cfg.get("alignment") is not None
 
 
+def _check_saved(cfg: object) -> None:
+    check_saved_settings(cfg, "config.json of this model (config.probattn)")
+
+
 def _settings(module: nn.Module, forced: str | None) -> tuple[str, float | str, int]:
     """``(normalization, hybrid_alpha, sinkhorn_iters)`` of ``module`` under an attn_implementation name."""
     settings = getattr(module, SETTINGS_ATTR, None)
     if settings is not None:
         return settings.normalization, settings.hybrid_alpha, settings.sinkhorn_iters
     cfg = getattr(getattr(module, "config", None), "probattn", None)
+    if cfg is not None:  # read from a saved config.json: a hand-edited 2.7 must not become 2
+        _check_saved(cfg)
     cfg = cfg if isinstance(cfg, dict) else {}
     if forced is None:
         if not cfg:
@@ -144,7 +189,7 @@ def _settings(module: nn.Module, forced: str | None) -> tuple[str, float | str, 
     same = cfg.get("normalization") == forced
     alpha = cfg.get("hybrid_alpha") if same and cfg.get("hybrid_alpha") is not None else 0.5
     iters = cfg.get("sinkhorn_iters", 3) if same else 3
-    return forced, alpha, int(iters)
+    return forced, alpha, iters
 
 
 def _check_not_causal(module: nn.Module, normalization: str, is_causal: bool) -> None:
@@ -252,14 +297,104 @@ def _named(normalization: str):
 _FUNCTIONS = {name: probattn_attention if norm is None else _named(norm) for name, norm in NAMES.items()}
 
 
+def _forced_settings(config: Any, forced: str) -> dict[str, Any]:
+    """What a forced name runs on every layer, written as :func:`probattn.hf.convert` records its settings."""
+    cfg = getattr(config, CONFIG_KEY, None)
+    cfg = cfg if isinstance(cfg, dict) else {}
+    same = cfg.get("normalization") == forced
+    alpha = cfg.get("hybrid_alpha") if same and cfg.get("hybrid_alpha") is not None else 0.5
+    return {"normalization": forced, "hybrid_alpha": alpha if forced == "hybrid" else None,
+            "sinkhorn_iters": cfg.get("sinkhorn_iters", 3) if same else 3, "alignment": None,
+            "repulsive": cfg.get("repulsive"), "layers": None}
+
+
+def record_implementation(model: nn.Module) -> None:
+    """Make ``model.config`` say which probattn attention the model runs, so that ``save_pretrained`` (and
+    ``Trainer.save_model``) writes it: a plain ``from_pretrained`` of the saved folder then runs the same attention
+    (or raises), and :func:`probattn.hf.load` accepts the folder, exactly as after :func:`probattn.hf.convert`.
+
+    * ``"probattn_doubly"`` / ``"_hybrid"`` / ``"_sinkhorn"`` (no settings stored on the modules by convert):
+      ``config.probattn`` gets that normalization on every layer and ``config.attn_implementation = "probattn"``;
+      the first time, a warning says that pretrained softmax weights now give other outputs (as convert's does);
+    * ``"probattn"`` with a ``config.probattn`` entry (a converted model reloaded with ``from_pretrained``):
+      ``config.attn_implementation = "probattn"`` again (transformers consumes that key on load, so a second
+      ``save_pretrained`` would otherwise write a model that reloads as plain SDPA softmax); without one (it runs
+      probattn's softmax), ``normalization="softmax"`` is recorded, without a warning.
+
+    * another name set on a model whose config said ``"probattn"`` (``set_attn_implementation("sdpa")`` after
+      convert): ``config.attn_implementation`` becomes that name, so the saved model reloads with it.
+
+    Runs after every transformers model's ``__init__`` and ``set_attn_implementation`` once ``probattn.hf``
+    is imported (see :func:`register`); models that never ran a probattn implementation are left alone.
+    """
+    config = getattr(model, "config", None)
+    name = getattr(config, "_attn_implementation", None)
+    if not isinstance(name, str):
+        return
+    if name not in NAMES:
+        if config.__dict__.get("attn_implementation") == ATTENTION_NAME:
+            config.attn_implementation = name  # switched away from probattn: save what runs now
+        return
+    forced = NAMES[name]
+    if forced is None:
+        if isinstance(getattr(config, CONFIG_KEY, None), dict):
+            config.attn_implementation = ATTENTION_NAME
+            return
+        forced = "softmax"  # "probattn" without settings runs probattn's softmax: recorded as such
+    if any(hasattr(m, SETTINGS_ATTR) for m in model.modules()):
+        return  # convert's per-module settings win over the name; config.probattn already records them
+    settings = _forced_settings(config, forced)
+    if getattr(config, CONFIG_KEY, None) == settings and config.__dict__.get("attn_implementation") == ATTENTION_NAME:
+        return  # already recorded (e.g. the inner model of a task model shares the config)
+    config.probattn = settings
+    config.attn_implementation = ATTENTION_NAME
+    for module in model.modules():  # sub-configs (CLIP towers) are what their attention layers read
+        sub = getattr(module, "config", None)
+        if sub is not None and sub is not config and hasattr(sub, "to_dict"):
+            sub.probattn = settings
+    if forced == "softmax":
+        return
+    import warnings
+
+    warnings.warn(
+        f"attn_implementation={name!r} runs {forced} attention on every layer; weights trained for softmax give "
+        "other outputs than the original model (MiniLM sentence embeddings: cosine 0.50 for doubly). Fine-tune, or "
+        "distil back with probattn.hf.adapt. Recorded in config.probattn: save_pretrained keeps it.",
+        UserWarning, stacklevel=3,
+    )
+
+
+def _install_recording() -> None:
+    """Wrap ``PreTrainedModel.post_init`` and ``set_attn_implementation`` (once) to call
+    :func:`record_implementation` after them."""
+    from transformers import PreTrainedModel
+
+    for method in ("post_init", "set_attn_implementation"):
+        original = getattr(PreTrainedModel, method)
+        if getattr(original, "_probattn_records", False):
+            continue
+
+        def wrapper(self, *args, _original=original, **kwargs):
+            result = _original(self, *args, **kwargs)
+            record_implementation(self)
+            return result
+
+        wrapper.__name__, wrapper.__qualname__, wrapper.__doc__ = original.__name__, original.__qualname__, original.__doc__
+        wrapper._probattn_records = True  # type: ignore[attr-defined]
+        setattr(PreTrainedModel, method, wrapper)
+
+
 def register() -> str:
     """Register the attention functions and the ``sdpa`` mask function under every name of :data:`NAMES`
     (idempotent; done on ``import probattn.hf``); returns ``"probattn"``, the name ``convert`` switches to.
 
     Both registrations are process-global in transformers; the mask function must carry the same name, or
-    transformers passes ``attention_mask=None`` and padding and causal masks are silently lost.
+    transformers passes ``attention_mask=None`` and padding and causal masks are silently lost. Also makes every
+    transformers model record a probattn implementation in its config (:func:`record_implementation`), so that
+    what a model ran with is what ``save_pretrained`` writes.
     """
     for name, fn in _FUNCTIONS.items():
         AttentionInterface.register(name, fn)
         AttentionMaskInterface.register(name, sdpa_mask)
+    _install_recording()
     return ATTENTION_NAME

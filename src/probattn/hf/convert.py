@@ -37,24 +37,26 @@ from probattn.alignment import AlignmentRegularizer, attach_alignment
 from probattn.functional import COLUMN_NORMALIZED, NORMALIZATIONS, check_hybrid_alpha
 from probattn.hf.attention import (
     ATTENTION_NAME,
+    CONFIG_KEY,
     HYBRID_ATTR,
     SETTINGS_ATTR,
     SOFTMAX,
     HybridWeight,
     LayerSettings,
+    check_saved_settings,
     register,
 )
 from probattn.nn.hooks import REGULARIZER_ATTR
-from probattn.repulsive import PRESETS, HeadSlice, Projection, RepulsiveHeads, register_adapter
+from probattn.repulsive import PRESETS, Projection, RepulsiveHeads, register_adapter
+from probattn.repulsive.adapters import is_linear, linear_projection
 
-CONFIG_KEY = "probattn"
 SUPPORTED_FAMILIES = (
     "BERT, RoBERTa, XLM-R, DistilBERT, ALBERT, ELECTRA, ModernBERT, GPT-2, ViT, DeiT, DINOv2, CLIP, "
     "Llama, Mistral, Qwen2/3, Phi-3 and the other families whose attention layers call "
     "transformers' ALL_ATTENTION_FUNCTIONS"
 )
 
-__all__ = ["CONFIG_KEY", "attention_modules", "convert", "repulsive_heads"]
+__all__ = ["CONFIG_KEY", "attention_modules", "check_saved_settings", "convert", "repulsive_heads"]
 
 
 @functools.cache
@@ -234,10 +236,9 @@ def _distilbert_projections(module: nn.Module) -> list[Projection] | None:
     """Repulsive adapter for DistilBERT's attention: ``q_lin`` / ``k_lin`` / ``v_lin`` + ``n_heads``."""
     linears = [getattr(module, name, None) for name in ("q_lin", "k_lin", "v_lin")]
     heads = getattr(module, "n_heads", None)
-    if not isinstance(heads, int) or not all(isinstance(m, nn.Linear) for m in linears):
+    if not isinstance(heads, int) or not all(is_linear(m) for m in linears):
         return None
-    return [Projection(role, heads, HeadSlice.linear(m.weight, heads),
-                       None if m.bias is None else HeadSlice.linear(m.bias, heads)) for role, m in zip("qkv", linears)]
+    return [linear_projection(role, m, heads) for role, m in zip("qkv", linears)]
 
 
 register_adapter("hf_distilbert", _distilbert_projections)

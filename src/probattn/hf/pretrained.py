@@ -40,13 +40,53 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from probattn.hf.convert import CONFIG_KEY, convert
+from probattn.hf.attention import CONFIG_KEY, check_saved_settings
+from probattn.hf.convert import convert
 
 TASKS = ("encoder", "classification")
 PROBATTN_KEY_MARK = ".probattn_"
 
-__all__ = ["PRETRAINED", "TASKS", "PretrainedSpec", "cache_directory", "gguf_directory", "load", "load_model",
-           "load_pretrained", "load_tokenizer"]
+__all__ = ["PRETRAINED", "TASKS", "PretrainedSpec", "RemoteCodeError", "cache_directory", "check_gguf_file",
+           "check_model_folder", "check_no_remote_code", "gguf_directory", "load", "load_model", "load_pretrained",
+           "load_tokenizer", "read_config_json"]
+
+# the files of a model folder in which transformers looks for ``auto_map`` (classes defined by Python files in
+# the folder, run on load when trust_remote_code=True)
+REMOTE_CODE_FILES = ("config.json", "tokenizer_config.json", "preprocessor_config.json", "processor_config.json")
+
+
+class RemoteCodeError(ValueError):
+    """A model folder asks to run its own Python code (``auto_map``) and ``trust_remote_code`` was not given."""
+
+
+def check_no_remote_code(path: str | os.PathLike, trust_remote_code: bool = False) -> None:
+    """Refuse a model folder whose config files name Python classes of their own (``auto_map``).
+
+    transformers would import the folder's ``.py`` files to build such a model (after a ``[y/N]`` prompt on a
+    terminal, or at once with ``trust_remote_code=True``): code from a downloaded folder would run. probattn
+    refuses before transformers reads the folder, unless ``trust_remote_code`` is True (the CLI's
+    ``--trust-remote-code``), and passes ``trust_remote_code`` to every transformers call.
+    """
+    if trust_remote_code:
+        return
+    folder = Path(path)
+    if not folder.is_dir():
+        return
+    for name in REMOTE_CODE_FILES:
+        file = folder / name
+        if not file.is_file():
+            continue
+        try:
+            values = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+            continue  # unreadable: check_model_folder reports it (nothing in it can name code then)
+        if isinstance(values, dict) and values.get("auto_map"):
+            raise RemoteCodeError(
+                f"{folder}: {name} carries 'auto_map' ({', '.join(map(str, values['auto_map']))}), i.e. the model "
+                f"is built by Python files in that folder, which would run on load. probattn does not run code "
+                f"from a model folder by default; if you trust it, pass --trust-remote-code "
+                f"(Python: trust_remote_code=True)"
+            )
 
 
 @dataclass(frozen=True)
@@ -109,44 +149,111 @@ def cache_directory() -> Path:
     return Path(os.environ.get("PROBATTN_CACHE") or Path.home() / ".cache" / "probattn")
 
 
+GGUF_RECORD = "probattn-cache.json"  # in each converted GGUF folder: the sha256 of every other file in it
+
+
 def gguf_directory(file: str | os.PathLike) -> Path:
     """A plain Hugging Face directory (float32 safetensors + tokenizer) holding the model of a ``.gguf`` file.
 
     Converted on first use (transformers' ``gguf_file=``; needs the ``gguf`` package) and cached under
-    :func:`cache_directory`, keyed by the file's name, size and modification time; later calls return the cache.
+    :func:`cache_directory`, keyed by the file's name, size and modification time, with the sha256 of every file
+    in :data:`GGUF_RECORD`; later calls check the digests and return the cache. A damaged copy (flipped bits, a
+    truncated or missing file, no record) is converted again, with a warning that says so.
     """
+    from probattn.io import check_destination, sha256_file
+
     file = Path(file)
     if not file.is_file() or file.suffix != ".gguf":
         raise FileNotFoundError(f"{file} is not a .gguf file")
     stat = file.stat()
     target = cache_directory() / "gguf" / f"{file.stem}-{stat.st_size}-{stat.st_mtime_ns}"
-    if (target / "config.json").is_file():
-        return target
-    try:
-        importlib.import_module("gguf")
-    except ModuleNotFoundError as exc:
-        raise ImportError(f"reading {file.name} needs the gguf package: pip install 'probattn[gguf]'") from exc
-    from transformers import AutoModelForCausalLM
-
-    with _offline(quiet=True):
-        tokenizer = AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name)
-        quantized = AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name, dtype=torch.float32)
-    config = quantized.config
-    config.__dict__.pop("quantization_config", None)  # a GGUF-loaded model refuses save_pretrained
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(quantized.state_dict())
+    check_destination(target)  # never a link
+    if target.exists():
+        problem = _gguf_cache_problem(target)
+        if problem is None:
+            return target
+        warnings.warn(f"the converted copy of {file.name} in {target} is damaged ({problem}); converting it "
+                      f"again", UserWarning, stacklevel=2)
+        shutil.rmtree(target, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".partial-"))
     try:
-        plain.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
+        _convert_gguf(file, staging)
+        files = sorted(p for p in staging.rglob("*") if p.is_file())
+        record = {"source": file.name, "sha256": {p.relative_to(staging).as_posix(): sha256_file(p) for p in files}}
+        (staging / GGUF_RECORD).write_text(json.dumps(record, indent=1) + "\n")
         os.replace(staging, target)  # atomic: a reader sees no directory or a complete one
     except OSError:
-        if not (target / "config.json").is_file():
+        if _gguf_cache_problem(target) is not None:
             raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _gguf_cache_problem(target: Path) -> str | None:
+    """None if every file of the converted folder ``target`` matches its recorded sha256, else what is wrong."""
+    from probattn.io import sha256_file
+
+    try:
+        digests = json.loads((target / GGUF_RECORD).read_text())["sha256"]
+        if not isinstance(digests, dict):
+            raise TypeError("sha256 is not an object")
+    except FileNotFoundError:
+        return f"no {GGUF_RECORD}: written by an older probattn or incomplete"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"{GGUF_RECORD} is unreadable: {type(exc).__name__}: {exc}"
+    present = {p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file()} - {GGUF_RECORD}
+    if present != set(digests):
+        return f"files missing or added: {sorted(present ^ set(digests))}"
+    for name, expected in sorted(digests.items()):
+        if (found := sha256_file(target / name)) != expected:
+            return f"{name} has sha256 {found[:12]}..., not the {str(expected)[:12]}... recorded when it was written"
+    return None
+
+
+def _convert_gguf(file: Path, folder: Path) -> None:
+    """Dequantize ``file`` to float32 and ``save_pretrained`` the model and its tokenizer into ``folder``."""
+    try:
+        importlib.import_module("gguf")
+    except ModuleNotFoundError as exc:
+        raise ImportError(f"reading {file.name} needs the gguf package: pip install 'probattn[gguf]'") from exc
+    check_gguf_file(file)
+    from transformers import AutoModelForCausalLM
+
+    with _offline(quiet=True):
+        tokenizer = AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name, trust_remote_code=False)
+        quantized = AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name, dtype=torch.float32,
+                                                         trust_remote_code=False)
+    config = quantized.config
+    config.__dict__.pop("quantization_config", None)  # a GGUF-loaded model refuses save_pretrained
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict())
+    plain.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+GGUF_MAGIC = b"GGUF"
+
+
+def check_gguf_file(file: str | os.PathLike) -> None:
+    """Refuse a damaged ``.gguf`` file with one ``ValueError`` naming it: a wrong magic number (not GGUF) or a
+    header / tensor table that the ``gguf`` reader cannot parse within the file (truncated, malformed)."""
+    import gguf
+
+    file = Path(file)
+    with open(file, "rb") as handle:
+        magic = handle.read(4)
+    if magic != GGUF_MAGIC:
+        raise ValueError(f"{file}: not a GGUF file (it starts with {magic!r}, not the magic {GGUF_MAGIC!r})")
+    try:
+        reader = gguf.GGUFReader(file)
+    except Exception as exc:  # the reader raises ValueError, IndexError, struct errors... on damaged files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{file}: damaged GGUF file (truncated or malformed header / tensor table: {first})") from None
+    if "general.architecture" not in reader.fields:
+        raise ValueError(f"{file}: the GGUF header has no field general.architecture; transformers cannot tell "
+                         "which model it holds")
 
 
 @contextlib.contextmanager
@@ -166,6 +273,108 @@ def _offline(quiet: bool = False) -> Iterator[None]:
             os.environ["HF_HUB_OFFLINE"] = old_env
 
 
+# config.json integers that size tensors: a damaged or hostile value must be refused before anything is allocated
+_SIZE_SUFFIXES = ("_size", "_dim", "_layers", "_heads", "_embeddings", "_positions", "_labels", "_experts")
+_SIZE_NAMES = frozenset({"dim", "hidden_dim", "n_embd", "n_layer", "n_head", "n_positions", "n_ctx", "n_layers",
+                         "n_heads", "n_inner", "d_model", "d_ff", "d_kv", "num_layers", "num_heads"})
+MAX_CONFIG_SIZE = 2**31 - 1  # no tensor dimension of a real model comes near this
+PICKLED_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+
+
+def _is_size_field(key: str) -> bool:
+    return key in _SIZE_NAMES or key.endswith(_SIZE_SUFFIXES)
+
+
+def _check_sizes(values: dict, file: Path, prefix: str = "") -> None:
+    for key, value in values.items():
+        field = f"{prefix}{key}"
+        if isinstance(value, dict):
+            _check_sizes(value, file, f"{field}.")
+        elif _is_size_field(str(key)) and value is not None and not isinstance(value, (bool, list, str)):
+            if not isinstance(value, int):  # bools are flags (tie_word_embeddings), strings names
+                raise ValueError(f"{file}: field {field} = {value!r} must be an integer; the file is damaged")
+            if not 0 <= value <= MAX_CONFIG_SIZE:
+                raise ValueError(f"{file}: field {field} = {value} is outside 0..{MAX_CONFIG_SIZE}; the file is "
+                                 "damaged (refused before allocating anything)")
+
+
+def read_config_json(file: Path) -> dict[str, Any]:
+    """``config.json`` (or another JSON config) as a dict; one clear ``ValueError`` naming the file otherwise."""
+    try:
+        values = json.loads(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{file}: not UTF-8 text ({exc.reason} at byte {exc.start}); the file is damaged") from None
+    except RecursionError:
+        raise ValueError(f"{file}: JSON nested too deeply to read; the file is damaged or hostile") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{file}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{file}: must hold a JSON object, got a JSON {type(values).__name__}")
+    return values
+
+
+def check_model_folder(path: str | os.PathLike) -> None:
+    """Refuse a Hugging Face model folder that probattn must not (or cannot) load, before transformers reads it.
+
+    * ``config.json``: valid JSON (not nested beyond Python's limit), size fields (``hidden_size``,
+      ``num_hidden_layers``, ``vocab_size``, ...) integers in ``0..MAX_CONFIG_SIZE``, a ``probattn`` entry as
+      :func:`probattn.hf.convert` writes it (:func:`probattn.hf.attention.check_saved_settings`);
+    * weights: pickled files (``pytorch_model.bin``, ``*.pt`` ...) can run code when loaded; without
+      ``model.safetensors`` such a folder is refused (transformers is also told ``use_safetensors=True``).
+
+    Each problem is one ``ValueError`` that names the file and the field.
+    """
+    folder = Path(path)
+    config_file = folder / "config.json"
+    if config_file.is_file():
+        values = read_config_json(config_file)
+        if CONFIG_KEY in values:
+            check_saved_settings(values[CONFIG_KEY], str(config_file))
+        _check_sizes(values, config_file)
+    if folder.is_dir() and not any((folder / name).is_file() for name in SAFE_WEIGHTS):
+        pickled = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLED_WEIGHTS and p.is_file())
+        if pickled:
+            raise ValueError(
+                f"{folder / pickled[0]}: pickled PyTorch weights, which can run arbitrary code when loaded; probattn "
+                f"loads safetensors only and {folder} has no model.safetensors. Convert the weights where you trust "
+                "them: model = AutoModel.from_pretrained(folder); model.save_pretrained(folder) (writes "
+                "model.safetensors)"
+            )
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return 2**40
+
+
+def _check_model_size(model_class: Any, config: Any, path: Path) -> None:
+    """Build the model on the meta device (no memory) and refuse it when its float32 weights exceed this
+    machine's memory: a huge config value must be a clear error, not an allocation that kills the process."""
+    sizes = {k: v for k, v in config.to_dict().items() if _is_size_field(k) and isinstance(v, int)}
+    largest = ", ".join(f"{k}={v}" for k, v in sorted(sizes.items(), key=lambda kv: -kv[1])[:3])
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            shell = model_class.from_config(config)
+    except RuntimeError as exc:
+        if "overflow" not in str(exc):
+            return  # a model that cannot be built on the meta device: transformers' own loading decides
+        count = None
+    except Exception:  # the same: this check only refuses what it can measure
+        return
+    else:
+        count = sum(p.numel() for p in shell.parameters())
+    memory = _physical_memory()
+    if count is None or 4 * count > memory:
+        what = "more parameters than can be counted" if count is None else f"{count:.3g} parameters"
+        raise ValueError(f"{path / 'config.json'}: describes a model of {what} ({largest}), more than this "
+                         f"machine's memory ({memory / 2**30:.0f} GiB) holds; the file is damaged or not meant "
+                         "for this machine (refused before allocating)")
+
+
 def _check_task(task: str | None, num_labels: int | None) -> None:
     if task is not None and task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(map(repr, TASKS))}; got {task!r}")
@@ -173,18 +382,22 @@ def _check_task(task: str | None, num_labels: int | None) -> None:
         raise ValueError(f"num_labels must be a positive int or None, got {num_labels!r}")
 
 
-def _from_pretrained(path: Path, task: str | None, num_labels: int | None, *, quiet: bool) -> PreTrainedModel:
+def _from_pretrained(path: Path, task: str | None, num_labels: int | None, *, quiet: bool,
+                     trust_remote_code: bool = False) -> PreTrainedModel:
     """``task=None``: the architecture saved in ``config.architectures``."""
-    extra: dict[str, Any] = {"local_files_only": True}
+    check_no_remote_code(path, trust_remote_code)
+    check_model_folder(path)
+    extra: dict[str, Any] = {"local_files_only": True, "trust_remote_code": trust_remote_code,
+                             "use_safetensors": True}
     if task == "classification" and num_labels is not None:
         extra["num_labels"] = num_labels
+    with _offline():
+        config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
     if task == "encoder":
         model_class: Any = AutoModel
     elif task == "classification":
         model_class = AutoModelForSequenceClassification
     else:
-        with _offline():
-            config = AutoConfig.from_pretrained(path, local_files_only=True)
         names = getattr(config, "architectures", None) or []
         import transformers
 
@@ -192,27 +405,42 @@ def _from_pretrained(path: Path, task: str | None, num_labels: int | None, *, qu
         if model_class is None:
             raise ValueError(f"{path}/config.json names no known architecture ({names}); pass task='encoder' or "
                              "task='classification'")
+    _check_model_size(model_class, config, path)
     with _offline(quiet):
         return model_class.from_pretrained(path, **extra)
 
 
-def _tokenizer(path: Path) -> Any:
+def _tokenizer(path: Path, trust_remote_code: bool = False) -> Any:
     """The directory's tokenizer, or None when it holds none (e.g. a vision model)."""
     if not any((path / name).exists() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
         return None
+    check_no_remote_code(path, trust_remote_code)
     with _offline():
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None and (tokenizer.eos_token or tokenizer.unk_token) is not None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token  # decoders ship none; batches need one
     return tokenizer
 
 
-def load_tokenizer(name_or_path: str | os.PathLike) -> Any:
-    """The tokenizer of a registered model or a Hugging Face directory (None when the directory holds none)."""
+def token_counts(tokenizer: Any, texts: list[str], pairs: list[str] | None = None) -> list[int]:
+    """Tokens of each text (pair) before any truncation, without transformers' "longer than the specified maximum
+    sequence length ... indexing errors" warning: probattn counts on purpose, to report what it cuts."""
+    limit, tokenizer.model_max_length = tokenizer.model_max_length, 10**12
+    try:
+        return [len(ids) for ids in tokenizer(texts, pairs, truncation=False)["input_ids"]]
+    finally:
+        tokenizer.model_max_length = limit
+
+
+def load_tokenizer(name_or_path: str | os.PathLike, *, trust_remote_code: bool = False) -> Any:
+    """The tokenizer of a registered model or a Hugging Face directory (None when the directory holds none).
+
+    A directory whose ``tokenizer_config.json`` names its own Python classes (``auto_map``) is refused unless
+    ``trust_remote_code`` (see :func:`check_no_remote_code`)."""
     if isinstance(name_or_path, str) and name_or_path in PRETRAINED:
         path = PRETRAINED[name_or_path].locate()
         return _tokenizer(gguf_directory(path) if path.suffix == ".gguf" else path)
-    return _tokenizer(Path(name_or_path))
+    return _tokenizer(Path(name_or_path), trust_remote_code)
 
 
 def _checkpoint_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -270,13 +498,16 @@ def _restore_probattn_tensors(model: PreTrainedModel, path: Path) -> None:
     model.load_state_dict(found, strict=False)
 
 
-def load(path: str | os.PathLike, *, task: str | None = None, num_labels: int | None = None) -> PreTrainedModel:
+def load(path: str | os.PathLike, *, task: str | None = None, num_labels: int | None = None,
+         trust_remote_code: bool = False) -> PreTrainedModel:
     """Load a directory written by ``save_pretrained`` after :func:`probattn.hf.convert`, settings included.
 
     Args:
         path: the directory (``config.json`` with a ``probattn`` entry, ``model.safetensors``).
         task: ``None`` (the saved architecture), ``"encoder"`` (the bare model) or ``"classification"``.
         num_labels: for ``task="classification"``.
+        trust_remote_code: allow a folder whose config names its own Python classes (``auto_map``); off by
+            default, when such a folder is refused (:func:`check_no_remote_code`).
 
     Returns:
         The converted model in eval mode, with its learned hybrid weights and alignment networks restored.
@@ -285,13 +516,15 @@ def load(path: str | os.PathLike, *, task: str | None = None, num_labels: int | 
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a saved model directory (no config.json)")
+    check_no_remote_code(path, trust_remote_code)
+    check_model_folder(path)
     with _offline():
-        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
     settings = getattr(config, CONFIG_KEY, None)
     if not isinstance(settings, dict):
         raise ValueError(f"{path} was not saved from a probattn-converted model (config.json has no "
                          f"{CONFIG_KEY!r} entry); use probattn.hf.load_model or transformers' from_pretrained")
-    model = _from_pretrained(path, task, num_labels, quiet=True)
+    model = _from_pretrained(path, task, num_labels, quiet=True, trust_remote_code=trust_remote_code)
     with warnings.catch_warnings():  # the settings were chosen (and warned about) when the model was converted
         warnings.filterwarnings("ignore", message=r"convert\(normalization=", category=UserWarning)
         convert(model, **settings)
@@ -336,7 +569,8 @@ def load_pretrained(
 
 
 def load_model(
-    name_or_path: str | os.PathLike, *, task: str | None = "encoder", num_labels: int | None = None
+    name_or_path: str | os.PathLike, *, task: str | None = "encoder", num_labels: int | None = None,
+    trust_remote_code: bool = False,
 ) -> tuple[PreTrainedModel, Any]:
     """``(model, tokenizer)`` from a registry name, a probattn-saved directory, a Hugging Face directory or a
     ``.gguf`` file (converted once and cached, see :func:`gguf_directory`).
@@ -347,6 +581,10 @@ def load_model(
     Registered names and plain Hugging Face directories are converted with ``normalization="softmax"``
     (identical outputs, attention weights and q/k probes available); a probattn-saved directory keeps its
     saved settings. ``tokenizer`` is None when the directory holds none. The model is in eval mode.
+
+    A directory whose config files name Python classes of their own (``auto_map``) is refused unless
+    ``trust_remote_code=True`` (:func:`check_no_remote_code`); a pickled weights file (``pytorch_model.bin``)
+    without safetensors is refused (:func:`check_model_folder`).
     """
     _check_task(task, num_labels)
     if isinstance(name_or_path, str) and name_or_path in PRETRAINED:
@@ -359,9 +597,12 @@ def load_model(
             f"{name_or_path!s} is neither a registered model ({', '.join(sorted(PRETRAINED))}), a .gguf file nor "
             "a directory holding a Hugging Face model (config.json)"
         )
+    check_no_remote_code(path, trust_remote_code)
+    check_model_folder(path)
     with _offline():
-        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
     if isinstance(getattr(config, CONFIG_KEY, None), dict):
-        return load(path, task=task, num_labels=num_labels), _tokenizer(path)
-    model = _from_pretrained(path, task, num_labels, quiet=False)
-    return convert(model, normalization="softmax").eval(), _tokenizer(path)
+        return (load(path, task=task, num_labels=num_labels, trust_remote_code=trust_remote_code),
+                _tokenizer(path, trust_remote_code))
+    model = _from_pretrained(path, task, num_labels, quiet=False, trust_remote_code=trust_remote_code)
+    return convert(model, normalization="softmax").eval(), _tokenizer(path, trust_remote_code)

@@ -10,8 +10,10 @@ trained on the task, and the expensive pretrained part runs once per text instea
   returns an :class:`probattn.data.Encoded` whose ``input_ids`` are *rows of that table* (0 = padding, a zero
   row), so the training loop, batching and diagnostics work unchanged; ``store.lookup(ids)`` gives the
   ``(B, L, 384)`` float32 states of a batch. Each text set is cached as ``<key>.safetensors`` (the tensors)
-  and ``<key>.json`` (metadata) under :func:`cache_dir`, the key hashing the model (package and version),
-  the texts, ``max_length`` and :data:`CODE_VERSION`; a second run loads the file instead of running MiniLM.
+  and ``<key>.json`` (metadata and the sha256 of the tensors file) under :func:`cache_dir`, the key hashing the
+  model (package and version), the texts, ``max_length`` and :data:`CODE_VERSION`; a second run loads the file
+  instead of running MiniLM once its digest matches. A damaged entry (flipped bits, a truncated file) is
+  recomputed, and the message says so.
 """
 
 from __future__ import annotations
@@ -86,9 +88,11 @@ def token_states(texts: Sequence[str], pairs: Sequence[str] | None = None, *, ma
 
     model, tokenizer = _minilm()
     texts, pairs = list(texts), None if pairs is None else list(pairs)
-    full = tokenizer(texts, pairs, truncation=False)["input_ids"]
-    truncated = sum(len(ids) > max_length for ids in full)
-    lengths = torch.tensor([min(len(ids), max_length) for ids in full], dtype=torch.int32)
+    from probattn.hf.pretrained import token_counts
+
+    full = token_counts(tokenizer, texts, pairs)
+    truncated = sum(n > max_length for n in full)
+    lengths = torch.tensor([min(n, max_length) for n in full], dtype=torch.int32)
     order = sorted(range(len(texts)), key=lambda i: int(lengths[i]))
     out: list[Tensor | None] = [None] * len(texts)
     ids_out: list[Tensor | None] = [None] * len(texts)
@@ -110,26 +114,53 @@ def token_states(texts: Sequence[str], pairs: Sequence[str] | None = None, *, ma
 
 
 def _save(path: Path, tensors: dict[str, Tensor], meta: dict) -> None:
+    """``<key>.safetensors``, then ``<key>.json`` (its presence marks a complete entry) with the sha256 of the
+    tensors file, checked by :func:`_load`."""
     from safetensors.torch import save
 
-    from probattn.training.checkpoint import atomic_write, write_json
+    from probattn.io import sha256_bytes, write_bytes, write_json
 
-    atomic_write(path.with_suffix(".safetensors"), lambda handle: handle.write(save(tensors)))
-    write_json(path.with_suffix(".json"), meta)  # written last: its presence marks a complete entry
+    data = save(tensors)
+    write_bytes(path.with_suffix(".safetensors"), data)
+    write_json(path.with_suffix(".json"), {**meta, "sha256": sha256_bytes(data), "bytes": len(data)})
 
 
-def _load(path: Path, meta: dict) -> dict[str, Tensor] | None:
-    from safetensors.torch import load_file
+def _load(path: Path, meta: dict, say: Callable[[str], None] | None = None) -> dict[str, Tensor] | None:
+    """The cached entry at ``path`` if it is complete, made for ``meta`` and matches its recorded sha256; else
+    None (recompute). A damaged entry (flipped bits, a truncated file, no digest) is reported through ``say``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
 
-    if not (path.with_suffix(".json").is_file() and path.with_suffix(".safetensors").is_file()):
+    from probattn.io import sha256_bytes
+
+    tensors_file, meta_file = path.with_suffix(".safetensors"), path.with_suffix(".json")
+    if not (meta_file.is_file() and tensors_file.is_file()):
         return None
+
+    def damaged(why: str) -> None:
+        if say is not None:
+            say(f"cached MiniLM token states {tensors_file} are damaged ({why}); recomputing them")
+
     try:
-        saved = json.loads(path.with_suffix(".json").read_text())
+        saved = json.loads(meta_file.read_text())
         if any(saved.get(k) != v for k, v in meta.items()):
             return None
-        return load_file(str(path.with_suffix(".safetensors")))
-    except (OSError, ValueError):  # a damaged entry is recomputed, not trusted
-        return None
+        data = tensors_file.read_bytes()
+    except (OSError, ValueError, AttributeError) as exc:
+        return damaged(f"unreadable: {type(exc).__name__}: {exc}")
+    if not isinstance(saved.get("sha256"), str):
+        return damaged(f"no sha256 in {meta_file.name}: written by an older probattn")
+    if (found := sha256_bytes(data)) != saved["sha256"]:
+        return damaged(f"sha256 {found[:12]}..., not the {saved['sha256'][:12]}... recorded when it was written: "
+                       f"flipped bits or a truncated file")
+    try:
+        tensors = load(data)
+        if int(tensors["lengths"].long().sum()) != tensors["states"].shape[0] or \
+                tensors["token_ids"].shape[0] != tensors["states"].shape[0]:
+            raise ValueError("lengths, states and token_ids disagree")
+    except (SafetensorError, ValueError, KeyError) as exc:
+        return damaged(f"{type(exc).__name__}: {exc}")
+    return tensors
 
 
 class TokenStateStore:
@@ -151,7 +182,7 @@ class TokenStateStore:
         say = log or (lambda message: print(message, file=sys.stderr, flush=True))
         path = cache_dir() / key
         began = time.perf_counter()
-        tensors = _load(path, meta)
+        tensors = _load(path, meta, say)
         if tensors is not None:
             say(f"using cached MiniLM token states for {len(texts)} texts ({path.with_suffix('.safetensors')})")
         else:
@@ -171,6 +202,15 @@ class TokenStateStore:
         self._table = None
         encoded = Encoded(ids, valid, int(tensors["truncated"]))
         self._encoded[key] = encoded
+        return encoded
+
+    def alias(self, texts: Sequence[str], pairs: Sequence[str] | None, *, max_length: int, source: Encoded,
+              rows: Sequence[int]) -> Encoded:
+        """Register ``texts`` (rows ``rows`` of the already encoded ``source``) so that ``encode(texts)`` returns
+        them from memory: a subset (a fold, a split) of an encoded set needs no second MiniLM pass."""
+        index = torch.as_tensor(list(rows), dtype=torch.long)
+        encoded = Encoded(source.input_ids[index], source.attention_mask[index], 0)
+        self._encoded[cache_key(texts, pairs, max_length)[0]] = encoded
         return encoded
 
     @property

@@ -18,10 +18,16 @@
 
 With the stock ``Trainer``, add :class:`RepulsiveCallback` yourself and add the alignment term in your own
 ``compute_loss`` (or use this class).
+
+PEFT / LoRA (``peft.get_peft_model`` on a converted model): this Trainer makes the alignment networks and learned
+hybrid weights trainable again (:func:`unfreeze_probattn`; peft froze them) and repels the LoRA-adapted heads on
+their effective weights ``W0 + s·B·A``, rewriting the gradient of ``B`` (see
+:class:`probattn.repulsive.particles.LoraHeadSlice`); frozen, non-adapted projections do not repel.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from typing import Any
 
@@ -35,7 +41,34 @@ from probattn.alignment import alignment_loss, attached_regularizers
 from probattn.hf.convert import repulsive_heads
 from probattn.repulsive import RepulsiveHeads
 
-__all__ = ["RepulsiveCallback", "Trainer"]
+__all__ = ["RepulsiveCallback", "Trainer", "unfreeze_probattn"]
+
+PROBATTN_MARK = ".probattn_"  # parameters of the modules convert attaches: probattn_alignment, probattn_hybrid
+
+
+def unfreeze_probattn(model: torch.nn.Module) -> list[str]:
+    """Make the modules :func:`probattn.hf.convert` attached trainable again; returns the names it unfroze.
+
+    ``peft.get_peft_model`` freezes every parameter that is not a LoRA factor, including the alignment
+    regularizers' auxiliary networks and learned hybrid weights, while the alignment term stays in the loss.
+    Call this after wrapping (``probattn.hf.Trainer`` does it for a PEFT model). Those parameters are not part of
+    a PEFT adapter: ``PeftModel.save_pretrained`` does not write them. To keep them, save the merged model
+    (``model.merge_and_unload().save_pretrained(d)``, reloaded by :func:`probattn.hf.load`).
+    """
+    names = []
+    for name, param in model.named_parameters():
+        if PROBATTN_MARK in f".{name}" and not param.requires_grad:
+            param.requires_grad_(True)
+            names.append(name)
+    return names
+
+
+def _is_peft_model(model: torch.nn.Module) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
 
 
 class _Means:
@@ -112,8 +145,12 @@ class Trainer(transformers.Trainer):
     def __init__(self, *args: Any, repulsive: RepulsiveHeads | bool | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         model = self.accelerator.unwrap_model(self.model)
+        self.unfrozen = unfreeze_probattn(model) if _is_peft_model(model) else []  # before the optimizer exists
         if repulsive is None:
             repulsive = repulsive_heads(model)
+        if repulsive and not repulsive.particle_sets:
+            warnings.warn("repulsion is configured but every attention projection it found is frozen (e.g. LoRA "
+                          "targets no query/key/value projection): nothing repels", UserWarning, stacklevel=2)
         self.repulsive_callback = RepulsiveCallback(repulsive) if repulsive else None
         if self.repulsive_callback is not None:
             self.add_callback(self.repulsive_callback)
@@ -132,6 +169,23 @@ class Trainer(transformers.Trainer):
                 term = term / self.current_gradient_accumulation_steps
             loss = loss + term.to(loss.dtype)
         return (loss, outputs) if return_outputs else loss
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """``transformers.Trainer.save_model``; for a PEFT model with learned hybrid weights, a warning (once)
+        that the adapter it writes does not hold them (see :func:`unfreeze_probattn`)."""
+        super().save_model(output_dir, _internal_call)
+        model = self.accelerator.unwrap_model(self.model)
+        if getattr(self, "_warned_peft_save", False) or not _is_peft_model(model):
+            return
+        hybrid = [name for name, _ in model.named_parameters() if ".probattn_hybrid." in f".{name}"]
+        if hybrid:
+            self._warned_peft_save = True
+            warnings.warn(
+                f"the PEFT adapter saved in {output_dir or self.args.output_dir} does not hold the {len(hybrid)} "
+                "learned hybrid weights (probattn_hybrid) this run trained: a model rebuilt from it runs other "
+                "attention. Save the merged model to keep them: model.merge_and_unload().save_pretrained(d), "
+                "reloaded with probattn.hf.load(d)", UserWarning, stacklevel=2,
+            )
 
     def _loss_is_scaled_for_ga(self, num_items_in_batch: Any) -> bool:
         """The rule of ``transformers.Trainer.training_step`` for whether it divides the loss by the GA steps."""

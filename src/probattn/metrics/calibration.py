@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["CalibrationAccumulator", "CalibrationResult", "calibration"]
+__all__ = ["CalibrationAccumulator", "CalibrationResult", "calibration", "measure_probabilities"]
 
 
 @dataclass(frozen=True)
@@ -105,3 +105,28 @@ def calibration(probs: Tensor, labels: Tensor, *, n_bins: int = 15) -> Calibrati
     acc = CalibrationAccumulator(n_bins)
     acc.update(probs, labels)
     return acc.result()
+
+
+def measure_probabilities(probs: object, labels: object, suffix: str | None = None) -> dict:
+    """Everything a study and ``probattn train`` report about predicted probabilities ``(N, C)``.
+
+    Returns ``{"metrics": {accuracy, ece, nll, brier}, "correct": [0/1 per example], "scores": {"correct",
+    "nll", "brier"}: one float per example (their means are the metrics; ECE is a set-level quantity), and
+    "reliability": the bins}``. With ``suffix`` the metric keys are ``accuracy_<suffix>`` etc. (0.2.0 names).
+    """
+    import numpy as np
+
+    p = torch.as_tensor(np.asarray(probs, dtype=np.float32))
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    result = calibration(p, y, n_bins=15)
+    p64 = p.double()
+    nll = -p64.gather(1, y[:, None])[:, 0].clamp_min(1e-12).log()
+    brier = ((p64 - torch.nn.functional.one_hot(y, p.shape[1]).double()) ** 2).sum(1)
+    correct = (p.argmax(1) == y).int()
+    tail = f"_{suffix}" if suffix else ""
+    metrics = {f"accuracy{tail}": result.accuracy, f"ece{tail}": result.ece, f"nll{tail}": result.nll,
+               f"brier{tail}": result.brier}
+    bins = {k: getattr(result, k) for k in ("bin_edges", "bin_confidence", "bin_accuracy", "bin_count")}
+    return {"metrics": metrics, "correct": correct.tolist(),
+            "scores": {"correct": correct.double().tolist(), "nll": nll.tolist(), "brier": brier.tolist()},
+            "reliability": bins}

@@ -33,7 +33,9 @@ def export_attention(path: str | Path, maps: Sequence[np.ndarray], tokens: Seque
 
     Returns the two paths.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from probattn.io import write_bytes, write_text
 
     path = Path(path).with_suffix(".safetensors")
     n = len(tokens)
@@ -42,11 +44,11 @@ def export_attention(path: str | Path, maps: Sequence[np.ndarray], tokens: Seque
             raise ValueError(f"maps[{i}] must be (heads, {n}, {n}) for {n} tokens, got {tuple(m.shape)}")
     tensors = {f"layer.{i}": torch.as_tensor(np.asarray(m, dtype=np.float32))[None].contiguous()
                for i, m in enumerate(maps)}
-    save_file(tensors, str(path))
+    write_bytes(path, save(tensors))  # atomic, never through a link
     meta = {"format": FORMAT, "tokens": list(tokens), "layers": len(maps), "layer_names": list(layer_names),
             "model": model}
     sidecar = path.with_suffix(".json")
-    sidecar.write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    write_text(sidecar, json.dumps(meta, indent=1))
     return path, sidecar
 
 

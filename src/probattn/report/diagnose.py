@@ -61,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--pairwise-examples", type=int, default=32, help="measure head similarity, Lin and q/k "
                         "MMD² (pairwise, the costly statistics) on the first N examples; 0 = all (default: 32)")
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow a model folder whose config "
+                        "names Python classes of its own (auto_map): runs the .py files in that folder (default: "
+                        "refuse such folders)")
     parser.add_argument("--layers-per-page", type=int, default=6, help="layers per per-head attention figure "
                         "(deep models get several pages; default: 6)")
 
@@ -132,14 +135,14 @@ def _is_hf_directory(path: Path) -> bool:
         return False
 
 
-def _load(name: str):
+def _load(name: str, trust_remote_code: bool = False):
     """``(model, tokenizer or encoder, label names of a probattn train model or None)`` for any MODEL."""
     path = Path(name)
     if name not in REGISTRY and path.is_dir() and not _is_hf_directory(path):
         from probattn.training.modeling import load_trained
 
         try:
-            model, encoder, label_names = load_trained(path)
+            model, encoder, label_names = load_trained(path, trust_remote_code=trust_remote_code)
         except FileNotFoundError as exc:
             raise FileNotFoundError(f"{name}: a directory that is neither a Hugging Face model (config.json) nor a "
                                     f"`probattn train` output ({exc})") from None
@@ -153,7 +156,8 @@ def _load(name: str):
                                 "existing directory or .gguf file")
     from probattn.hf import load_model
 
-    model, tokenizer = load_model(name, task="encoder" if name in REGISTRY else None)
+    model, tokenizer = load_model(name, task="encoder" if name in REGISTRY else None,
+                                  trust_remote_code=trust_remote_code)
     return model, tokenizer, None
 
 
@@ -176,7 +180,7 @@ def _renormalize(model, normalization: str, args) -> None:
 
 
 def _diagnose_one(name: str, normalization: str, args, texts, labels, label_names, device) -> Diagnosis:
-    model, tokenizer, trained_names = _load(name)
+    model, tokenizer, trained_names = _load(name, getattr(args, "trust_remote_code", False))
     if normalization != KEEP:
         _renormalize(model, normalization, args)
     model_labels, note = (None, "the data has no label column") if labels is None else _model_label_ids(
@@ -457,11 +461,15 @@ def run(args: argparse.Namespace) -> int:
     if existing and not args.overwrite:
         raise ValueError(f"--output {output} already holds {', '.join(existing)}; choose another directory or "
                          "pass --overwrite")
+    from probattn.io import claim_output_dir, write_text
+
+    # every argument and the data are checked before the output folder is claimed: a refused command creates nothing
     texts, labels, label_names = _read_data(args)
     source = SAMPLE.name if args.data == "sample" else str(args.data)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: CUDA is not available here; use --device cpu")
+    claim_output_dir(output, command="probattn diagnose", overwrite=args.overwrite, will_write=REPORT_FILES)
     results = [_diagnose_one(name, norm, args, texts, labels, label_names, device) for name, norm in models]
     report, extra = _build_report(results, source, args)
     report.write(output)
@@ -470,8 +478,7 @@ def run(args: argparse.Namespace) -> int:
     for stem, r in zip(_export_stems(results), results):
         export_attention(output / f"{stem}.safetensors", r.example_attention, r.example_tokens, model=r.label,
                          layer_names=r.layer_names)
-    (output / "metrics.json").write_text(json.dumps(_to_json(results, source, args, extra), indent=1),
-                                         encoding="utf-8")
+    write_text(output / "metrics.json", json.dumps(_to_json(results, source, args, extra), indent=1))
     print(format_table(["model", *(c for c, _ in LAYER_COLUMNS), "ECE"], _summary_rows(results)))
     for r in results:
         if r.calibration is None:

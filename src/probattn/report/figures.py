@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from probattn.io import save_figure
+
 Run = tuple[str, Sequence[dict]]
 
 WRAP = 6  # per-layer panels per row
@@ -301,10 +303,13 @@ def reliability_figure(runs: Sequence[dict[str, Any]], variants: Sequence[str], 
     ``splits`` maps the key in ``run["reliability"]`` to a row title, e.g. ``{"in_domain": "Rotten Tomatoes"}``.
     Writes a PNG to ``path`` and returns it.
     """
-    fig = Figure(figsize=(2.4 * len(variants), 2.4 * len(splits)), layout="tight")
-    axes = fig.subplots(len(splits), len(variants), sharex=True, sharey=True, squeeze=False)
-    for row, (split, title) in enumerate(splits.items()):
-        for col, variant in enumerate(variants):
+    one = len(variants) == 1  # one model (``probattn train``): its splits side by side, not a narrow strip
+    rows, cols = (1, len(splits)) if one else (len(splits), len(variants))
+    fig = Figure(figsize=(3.2 * cols, 3.2 * rows), layout="tight")
+    axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)
+    for row_index, (split, title) in enumerate(splits.items()):
+        for col_index, variant in enumerate(variants):
+            row, col = (0, row_index) if one else (row_index, col_index)
             ax = axes[row, col]
             bins = [r["reliability"][split] for r in runs if r["variant"] == variant and split in r["reliability"]]
             ax.plot([0, 1], [0, 1], color="gray", lw=0.8, ls="--")
@@ -316,20 +321,20 @@ def reliability_figure(runs: Sequence[dict[str, Any]], variants: Sequence[str], 
                        edgecolor="black", lw=0.4, alpha=0.8)
                 ax.plot(pooled["confidence"][filled], pooled["accuracy"][filled], "k.", ms=3)
                 for x, w, y, n in zip(left[filled], width[filled], pooled["accuracy"][filled], pooled["count"][filled]):
-                    ax.text(x + w / 2, min(y, 0.9) + 0.02, f"{int(n)}", ha="center", fontsize=5, rotation=90)
+                    # the count of each bin, upright above its bar (inside the axes: capped below the top)
+                    ax.text(x + w / 2, min(y, 0.82) + 0.03, f"{int(n)}", ha="center", va="bottom", fontsize=7,
+                            rotation=90)
                 total = pooled["count"].sum()
                 ece = float(np.nansum(pooled["count"] * np.abs(pooled["accuracy"] - pooled["confidence"])) / total)
                 label = f"\npooled ECE {ece:.3f}, n={int(total)}"
             else:
                 label = ""
-            ax.set_title((f"{variant}: {title}" if row == 0 else title) + label, fontsize=7)
+            ax.set_title((f"{variant}: {title}" if row == 0 else title) + label, fontsize=8)
             ax.set_xlim(0, 1)
             ax.set_ylim(0, 1)
-            if row == len(splits) - 1:
+            if row == rows - 1:
                 ax.set_xlabel("confidence", fontsize=8)
             if col == 0:
-                ax.set_ylabel("accuracy", fontsize=8)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    return path
+                ax.set_ylabel("accuracy (bar labels: examples per bin)" if one else "accuracy", fontsize=8)
+    save_figure(fig, path, dpi=100)  # atomic, never through a link
+    return Path(path)

@@ -104,16 +104,13 @@ class Report:
 
     def write(self, directory: str | Path) -> list[Path]:
         """Write ``report.md`` (+ its PNG files) and ``report.html`` into ``directory``; returns the paths."""
+        from probattn.io import write_bytes, write_text
+
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         written = []
         for block in self.blocks:
             if block[0] == "image":
-                path = directory / block[1]
-                path.write_bytes(block[2])
-                written.append(path)
+                written.append(write_bytes(directory / block[1], block[2]))  # atomic, never through a link
         for name, content in (("report.md", self.to_markdown()), ("report.html", self.to_html())):
-            path = directory / name
-            path.write_text(content, encoding="utf-8")
-            written.append(path)
+            written.append(write_text(directory / name, content))
         return written

@@ -16,6 +16,11 @@ adapters recognise, by attribute names only (transformers is never imported here
 * ``hops``: structured self-attention pooling with ``w_s2: nn.Linear`` and ``hops`` (Lin et al. 2017,
   :class:`probattn.models.SelfAttentiveClassifier`): each row of ``W_s2`` is a particle.
 
+``peft`` LoRA-adapted ``nn.Linear`` projections (``bert``, ``qkv_proj``, ``t5``, DistilBERT) are recognised too:
+their heads repel on the effective weights ``W0 + s·B·A`` and the rewrite lands on ``B``
+(:class:`~probattn.repulsive.particles.LoraHeadSlice`). LoRA on fused projections (GPT-2's ``c_attn``,
+``Wqkv``) is refused with a clear error.
+
 Register your own with :func:`register_adapter`.
 """
 
@@ -25,12 +30,13 @@ from collections.abc import Callable, Iterable
 
 from torch import nn
 
-from probattn.repulsive.particles import HeadSlice, Projection
+from probattn.repulsive.particles import HeadSlice, LoraHeadSlice, Projection
 
 Adapter = Callable[[nn.Module], "list[Projection] | None"]
 FoundModule = tuple[str, nn.Module, list[Projection]]
 
-__all__ = ["ADAPTERS", "Adapter", "find_attention_modules", "projections_of", "register_adapter"]
+__all__ = ["ADAPTERS", "Adapter", "find_attention_modules", "is_linear", "linear_projection", "lora_parts",
+           "projections_of", "register_adapter"]
 
 
 def torch_mha(module: nn.Module) -> list[Projection] | None:
@@ -47,35 +53,83 @@ def torch_mha(module: nn.Module) -> list[Projection] | None:
     return [Projection(role, h, w, b) for role, w, b in zip("qkv", weights, biases)]
 
 
-def _linear_projection(role: str, linear: nn.Linear, heads: int) -> Projection:
-    if linear.out_features % heads:
-        raise ValueError(f"{role} projection: {linear.out_features} outputs do not split into {heads} heads")
-    bias = None if linear.bias is None else HeadSlice.linear(linear.bias, heads)
-    return Projection(role, heads, HeadSlice.linear(linear.weight, heads), bias)
+def lora_parts(module: nn.Module) -> tuple[nn.Linear, nn.Parameter, nn.Parameter, float] | None:
+    """``(base nn.Linear, A (r, in), B (out, r), scaling)`` of a ``peft`` LoRA-adapted linear layer (recognised
+    by its attributes ``base_layer``, ``lora_A``, ``lora_B``, ``scaling``; peft is never imported), else None.
+
+    Raises ``ValueError`` for what repulsion cannot follow: merged adapters, several active adapters, DoRA.
+    """
+    base, lora_a, lora_b = (getattr(module, name, None) for name in ("base_layer", "lora_A", "lora_B"))
+    if not isinstance(lora_a, nn.ModuleDict) or not isinstance(lora_b, nn.ModuleDict):
+        return None
+    kind = type(module).__name__
+    if not isinstance(base, nn.Linear):
+        raise ValueError(f"{kind}: repulsion supports LoRA on nn.Linear projections only, this one adapts "
+                         f"{type(base).__name__}")
+    if getattr(module, "merged", False):
+        raise ValueError(f"{kind}: its LoRA adapter is merged into the base weight; unmerge it before training "
+                         "(model.unmerge_adapter())")
+    active = [name for name in getattr(module, "active_adapters", []) if name in lora_a]
+    if len(active) != 1:
+        raise ValueError(f"{kind}: {len(active)} active LoRA adapters ({active}); repulsion needs exactly one")
+    name = active[0]
+    if (getattr(module, "use_dora", None) or {}).get(name):
+        raise ValueError(f"{kind}: DoRA adapters are not supported by repulsion; use plain LoRA")
+    return base, lora_a[name].weight, lora_b[name].weight, float(module.scaling[name])
+
+
+def is_linear(module: object) -> bool:
+    """An ``nn.Linear`` or a LoRA-adapted one (:func:`lora_parts`)."""
+    return isinstance(module, nn.Linear) or (isinstance(module, nn.Module) and lora_parts(module) is not None)
+
+
+def linear_projection(role: str, linear: nn.Module, heads: int) -> Projection:
+    """The :class:`Projection` of an ``nn.Linear`` whose output rows split into ``heads`` heads; for a
+    LoRA-adapted layer its weight is a :class:`LoraHeadSlice` (particle: the effective weight, rewrite: ``B``)."""
+    lora = lora_parts(linear)
+    base = linear if lora is None else lora[0]
+    if base.out_features % heads:
+        raise ValueError(f"{role} projection: {base.out_features} outputs do not split into {heads} heads")
+    bias = None if base.bias is None else HeadSlice.linear(base.bias, heads)
+    if lora is None:
+        return Projection(role, heads, HeadSlice.linear(base.weight, heads), bias)
+    _, lora_a, lora_b, scaling = lora
+    return Projection(role, heads, LoraHeadSlice.lora_linear(base.weight, lora_a, lora_b, scaling, heads), bias)
+
+
 
 
 def bert(module: nn.Module) -> list[Projection] | None:
     linears = [getattr(module, name, None) for name in ("query", "key", "value")]
     heads = getattr(module, "num_attention_heads", None)
-    if not isinstance(heads, int) or not all(isinstance(m, nn.Linear) for m in linears):
+    if not isinstance(heads, int) or not all(is_linear(m) for m in linears):
         return None
-    return [_linear_projection(role, m, heads) for role, m in zip("qkv", linears)]
+    return [linear_projection(role, m, heads) for role, m in zip("qkv", linears)]
 
 
 def qkv_proj(module: nn.Module) -> list[Projection] | None:
     linears = [getattr(module, name, None) for name in ("q_proj", "k_proj", "v_proj")]
     head_dim = getattr(module, "head_dim", None)
-    if not isinstance(head_dim, int) or head_dim < 1 or not all(isinstance(m, nn.Linear) for m in linears):
+    if not isinstance(head_dim, int) or head_dim < 1 or not all(is_linear(m) for m in linears):
         return None
-    if any(m.out_features % head_dim for m in linears):
+    widths = [_out_features(m) for m in linears]
+    if any(width % head_dim for width in widths):
         raise ValueError(
             f"{type(module).__name__}: q/k/v_proj widths are not multiples of head_dim {head_dim}"
         )
-    return [_linear_projection(role, m, m.out_features // head_dim) for role, m in zip("qkv", linears)]
+    return [linear_projection(role, m, width // head_dim) for role, m, width in zip("qkv", linears, widths)]
+
+
+def _out_features(linear: nn.Module) -> int:
+    lora = lora_parts(linear)
+    return (linear if lora is None else lora[0]).out_features
 
 
 def gpt2(module: nn.Module) -> list[Projection] | None:
     c_attn, heads = getattr(module, "c_attn", None), getattr(module, "num_heads", None)
+    if any(isinstance(getattr(m, "lora_A", None), nn.ModuleDict) for m in (c_attn, getattr(module, "q_attn", None))):
+        raise ValueError(f"{type(module).__name__}: LoRA on GPT-2's fused Conv1D c_attn is not supported by "
+                         "repulsion (its .weight is the frozen base weight: nothing would repel)")
     weight = getattr(c_attn, "weight", None)
     if not isinstance(heads, int) or not isinstance(weight, nn.Parameter) or weight.dim() != 2:
         return None
@@ -102,6 +156,9 @@ def fused_qkv(module: nn.Module) -> list[Projection] | None:
     linear = getattr(module, "Wqkv", None)
     if linear is None:
         linear = getattr(module, "qkv_proj", None)
+    if linear is not None and lora_parts(linear) is not None:
+        raise ValueError(f"{type(module).__name__}: LoRA on a fused q|k|v projection is not supported by repulsion; "
+                         "target the separate q/k/v projections or leave repulsion off")
     head_dim = getattr(module, "head_dim", None)
     if not isinstance(linear, nn.Linear) or not isinstance(head_dim, int) or head_dim < 1:
         return None
@@ -128,16 +185,16 @@ def fused_qkv(module: nn.Module) -> list[Projection] | None:
 def t5(module: nn.Module) -> list[Projection] | None:
     linears = [getattr(module, name, None) for name in ("q", "k", "v")]
     heads = getattr(module, "n_heads", None)
-    if not isinstance(heads, int) or not all(isinstance(m, nn.Linear) for m in linears):
+    if not isinstance(heads, int) or not all(is_linear(m) for m in linears):
         return None
-    return [_linear_projection(role, m, heads) for role, m in zip("qkv", linears)]
+    return [linear_projection(role, m, heads) for role, m in zip("qkv", linears)]
 
 
 def hops(module: nn.Module) -> list[Projection] | None:
     w_s2, count = getattr(module, "w_s2", None), getattr(module, "hops", None)
     if not isinstance(w_s2, nn.Linear) or not isinstance(count, int):
         return None
-    return [_linear_projection("hops", w_s2, count)]
+    return [linear_projection("hops", w_s2, count)]
 
 
 ADAPTERS: dict[str, Adapter] = {

@@ -214,42 +214,71 @@ class RepulsiveHeads:
         """Rewrite the ``.grad`` of every particle set now (then clip if ``max_grad_norm``); returns the stats.
 
         Sets of the same shape are stacked and rewritten in one batched computation. Sets whose parameters have
-        no gradient are left alone; a set with non-finite gradients keeps them, with a warning.
+        no gradient are left alone; a set with non-finite gradients or weights keeps its gradients, with a
+        warning. A non-finite rewrite of finite weights and gradients raises ``FloatingPointError`` naming the
+        method, the set and the step, before any gradient is changed.
         """
         batches: dict[tuple, list[tuple[ParticleSet, Tensor]]] = {}
         for s in self.particle_sets:
             grads = s.grads()
             if grads is not None:
-                batches.setdefault((s.num_particles, s.size, grads.dtype, grads.device), []).append((s, grads))
+                key = (s.num_particles, s.size, grads.dtype, grads.device, s.particle_size, s.lifted)
+                batches.setdefault(key, []).append((s, grads))
         per_set: dict[str, dict[str, Any]] = {}
+        rewrites: list[tuple[ParticleSet, Tensor]] = []
         generators: dict[torch.device, torch.Generator] = {}  # seeded once per step: batches draw in turn
-        for (m, _, _, device), members in batches.items():
+        for (m, _, _, device, _, lifted), members in batches.items():
             theta = torch.stack([s.weights() for s, _ in members])
             dtype = compute_dtype(theta)
             grads = torch.stack([g for _, g in members]).to(dtype)
             parts = kernel_parts(theta, dtype, median=self.median, eps=self.eps)
             coef = self.stepsize / (m if self.normalize_by_M else 1)
-            direction = fused_svgd(parts, grads, alpha=self.alpha, coef=coef, kernel_grad_div=self.kernel_grad_div)
+            if lifted:  # LoRA: kernel on the effective weights, repulsion pulled back to B (particles.py)
+                repulsion = fused_svgd(parts, torch.zeros_like(parts.centred), alpha=self.alpha, coef=coef,
+                                       kernel_grad_div=self.kernel_grad_div)
+                pulled = torch.stack([s.pull_back(r) for (s, _), r in zip(members, repulsion)])
+                direction = torch.baddbmm(pulled, parts.kernel * coef, grads)
+            else:
+                direction = fused_svgd(parts, grads, alpha=self.alpha, coef=coef,
+                                       kernel_grad_div=self.kernel_grad_div)
             if self.method == "spos":
                 if device not in generators:
                     generators[device] = self._generator(device)
                 noise = spos_noise(grads, beta=self.beta, stepsize=self.stepsize, generator=generators[device])
                 direction.add_(noise, alpha=self.stepsize)
-            stats = self._stats(parts, grads)
+            stats = self._stats(parts, grads, theta, direction)
+            if lifted:  # the ratio in the space the rewrite lands in: |pulled-back alpha R| / |K G|
+                driving = (parts.kernel * coef) @ grads
+                stats["repulsion_ratio"] = (pulled.flatten(1).norm(dim=1)
+                                            / driving.flatten(1).norm(dim=1).clamp_min(1e-30)).tolist()
             for i, (s, _) in enumerate(members):
                 per_set[s.name] = {key: value[i] for key, value in stats.items()}
-                if per_set[s.name].pop("finite"):
-                    s.set_grads(direction[i])
+                inputs_finite, output_finite = per_set[s.name].pop("finite"), per_set[s.name].pop("direction_finite")
+                if not inputs_finite:
+                    warnings.warn(f"{s.name} has non-finite gradients or weights: left its gradients as they are",
+                                  stacklevel=2)
+                elif not output_finite:  # finite weights and gradients in, NaN/inf out: this regularizer's doing
+                    one = per_set[s.name]
+                    raise FloatingPointError(
+                        f"RepulsiveHeads({self.method}) produced a non-finite gradient in {s.name} at step "
+                        f"{self.num_steps} from finite weights and gradients (bandwidth {one['bandwidth']:.3g}, "
+                        f"repulsion/gradient ratio {one['repulsion_ratio']:.3g}, alpha={self.alpha}, "
+                        f"stepsize={self.stepsize}); nothing was changed. Lower alpha or stepsize, or leave this "
+                        "layer out (layers=...)"
+                    )
                 else:
-                    warnings.warn(f"{s.name} has non-finite gradients: left them as they are", stacklevel=2)
+                    rewrites.append((s, direction[i]))
+        for s, new_grads in rewrites:  # only once every set is known to be finite: an error changes nothing
+            s.set_grads(new_grads)
         if self.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(self._clip_parameters(), self.max_grad_norm)
         self.num_steps += 1
         self.last_stats = self._summary(per_set)
         return self.last_stats
 
-    def _stats(self, parts: KernelParts, grads: Tensor) -> dict[str, list]:
-        """Per set: bandwidth h, mean off-diagonal kernel, ‖αR‖/‖K·G‖, per-head weight norms, finiteness.
+    def _stats(self, parts: KernelParts, grads: Tensor, theta: Tensor, direction: Tensor) -> dict[str, list]:
+        """Per set: bandwidth h, mean off-diagonal kernel, ‖αR‖/‖K·G‖, per-head weight norms, whether the weights
+        and gradients are finite, whether the rewritten gradient is.
 
         Computed from M×M matrices only: ‖K·G‖² = Σ K ⊙ (K·GGᵀ), ‖R‖² = Σ A ⊙ (A·C) / h⁴ with
         ``A = diag(rowsum K) − K`` and C the centred Gram matrix (h instead of h² for ``kernel_grad_div="h"``).
@@ -262,15 +291,19 @@ class RepulsiveHeads:
         ratio = repulsion * repulsion_scale(parts, self.alpha, self.kernel_grad_div) / driving.clamp_min(1e-30)
         cross = (parts.centred @ parts.mean.transpose(-1, -2)).squeeze(-1)  # θc_i · mean
         head_sq_norms = parts.gram.diagonal(dim1=-2, dim2=-1) + 2 * cross + parts.mean.square().sum(dim=(-1, -2))[:, None]
-        finite = torch.isfinite(grad_gram.diagonal(dim1=-2, dim2=-1)).all(dim=-1) & torch.isfinite(k).all(dim=(-1, -2))
-        scalars = torch.stack([parts.h2.sqrt(), (k.sum(dim=(-1, -2)) - m) / (m * (m - 1)), ratio, finite.to(ratio.dtype)])
+        finite = torch.isfinite(grad_gram.diagonal(dim1=-2, dim2=-1)).all(dim=-1) & torch.isfinite(
+            theta.abs().amax(dim=(-1, -2)))
+        direction_finite = torch.isfinite(direction.abs().amax(dim=(-1, -2)))
+        scalars = torch.stack([parts.h2.sqrt(), (k.sum(dim=(-1, -2)) - m) / (m * (m - 1)), ratio, finite.to(ratio.dtype),
+                               direction_finite.to(ratio.dtype)])
         columns = torch.cat([scalars.T, head_sq_norms.clamp_min(0).sqrt()], dim=1).tolist()  # one device sync
         return {
             "bandwidth": [row[0] for row in columns],
             "mean_offdiag_kernel": [row[1] for row in columns],
             "repulsion_ratio": [row[2] for row in columns],
             "finite": [row[3] == 1.0 for row in columns],
-            "head_norms": [row[4:] for row in columns],
+            "direction_finite": [row[4] == 1.0 for row in columns],
+            "head_norms": [row[5:] for row in columns],
         }
 
     def _summary(self, per_set: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -15,6 +15,10 @@ A :class:`ParticleSet` concatenates the flattened head views of one or more proj
 ``[Q_i; K_i; V_i]``, ``"qk_only"`` the Q and K sets (V untouched; self-attentive hops are always kept).
 Biases join their head's particle only with ``include_bias=True``; the authors' code never includes them, nor
 the output projection.
+
+LoRA (``peft``): a LoRA-adapted projection's heads are :class:`LoraHeadSlice` s. Their particles are the heads'
+effective weights ``W0_i + s·B_i·A``; the gradient rewrite lands on the rows of ``B`` (see
+:meth:`ParticleSet.pull_back`), which is SVGD over ``B`` with the kernel measured on the effective weights.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ __all__ = [
     "GROUPINGS",
     "Grouping",
     "HeadSlice",
+    "LoraHeadSlice",
     "ParticleSet",
     "Projection",
     "build_particle_sets",
@@ -74,6 +79,40 @@ class HeadSlice:
 
 
 @dataclass(frozen=True, eq=False)
+class LoraHeadSlice(HeadSlice):
+    """The heads of a LoRA-adapted ``nn.Linear`` (``W = W0 + s·B·A``, ``W0 (out, in)`` frozen, ``A (r, in)``,
+    ``B (out, r)``, ``s`` the LoRA scaling; rows of head i: ``[i·d, (i+1)·d)``).
+
+    ``param`` / ``view`` are ``B`` and its head rows ``(M, d, r)``: the numbers whose gradient the rewrite
+    replaces. The particle (what the kernel measures) is the head's *effective* weight
+    ``θ_i = W0_i + s·B_i·A`` ``(d, in)``: :meth:`effective`. A direction ``φ (M, d, in)`` in that space reaches
+    ``B`` through the chain rule, ``s·φ_i·Aᵀ``: :meth:`pull_back`. ``A`` (shared by all heads) is not a particle.
+    """
+
+    base: Tensor
+    base_view: Callable[[Tensor], Tensor]
+    lora_a: Tensor
+    scaling: float
+
+    @staticmethod
+    def lora_linear(base: Tensor, lora_a: Tensor, lora_b: nn.Parameter, scaling: float, heads: int,
+                    start: int = 0, stop: int | None = None) -> LoraHeadSlice:
+        view = partial(linear_heads, heads=heads, start=start, stop=stop)
+        return LoraHeadSlice(lora_b, view, base, view, lora_a, float(scaling))
+
+    def effective(self) -> Tensor:
+        """``θ (M, d, in)``: each head's effective weight (detached)."""
+        lora_a = self.lora_a.detach()
+        delta = self.view(self.param.detach()).to(lora_a.dtype) @ lora_a
+        return self.base_view(self.base.detach()) + self.scaling * delta.to(self.base.dtype)
+
+    def pull_back(self, direction: Tensor) -> Tensor:
+        """``s·φ_i·Aᵀ (M, d, r)`` for ``φ (M, d·in)`` or ``(M, d, in)`` in the effective-weight space."""
+        lora_a = self.lora_a.detach().to(direction.dtype)
+        return self.scaling * direction.reshape(direction.shape[0], -1, lora_a.shape[1]) @ lora_a.T
+
+
+@dataclass(frozen=True, eq=False)
 class Projection:
     """One projection of an attention module: ``role`` is "q", "k", "v" or "hops" (self-attentive W_s2 rows)."""
 
@@ -95,6 +134,13 @@ class ParticleSet:
             raise ValueError(f"{name}: the projections grouped together have different head counts {shapes}")
         self.sizes = [int(torch.Size(shape[1:]).numel()) for shape in shapes]
         self.size = sum(self.sizes)
+        # the particle space: the same numbers, except LoRA heads, whose particle is the effective weight
+        self.lifted = any(isinstance(s, LoraHeadSlice) for s in self.slices)
+        self.particle_sizes = [
+            int(s.base_view(s.base.detach()).shape[1:].numel()) if isinstance(s, LoraHeadSlice) else size
+            for s, size in zip(self.slices, self.sizes)
+        ]
+        self.particle_size = sum(self.particle_sizes)
 
     @property
     def params(self) -> list[nn.Parameter]:
@@ -105,8 +151,20 @@ class ParticleSet:
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     def weights(self) -> Tensor:
-        """The particles ``(M, P)`` (detached)."""
-        return self._gather([s.param.detach() for s in self.slices])
+        """The particles ``(M, particle_size)`` (detached); a LoRA head's particle is its effective weight."""
+        if not self.lifted:
+            return self._gather([s.param.detach() for s in self.slices])
+        parts = [(s.effective() if isinstance(s, LoraHeadSlice) else s.view(s.param.detach()))
+                 .reshape(self.num_particles, -1) for s in self.slices]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def pull_back(self, directions: Tensor) -> Tensor:
+        """Map ``directions (M, particle_size)`` in particle space to the gradient space ``(M, size)`` of
+        :meth:`grads` / :meth:`set_grads` (the identity except for LoRA heads, see :class:`LoraHeadSlice`)."""
+        out = [s.pull_back(part) if isinstance(s, LoraHeadSlice) else part
+               for s, part in zip(self.slices, directions.split(self.particle_sizes, dim=1))]
+        out = [part.reshape(self.num_particles, -1) for part in out]
+        return out[0] if len(out) == 1 else torch.cat(out, dim=1)
 
     def grads(self) -> Tensor | None:
         """The gradients ``(M, P)``, or None if any parameter of the set has no ``.grad``."""

@@ -1,7 +1,7 @@
 """Safe, atomic, checksummed files: nothing probattn loads can run code, and a crash never tears a file.
 
-* :func:`atomic_write`: write to a temporary file in the same directory, flush, ``fsync``, ``os.replace`` onto
-  the final name, then ``fsync`` the directory so the rename itself is durable.
+* Files are written by :mod:`probattn.io` (atomic replace, no links followed, recorded in a claimed output
+  folder); ``atomic_write`` and ``write_json`` are re-exported from there for older callers.
 * :func:`pack` / :func:`unpack`: a nested state (dicts, lists, tuples, numbers, strings, tensors, numpy arrays)
   as JSON plus a flat ``{name: tensor}`` dict for safetensors. Loading parses JSON and safetensors only: no
   pickle, no ``torch.load``.
@@ -15,19 +15,24 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import os
 import random
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
+
+from probattn import io as safe_io
+from probattn.io import atomic_write, fsync_dir, sha256_bytes, write_json
+
+_fsync_dir = fsync_dir
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 __all__ = [
     "CheckpointError",
@@ -53,10 +58,6 @@ LEGACY_CHECKPOINT = "checkpoint.pt"  # probattn 0.1's pickle: refused, never loa
 _NAME = re.compile(r"checkpoint-(\d+)")
 _MARKERS = ("__tensor__", "__ndarray__", "__tuple__", "__pairs__")
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
 class CheckpointError(ValueError):
     """A checkpoint or saved model that cannot be trusted: damaged (digest mismatch), unreadable, or in a
     format that could run code when loaded. The message names the file and says what to do."""
@@ -66,42 +67,8 @@ class CheckpointWriteError(OSError):
     """Writing a checkpoint failed (disk full, no permission); the previous checkpoint is intact."""
 
 
-def _fsync_dir(path: Path) -> None:
-    dir_fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``write(file)`` on a temporary file next to ``path`` and atomically move it onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the permissions open() would
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
 def _json_bytes(value: Any) -> bytes:
     return (json.dumps(value, indent=2, sort_keys=False) + "\n").encode()
-
-
-def write_json(path: str | Path, value: Any) -> Path:
-    """Atomically write ``value`` as indented JSON."""
-    data = _json_bytes(value)
-    return atomic_write(path, lambda handle: handle.write(data))
 
 
 # -- state <-> JSON + tensors ----------------------------------------------------------------------------------
@@ -181,7 +148,8 @@ def tensors_to_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
 
 # -- digests ---------------------------------------------------------------------------------------------------
 def file_digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    """Hex sha256 of ``data`` (:func:`probattn.io.sha256_bytes`)."""
+    return sha256_bytes(data)
 
 
 def read_verified(path: Path, expected: str, *, what: str) -> bytes:
@@ -230,23 +198,26 @@ def save_checkpoint(run_dir: str | Path, state: dict[str, Any], *, step: int, ke
     """
     run_dir = Path(run_dir)
     json_state, tensors = pack(state)  # a TypeError here touches no file
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in run_dir.glob(".checkpoint-*"):  # left by a writer that was killed (one writer per run)
-        if stale.is_dir() and stale.suffix in (".tmp", ".old"):
-            shutil.rmtree(stale, ignore_errors=True)
     final = checkpoint_dir(run_dir, step)
+    safe_io.check_destination(final)  # no link on the way, no foreign directory of that name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for pattern in (".checkpoint-*", ".probattn-tmp-checkpoint-*"):  # left by a writer that was killed
+        for stale in run_dir.glob(pattern):
+            if stale.is_dir() and not stale.is_symlink() and stale.suffix in (".tmp", ".old"):
+                shutil.rmtree(stale, ignore_errors=True)
     tmp: Path | None = None
     files = {TENSORS: tensors_to_bytes(tensors), STATE: _json_bytes(json_state)}
     try:
-        tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=f".{final.name}.", suffix=".tmp"))
+        tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=f".probattn-tmp-{final.name}.", suffix=".tmp"))
         os.chmod(tmp, 0o777 & ~_UMASK)
         for name, data in files.items():
             _write_file(tmp / name, data)
         manifest = {"format": FORMAT, "step": step, "sha256": {n: file_digest(d) for n, d in files.items()}}
         _write_file(tmp / MANIFEST, _json_bytes(manifest))
         _fsync_dir(tmp)
+        safe_io.record_dir(final)  # inside a claimed output folder: probattn's own (recorded before it appears)
         if final.exists():  # the same step written again (a resumed run): swap the old copy out
-            aside = Path(tempfile.mkdtemp(dir=run_dir, prefix=f".{final.name}.", suffix=".old"))
+            aside = Path(tempfile.mkdtemp(dir=run_dir, prefix=f".probattn-tmp-{final.name}.", suffix=".old"))
             os.replace(final, aside / final.name)
             os.replace(tmp, final)
             shutil.rmtree(aside, ignore_errors=True)
@@ -267,7 +238,8 @@ def save_checkpoint(run_dir: str | Path, state: dict[str, Any], *, step: int, ke
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     for _, old in find_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        with contextlib.suppress(OSError, safe_io.OutputFolderError):
+            safe_io.remove(old)
     return final
 
 

@@ -48,12 +48,17 @@ _OPTIONS: list[tuple[str, type, str]] = [
     ("warmup_steps", int, "linear warm-up steps (then linear decay to 0)"),
     ("max_grad_norm", float, "clip the gradient norm (0 = off)"),
     ("eval_batch_size", int, "batch size for evaluation"),
+    ("eval_every", int, "model selection: evaluate on the validation split every N steps and keep the best "
+                        "checkpoint (0 = off: the last step)"),
+    ("patience", int, "early stopping: stop after N validations without improvement (0 = never)"),
     ("output", str, "run directory: checkpoints, model.safetensors + model.json, metrics.json"),
     ("checkpoint_every", int, "write a checkpoint every N steps (and always at the end)"),
     ("device", str, "auto (default), cpu or cuda[:N]"),
 ]
 _SWITCHES = [("resume", "continue the run in --output from its checkpoint"),
-             ("overwrite", "replace a finished run in --output")]
+             ("overwrite", "replace a finished run in --output"),
+             ("trust_remote_code", "allow a Hugging Face --model folder whose config names Python classes of its "
+                                   "own (auto_map): runs the .py files in that folder (default: refuse it)")]
 
 
 def _default_text(name: str) -> str:
@@ -74,7 +79,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=argparse.SUPPRESS,
                             help=f"{text} ({_default_text(name)})")
     for name, text in _SWITCHES:
-        parser.add_argument("--" + name, dest=name, action="store_true", default=argparse.SUPPRESS, help=text)
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, action="store_true", default=argparse.SUPPRESS,
+                            help=text)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
 
@@ -122,8 +128,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _write_results(result) -> None:
     """``results.md`` (metrics of every split) and ``reliability.png`` in the run directory."""
-    from probattn.experiments.baselines import measure_probabilities
-    from probattn.experiments.plots import reliability_figure
+    from probattn.io import write_text
+    from probattn.metrics.calibration import measure_probabilities
+    from probattn.report.figures import reliability_figure
 
     out, config = result.output_dir, result.config
     rows, reliability = [], {}
@@ -145,6 +152,6 @@ def _write_results(result) -> None:
             "| split | n | accuracy ↑ | ECE ↓ | NLL ↓ | Brier ↓ |", "|---|---|---|---|---|---|", *rows, "",
             f"Training: {t['seconds_per_step']:.3f} s/step wall, {t['cpu_seconds_per_step']:.3f} s/step CPU.\n"
             if t["seconds_per_step"] is not None else "", "![reliability](reliability.png)\n"]
-    (out / "results.md").write_text("\n".join(text))
+    write_text(out / "results.md", "\n".join(text))
     reliability_figure([{"variant": "run", "reliability": reliability}], ["run"],
                        {k: k for k in reliability}, out / "reliability.png")

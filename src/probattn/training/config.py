@@ -27,7 +27,7 @@ FLOAT_FIELDS = frozenset({"hybrid_alpha", "alignment_weight", "repulsive_alpha",
 
 # Fields that may change between a run and its --resume without changing what is computed.
 RESUME_SAFE_FIELDS = frozenset({"output", "resume", "overwrite", "checkpoint_every", "ood", "eval_batch_size",
-                                "device"})
+                                "device", "trust_remote_code"})
 
 
 def is_hf_directory(model: str) -> bool:
@@ -72,12 +72,16 @@ class TrainConfig:
     warmup_steps: int = 0
     max_grad_norm: float = 1.0
     eval_batch_size: int = 128
+    eval_every: int = 0  # model selection: validation every N steps, best checkpoint kept (0 = off)
+    patience: int = 0  # stop after this many validations without improvement (0 = never early)
     # run management
     output: str | None = None
     checkpoint_every: int = 0
     resume: bool = False
     overwrite: bool = False
     device: str = "auto"
+    # a Hugging Face --model folder whose config names its own Python classes (auto_map) runs them only with this
+    trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -111,7 +115,7 @@ class TrainConfig:
         need(self.max_length >= 3, "max_length", "must be at least 3 tokens")
         need(self.batch_size % self.grad_accum == 0, "batch_size",
              f"must be divisible by --grad-accum {self.grad_accum} (batch_size is the global batch per step)")
-        for name in ("checkpoint_every", "warmup_steps", "data_seed", "seed"):
+        for name in ("checkpoint_every", "warmup_steps", "data_seed", "seed", "eval_every", "patience"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 0, name, "must be an integer >= 0")
         need(self.max_train_examples is None or self.max_train_examples >= 1, "max_train_examples", "must be >= 1")
         if self.data != "rotten_tomatoes":

@@ -17,6 +17,7 @@ import re
 import resource
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,10 +52,9 @@ from probattn.training.modeling import (
     inference_state_dict,
 )
 from probattn.training.outputs import has_checkpoint, prepare_output, write_run
+from probattn.training.selection import BestCheckpoint, epoch_warning
 
-__all__ = ["EPOCH_WARNING", "NonFiniteError", "RunResult", "train"]
-
-EPOCH_WARNING = 20  # warn when max_steps means this many passes over the training set or more
+__all__ = ["NonFiniteError", "RunResult", "train"]
 
 
 class NonFiniteError(FloatingPointError):
@@ -165,13 +165,14 @@ class _Guard:
 
 def train(config: TrainConfig, *, progress: bool = True,
           on_step: Callable[[dict[str, Any]], None] | None = None, log: Callable[[str], None] | None = None,
-          evaluate: bool = True, desc: str | None = None) -> RunResult:
+          evaluate: bool = True, desc: str | None = None, splits: DataSplits | None = None) -> RunResult:
     """Train one model as ``config`` says and evaluate it (see the module docstring and docs/training.md).
 
     Under ``torchrun`` every process calls this; rank 0 alone writes files. ``on_step(record)`` is called after
     every optimizer step with that step's history record. ``log(message)`` receives the run's notices (default:
     printed to stderr as ``probattn train: ...``); ``evaluate=False`` skips the final validation/test/OOD
-    evaluation (timing passes); ``desc`` labels the progress bar.
+    evaluation (timing passes); ``desc`` labels the progress bar; ``splits``: train/validation/test data to use
+    instead of loading ``config.data`` (a study's fold).
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -179,14 +180,14 @@ def train(config: TrainConfig, *, progress: bool = True,
     say = log or _print_message
     try:
         return _train(config, ctx, progress, on_step, lambda _, message: ctx.is_main and say(message), evaluate,
-                      desc)
+                      desc, splits)
     finally:
         ctx.close()
 
 
 def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
            on_step: Callable[[dict[str, Any]], None] | None, _say: Callable[[D.Distributed, str], Any],
-           evaluate: bool, desc: str | None) -> RunResult:
+           evaluate: bool, desc: str | None, splits: DataSplits | None = None) -> RunResult:
     out = prepare_output(config, ctx)
     saved = None
     if config.resume and out is not None and has_checkpoint(out):
@@ -196,7 +197,7 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
     elif config.resume:
         _say(ctx, "--resume: no checkpoint found, starting from step 0")
 
-    splits = load_splits(config)
+    splits = splits if splits is not None else load_splits(config)
     ood = load_ood(config, splits.label_names) if evaluate else None
     steps_per_epoch = len(splits.train) // config.batch_size
     if steps_per_epoch == 0:
@@ -204,11 +205,12 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
                          f"({len(splits.train)} examples); lower it")
     if saved is not None:
         _check_same_data(saved, splits.train, steps_per_epoch)
-    epochs = config.max_steps / steps_per_epoch
-    if epochs >= EPOCH_WARNING:
-        _say(ctx, f"{config.max_steps} steps of {config.batch_size} examples on {len(splits.train)} training "
-                  f"examples = {epochs:.0f} epochs: the model will likely overfit (high test NLL); lower "
-                  f"--max-steps or use more data")
+    warning = epoch_warning(config.max_steps, config.batch_size, len(splits.train))
+    if warning is not None and not config.eval_every:
+        _say(ctx, warning)
+    elif warning is not None:
+        _say(ctx, warning.split(":")[0] + f": the best validation checkpoint is kept (--eval-every "
+                  f"{config.eval_every}, --patience {config.patience})")
 
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % 2**32)
@@ -248,6 +250,8 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
             model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
 
     data_digest = _data_digest(splits.train)
+    # the run's identity: kept by --resume (in the checkpoint), new for every fresh run; recorded with the model
+    run_id = str(saved.get("run_id") or uuid.uuid4().hex) if saved is not None else uuid.uuid4().hex
 
     def checkpoint(step: int, epoch: int, order: np.ndarray) -> None:
         if out is None:
@@ -259,7 +263,7 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "repulsive": repulsive.state_dict() if repulsive is not None else None,
                 "rng": capture_rng_state(), "history": history, "tokenizer": encode.state,
-                "label_names": splits.label_names,
+                "label_names": splits.label_names, "run_id": run_id,
                 "data": {"seed": config.seed, "epoch": epoch, "step_in_epoch": step - epoch * steps_per_epoch,
                          "steps_per_epoch": steps_per_epoch, "num_examples": len(splits.train),
                          "sha256": data_digest, "order": torch.from_numpy(order)},
@@ -272,6 +276,8 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
         order, order_epoch = saved["data"]["order"].numpy(), int(saved["data"]["epoch"])
     if ctx.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(ctx.device)
+    selection = BestCheckpoint(config.patience) if config.eval_every else None
+    last_step = start
     bar = tqdm(total=config.max_steps, initial=start, unit="step", disable=not (progress and ctx.is_main),
                dynamic_ncols=True, desc=desc, leave=desc is None)
     for step in range(start, config.max_steps):
@@ -295,7 +301,10 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
                         guard.fail("forward pass", str(exc))
                     raise
                 task = F.cross_entropy(logits.float(), labels[index].to(ctx.device))
-                align = alignment_loss(model, distance_batch=0)[0] if config.alignment else task.new_zeros(())
+                try:  # a regularizer that makes NaN says so itself (FloatingPointError naming it and its layer)
+                    align = alignment_loss(model, distance_batch=0)[0] if config.alignment else task.new_zeros(())
+                except FloatingPointError as exc:
+                    guard.fail("alignment term", str(exc))
                 ((task + align) / grad_accum).backward()
             sums += torch.stack([task.detach(), align.detach()]).double() / grad_accum
         sums = ctx.all_reduce_mean(sums).cpu()
@@ -306,7 +315,10 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
             nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         torch.manual_seed(D.seed_for(config.seed, step, -1))
         lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
+        try:
+            optimizer.step()  # RepulsiveHeads rewrites the gradients inside it (and names itself if it makes NaN)
+        except FloatingPointError as exc:
+            guard.fail("repulsive update", str(exc))
         guard.tensors("parameters after the optimizer update", params)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -322,12 +334,21 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
         bar.set_postfix(loss=f"{record['loss']:.4f}", examples_per_s=f"{examples_per_second:.0f}")
         if on_step is not None:
             on_step(record)
+        last_step = step + 1
         if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < config.max_steps:
             checkpoint(step + 1, epoch, order)
+        if selection is not None and ((step + 1) % config.eval_every == 0 or step + 1 == config.max_steps):
+            # validation accuracy, ties broken by the lower NLL
+            measured = predict(model, encode, splits.validation, batch_size=config.eval_batch_size).metrics()
+            record.update(val_accuracy=measured["accuracy"], val_nll=measured["nll"])
+            if selection.update(step + 1, measured["accuracy"] - 1e-6 * min(measured["nll"], 1e5), model):
+                break
     bar.close()
-    steps_run = config.max_steps - start
+    steps_run = last_step - start
     if steps_run:  # (a resumed run that had already reached max_steps is only evaluated)
-        checkpoint(config.max_steps, order_epoch, order)
+        checkpoint(last_step, order_epoch, order)
+    if selection is not None:
+        selection.restore(model)
 
     model.eval()
     metrics: dict[str, Any] | None = None
@@ -342,13 +363,17 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
             "cpu_seconds_per_step": cpu_seconds / steps_run if steps_run else None,
             "peak_memory_mb": _peak_memory_mb(ctx.device), "world_size": ctx.world_size,
             "final_loss": history[-1]["loss"] if history else None,
+            "steps_trained": last_step, "epochs": last_step / steps_per_epoch,
+            "selection": {**selection.record(), "best_epoch": selection.best_step / steps_per_epoch}
+            if selection is not None else None,
         }
         metrics["data"] = {"train": len(splits.train), "validation": len(splits.validation),
                            "test": len(splits.test), "ood": len(ood) if ood is not None else None,
                            "label_names": list(splits.label_names), "truncated_train": encoded.truncated}
         if out is not None:
-            write_run(out, config=config, metrics=metrics, history=history, label_names=splits.label_names,
-                      state_dict=inference_state_dict(model), tokenizer=encode.state)
+            metrics["run"] = write_run(out, config=config, metrics=metrics, history=history,
+                                       label_names=splits.label_names, state_dict=inference_state_dict(model),
+                                       tokenizer=encode.state, run_id=run_id)
     metrics = ctx.broadcast_object(metrics)
     return RunResult(metrics=metrics, output_dir=out, model=model, encode=encode, label_names=splits.label_names,
                      history=history, config=config, splits=splits, ood=ood)

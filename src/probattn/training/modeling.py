@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,9 @@ class Encoder:
 
 def _hf_tokenize(tokenizer) -> Callable[..., Encoded]:
     def tokenize(texts: list[str], pairs: list[str] | None, *, max_length: int) -> Encoded:
-        lengths = [len(ids) for ids in tokenizer(texts, pairs, truncation=False)["input_ids"]]
+        from probattn.hf.pretrained import token_counts
+
+        lengths = token_counts(tokenizer, texts, pairs)
         batch = tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
         return Encoded(batch["input_ids"], batch["attention_mask"].bool(), sum(n > max_length for n in lengths))
 
@@ -72,7 +75,8 @@ def _hf_directory(config: TrainConfig, num_labels: int) -> tuple[nn.Module, Any]
     """A local Hugging Face model directory with a fresh sequence-classification head, converted."""
     from probattn.hf import convert, load_model
 
-    model, tokenizer = load_model(config.model, task="classification", num_labels=num_labels)
+    model, tokenizer = load_model(config.model, task="classification", num_labels=num_labels,
+                                  trust_remote_code=config.trust_remote_code)
     if tokenizer is None:
         raise ValueError(f"--model {config.model}: the directory holds no tokenizer (tokenizer.json / vocab.txt); "
                          "probattn train needs one to encode the texts")
@@ -179,15 +183,24 @@ def inference_state_dict(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().cpu() for k, v in strip_alignment_state(model.state_dict()).items()}
 
 
-def load_trained(path: str | Path) -> tuple[nn.Module, Encoder, tuple[str, ...]]:
+def load_trained(path: str | Path, *, trust_remote_code: bool = False) -> tuple[nn.Module, Encoder, tuple[str, ...]]:
     """``(model in eval mode, encoder, label_names)`` from a run directory (or its ``model.json`` /
-    ``model.safetensors``). The weights are verified against the sha256 in ``model.json``; nothing is unpickled
-    (a legacy ``model.pt`` is refused with a :class:`~probattn.training.checkpoint.CheckpointError`)."""
+    ``model.safetensors``). Nothing is unpickled (a legacy ``model.pt`` is refused with a
+    :class:`~probattn.training.checkpoint.CheckpointError`), and the model must be the finished model of one run:
+    ``metrics.json`` (written last) records the run id and the sha256 of ``model.safetensors`` and ``model.json``;
+    a missing record (a run killed while it replaced an earlier one), another run's files or a changed file
+    (labels, vocabulary, options in ``model.json``; flipped bits in the weights) is a ``CheckpointError`` naming
+    the file. A model saved by probattn 0.2 (no record) loads with a warning that ``model.json`` is unchecked.
+
+    A run that fine-tuned a Hugging Face folder rebuilds the model from that folder: one whose config names its
+    own Python classes (``auto_map``) is refused unless ``trust_remote_code`` (what the run was trained with is
+    not reused: the decision is the caller's, each time)."""
     from safetensors import SafetensorError
     from safetensors.torch import load as safetensors_load
 
+    from probattn.io import sha256_bytes
     from probattn.training.checkpoint import CheckpointError, read_verified
-    from probattn.training.outputs import LEGACY_MODEL, MODEL, MODEL_INFO
+    from probattn.training.outputs import LEGACY_MODEL, METRICS, MODEL, MODEL_INFO
 
     path = Path(path)
     folder = path if path.is_dir() else path.parent
@@ -201,15 +214,43 @@ def load_trained(path: str | Path) -> tuple[nn.Module, Encoder, tuple[str, ...]]
     info_file = folder / MODEL_INFO
     if not info_file.is_file():
         raise FileNotFoundError(f"{info_file}: no saved model (a finished `probattn train --output DIR` writes one)")
+    again = "train the model again or restore the folder from a backup"
+    if not (folder / METRICS).is_file():
+        raise CheckpointError(f"saved model {folder} is not a finished run: {METRICS}, which `probattn train` "
+                              f"writes last, is missing, so {MODEL} / {MODEL_INFO} may be left from an earlier run "
+                              f"(a run stopped while it replaced them with --overwrite); {again}")
     try:
-        info = json.loads(info_file.read_text())
+        record = json.loads((folder / METRICS).read_text()).get("run")
+        if record is not None and not (isinstance(record.get("sha256"), dict) and record.get("id")):
+            raise ValueError(f"'run' in {METRICS} has no id or sha256")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"saved model {folder}: {METRICS} is unreadable ({type(exc).__name__}: {exc}); "
+                              f"{again}") from exc
+    try:
+        info_bytes = info_file.read_bytes()
+        if record is None:
+            warnings.warn(f"saved model {folder} was written by probattn 0.2: {MODEL_INFO} (labels, vocabulary, "
+                          f"options) is not covered by a digest and is used unchecked; train it again to get a "
+                          f"verified model", UserWarning, stacklevel=2)
+        elif (found := sha256_bytes(info_bytes)) != record["sha256"].get(MODEL_INFO):
+            raise CheckpointError(
+                f"saved model {folder} is not the model its run finished with: {info_file} has sha256 "
+                f"{found[:12]}..., not the {str(record['sha256'].get(MODEL_INFO))[:12]}... recorded in {METRICS} "
+                f"(an edited {MODEL_INFO}: labels, vocabulary or options changed, or one left by another run)")
+        info = json.loads(info_bytes)
+        if record is not None and info.get("run_id") != record["id"]:
+            raise CheckpointError(f"saved model {folder}: {info_file} belongs to run {info.get('run_id')}, but "
+                                  f"{METRICS} to run {record['id']}")
         weights = read_verified(folder / MODEL, info["sha256"][MODEL], what="saved model")
+        if record is not None:
+            read_verified(folder / MODEL, str(record["sha256"].get(MODEL)), what="saved model")
         state_dict = safetensors_load(weights)
-        config = TrainConfig.from_dict(info["config"], source=str(info_file)).replace(alignment=None)  # inference
+        config = TrainConfig.from_dict(info["config"], source=str(info_file)).replace(
+            alignment=None, trust_remote_code=trust_remote_code)  # inference
         labels = tuple(info["label_names"])
         tokenizer_state = info["tokenizer"]
     except CheckpointError as exc:
-        raise CheckpointError(f"{exc}; train the model again or restore {folder / MODEL} from a backup") from exc
+        raise CheckpointError(f"{exc}; {again}") from exc
     except (ValueError, KeyError, TypeError, SafetensorError) as exc:
         raise CheckpointError(f"saved model {folder} is unreadable ({type(exc).__name__}: {exc}); train it "
                               f"again") from exc
