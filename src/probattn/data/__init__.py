@@ -7,7 +7,9 @@
   :func:`load_bible_sample` is the 200-pair sample shipped with probattn), for translation;
 * :class:`WordTokenizer` — a word vocabulary built from the training texts;
 * :func:`load_wordnet_nouns` — the WordNet 3.0 noun hypernym graph (Debian ``wordnet-base``), with
-  :func:`gloss_features` and :func:`node_split`.
+  :func:`gloss_features` and :func:`node_split`;
+* :func:`easy_vqa_splits` — easy-VQA images, questions and answers (PyPI ``easy-vqa``), split by image;
+  :func:`load_easy_vqa_sample` is the 40-image sample shipped with probattn.
 """
 
 from probattn.data.bible import ParallelSplits, ParallelText, bible_splits, load_bible, load_bible_sample
@@ -15,6 +17,7 @@ from probattn.data.dataset import DataSplits, TextClassificationData, split_by_g
 from probattn.data.files import load_file, read_table
 from probattn.data.sources import load_amazon_fine_food, load_rotten_tomatoes, rotten_tomatoes_splits
 from probattn.data.tokenize import Encoded, WordTokenizer
+from probattn.data.vqa import VQAData, VQASplits, easy_vqa_splits, load_easy_vqa, load_easy_vqa_sample
 from probattn.data.wordnet import WordNetGraph, gloss_features, load_wordnet_nouns, node_split
 
 __all__ = [
@@ -23,13 +26,18 @@ __all__ = [
     "ParallelSplits",
     "ParallelText",
     "TextClassificationData",
+    "VQAData",
+    "VQASplits",
     "WordNetGraph",
     "WordTokenizer",
     "bible_splits",
+    "easy_vqa_splits",
     "gloss_features",
     "load_amazon_fine_food",
     "load_bible",
     "load_bible_sample",
+    "load_easy_vqa",
+    "load_easy_vqa_sample",
     "load_file",
     "load_rotten_tomatoes",
     "load_wordnet_nouns",

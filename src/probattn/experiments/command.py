@@ -9,6 +9,8 @@
   attention layers; in domain, out of domain, calibration (ECE 10 and 15 bins) and PWWS / DeepWordBug attacks.
 * ``graph``: node classification on the WordNet noun graph: softmax / doubly / hybrid / repulsive / aligned
   graph attention, with an MLP and the majority class as baselines.
+* ``vqa``: visual question answering on easy-VQA with an MCAN-style co-attention network: every attention
+  softmax / doubly / hybrid / repulsive / aligned; accuracy, PAvPU, clean and with noisy image features.
 
 Each experiment module has ``add_arguments(parser)`` and ``run(args) -> int`` like a top-level command.
 """
@@ -28,6 +30,8 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
     "graph": ("probattn.experiments.graph", "WordNet noun graph node classification: graph attention variants"),
     "finetune": ("probattn.experiments.finetune", "the papers' setting: MiniLM fine-tuned with each variant on its "
                                                   "own layers; in domain, out of domain, calibration, attacks"),
+    "vqa": ("probattn.experiments.vqa", "easy-VQA visual question answering, MCAN-style co-attention: softmax / "
+                                       "doubly / hybrid / repulsive / alignment, clean and noisy image features"),
 }
 
 

@@ -67,16 +67,20 @@ def attention_layers(model: nn.Module) -> list[nn.Module]:
 
 
 class _Probe:
-    """Accumulates one layer's statistics from the q/k it observes (weights recomputed in float64)."""
+    """Accumulates one layer's statistics from the q/k it observes (weights recomputed in float64);
+    ``thresholds``: the explained-away thresholds (see :class:`probattn.metrics.AttentionStatistics`)."""
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, thresholds: tuple[float, ...] = (0.1, EXPLAINED_AWAY_THRESHOLD),
+                 pairwise_examples: int | None = None) -> None:
         self.module = module
+        self.thresholds, self.pairwise_examples = thresholds, pairwise_examples
         self.stats: AttentionStatistics | None = None
         self.below, self.keys = 0, 0  # keys under the doubly-normalized bound m~_j >= 1 / N_q, and all keys
 
     def observe(self, q: Tensor, k: Tensor, *, query_valid: Tensor | None, key_valid: Tensor | None) -> None:
         if self.stats is None:
-            self.stats = AttentionStatistics(q.shape[1], thresholds=(0.1, EXPLAINED_AWAY_THRESHOLD))
+            self.stats = AttentionStatistics(q.shape[1], thresholds=self.thresholds,
+                                             pairwise_examples=self.pairwise_examples)
         # The layer reports which keys and (in self-attention) which queries are real, even when it was fed a
         # float padding mask; the weights are recomputed as the layer computed them and only real tokens count.
         normalization, alpha, iters = _settings(self.module)

@@ -1,5 +1,5 @@
 """Attention diagnostics as pure torch functions: explaining away, head diversity, key/query alignment,
-entropy, calibration, edge-level versions for graph attention, and streaming accumulators for running them over a data set."""
+entropy, calibration, uncertainty (predictive entropy, PAvPU), edge-level versions for graph attention, and streaming accumulators for running them over a data set."""
 
 from probattn.metrics.alignment import mean_distance, mmd_rbf, qk_alignment
 from probattn.metrics.calibration import CalibrationAccumulator, CalibrationResult, calibration
@@ -35,18 +35,28 @@ from probattn.metrics.significance import (
     paired_t_test,
 )
 from probattn.metrics.streaming import AttentionStatistics, MomentAccumulator
+from probattn.metrics.uncertainty import (
+    PAVPU_THRESHOLD,
+    PAvPUResult,
+    certainty_matches,
+    pavpu,
+    predictive_entropy,
+)
 
 __all__ = [
+    "PAVPU_THRESHOLD",
     "SINK_THRESHOLD",
     "AttentionStatistics",
     "CalibrationAccumulator",
     "CalibrationResult",
     "MomentAccumulator",
+    "PAvPUResult",
     "PairedComparison",
     "attention_entropy",
     "attention_sinks",
     "bootstrap_interval",
     "calibration",
+    "certainty_matches",
     "classical_mds",
     "edge_explained_away_fraction",
     "edge_fair_share",
@@ -66,6 +76,8 @@ __all__ = [
     "paired_bootstrap",
     "paired_t_test",
     "parameter_cosine_similarity",
+    "pavpu",
+    "predictive_entropy",
     "qk_alignment",
     "source_explained_away_fraction",
 ]

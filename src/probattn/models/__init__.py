@@ -1,4 +1,5 @@
-"""Models owned by probattn: the self-attentive classifier (Lin et al. 2017) and a Transformer encoder–decoder."""
+"""Models owned by probattn: the self-attentive classifier (Lin et al. 2017), a Transformer encoder–decoder, a graph
+Transformer and an MCAN-style co-attention network for visual question answering."""
 
 from probattn.models.graph import GraphTransformer, MLPClassifier
 from probattn.models.self_attentive import SelfAttentiveClassifier, SelfAttentiveOutput
@@ -11,6 +12,7 @@ from probattn.models.seq2seq import (
     label_smoothed_loss,
     paper_particle_sets,
 )
+from probattn.models.vqa import VQABaseline, VQAConfig, VQAOutput, VQATransformer
 
 __all__ = [
     "GraphTransformer",
@@ -20,6 +22,10 @@ __all__ = [
     "Seq2SeqConfig",
     "Seq2SeqOutput",
     "Seq2SeqTransformer",
+    "VQABaseline",
+    "VQAConfig",
+    "VQAOutput",
+    "VQATransformer",
     "attention_modules",
     "collate",
     "label_smoothed_loss",
