@@ -200,14 +200,43 @@ def test_each_worker_gets_its_own_gpu(monkeypatch):
 
 def test_the_default_never_uses_more_threads_than_free_cores(monkeypatch):
     monkeypatch.setattr(runner.os, "sched_getaffinity", lambda _: {0, 1, 2, 3}, raising=False)
-    monkeypatch.setattr(runner.os, "getloadavg", lambda: (1.2, 0.0, 0.0))
+    monkeypatch.setattr(runner, "busy_elsewhere", lambda cpus: 1.2)
     assert runner.free_cores()[0] == 3
     workers, threads = runner.plan_workers(None, None, 10)
     assert (workers, threads) == (3, 1) and workers * threads <= 3
     assert runner.plan_workers(None, None, 2) == (2, 1)  # never more workers than runs
     assert runner.plan_workers(1, None, 10) == (1, 3)  # one worker gets the free cores
-    monkeypatch.setattr(runner.os, "getloadavg", lambda: (9.0, 0.0, 0.0))
+    monkeypatch.setattr(runner, "busy_elsewhere", lambda cpus: 9.0)
     assert runner.plan_workers(None, None, 10) == (1, 1)  # a busy machine: at least one, never more
     messages = []
     runner.plan_workers(2, 2, 10, log=messages.append)
     assert any("contend" in m for m in messages)
+
+
+def test_free_cores_count_other_processes_now_not_the_load_average(monkeypatch):
+    """The 1-minute load average counts this process's own earlier work (a state pass just before the runs):
+    on an idle 2-core machine it left one worker. What counts is what other processes use now."""
+    monkeypatch.setattr(runner.os, "sched_getaffinity", lambda _: {0, 1}, raising=False)
+    monkeypatch.setattr(runner.os, "getloadavg", lambda: (1.9, 1.0, 0.5))  # our own state pass, a minute ago
+    monkeypatch.setattr(runner.time, "sleep", lambda _: None)
+    busy_ticks = [10.0]  # busy ticks of 200 over each interval
+    calls = [0]
+
+    def cpu_times(cpus):
+        calls[0] += 1
+        return (1000.0, 4000.0) if calls[0] % 2 else (1000.0 + busy_ticks[0], 4200.0)
+
+    monkeypatch.setattr(runner, "_cpu_times", cpu_times)
+    assert runner.busy_elsewhere({0, 1}) == pytest.approx(0.1, abs=0.02)
+    assert runner.free_cores()[0] == 2
+    assert runner.plan_workers(None, None, 15) == (2, 1)
+    busy_ticks[0] = 190.0  # 95 % busy: other processes hold about 1.9 cores
+    assert runner.free_cores()[0] == 1
+    assert runner.plan_workers(None, None, 15) == (1, 1)
+    monkeypatch.setattr(runner, "_cpu_times", lambda cpus: None)  # no /proc/stat: the load average
+    assert runner.free_cores() == (1, 2, 1.9)
+
+
+def test_busy_elsewhere_reads_this_machine():
+    busy = runner.busy_elsewhere(runner.os.sched_getaffinity(0), interval=0.05)
+    assert busy is None or 0.0 <= busy <= len(runner.os.sched_getaffinity(0)) + 0.5

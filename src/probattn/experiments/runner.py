@@ -327,12 +327,48 @@ def fold_indices(assignment: np.ndarray, fold: int, *, seed: int, validation_fra
 
 
 # -- workers and threads ------------------------------------------------------------------------------------------
+def _cpu_times(cpus: set[int]) -> tuple[float, float] | None:
+    """``(busy, total)`` clock ticks of ``cpus`` since boot from ``/proc/stat``; None where it cannot be read."""
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return None
+    busy = total = 0.0
+    for line in lines:
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            ticks = [float(f) for f in fields[:8]]  # user nice system idle iowait irq softirq steal
+            total += sum(ticks)
+            busy += sum(ticks) - ticks[3] - ticks[4]
+    return (busy, total) if total > 0 else None
+
+
+def busy_elsewhere(cpus: set[int], interval: float = 0.5) -> float | None:
+    """Cores of ``cpus`` that other processes keep busy now: the busy share of ``/proc/stat`` over ``interval``
+    seconds times ``len(cpus)``, less this process's own CPU time meanwhile. None where ``/proc/stat`` is not
+    readable. (The 1-minute load average is no measure of this: it lags a minute and counts this process's own
+    earlier work, e.g. a frozen-model state pass just before the runs start.)"""
+    first, own = _cpu_times(cpus), time.process_time()
+    if first is None:
+        return None
+    time.sleep(interval)
+    second, own = _cpu_times(cpus), time.process_time() - own
+    if second is None or second[1] <= first[1]:
+        return None
+    share = (second[0] - first[0]) / (second[1] - first[1])
+    return max(0.0, share * len(cpus) - own / interval)
+
+
 def free_cores() -> tuple[int, int, float]:
-    """``(free cores, usable cores, load average)``: cores this process may use (``os.sched_getaffinity``)
-    minus the 1-minute load average, at least 1."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return max(1, min(cores, int(cores - load + 0.5))), cores, load
+    """``(free cores, usable cores, busy)``: cores this process may use (``os.sched_getaffinity``) less the cores
+    other processes keep busy now (:func:`busy_elsewhere`; the 1-minute load average where ``/proc/stat`` is not
+    readable), at least 1."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    cores = len(cpus)
+    busy = busy_elsewhere(cpus)
+    if busy is None:
+        busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(cores, int(cores - busy + 0.5))), cores, busy
 
 
 def plan_workers(workers: int | None, threads: int | None, jobs: int, *, parallel: bool = True,
@@ -352,8 +388,8 @@ def plan_workers(workers: int | None, threads: int | None, jobs: int, *, paralle
         threads = max(1, free // workers) if not gpus else max(1, cores // workers)
     elif workers * threads > free and not gpus:
         say(f"--workers {workers} x --threads {threads} = {workers * threads} threads on {free} free core(s) "
-            f"({cores} cores, load {load:.1f}): runs will contend; lower --threads")
-    say(f"{workers} worker(s) x {threads} thread(s) ({cores} cores, load average {load:.1f})")
+            f"({cores} cores, {load:.1f} busy with other processes): runs will contend; lower --threads")
+    say(f"{workers} worker(s) x {threads} thread(s) ({cores} cores, {load:.1f} busy with other processes)")
     return workers, threads
 
 
