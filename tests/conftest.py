@@ -1,8 +1,9 @@
-"""Shared test configuration: GPU marker handling, one intra-op thread."""
+"""Shared test configuration: GPU marker handling, one intra-op thread, the shipped real-data sample."""
 
 from __future__ import annotations
 
 import os
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -39,3 +40,21 @@ def _nothing_written_into_the_checkout():
     yield
     new = sorted(set(os.listdir(_ROOT)) - before - _SCRATCH)
     assert not new, f"tests wrote {new} into the repository root; run the command with an --output under tmp_path"
+
+
+SAMPLE = Path(str(resources.files("probattn") / "data" / "samples" / "rt_sample.csv"))
+
+
+@pytest.fixture
+def sample_csv() -> Path:
+    """200 real Rotten Tomatoes snippets (columns text, label) shipped with probattn."""
+    return SAMPLE
+
+
+@pytest.fixture
+def small_config(sample_csv):
+    """A tiny model on the sample: a few ms per step."""
+    from probattn.training import TrainConfig
+
+    return TrainConfig(data=str(sample_csv), text_column="text", label_column="label", embed_dim=16, num_heads=4,
+                       num_layers=1, max_length=24, batch_size=8, max_steps=6, lr=3e-3, eval_batch_size=64)
