@@ -58,3 +58,21 @@ def small_config(sample_csv):
 
     return TrainConfig(data=str(sample_csv), text_column="text", label_column="label", embed_dim=16, num_heads=4,
                        num_layers=1, max_length=24, batch_size=8, max_steps=6, lr=3e-3, eval_batch_size=64)
+
+
+@pytest.fixture
+def bert_folder(tmp_path) -> Path:
+    """A tiny random BERT encoder folder (2 layers x 2 heads, width 16) with a word-piece vocabulary of the
+    sample's words: a local Hugging Face model for ``--model DIR``."""
+    transformers = pytest.importorskip("transformers")
+    words = sorted({w.strip(".,\"'!?") for w in SAMPLE.read_text().lower().split()} - {""})
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words[:400]]) + "\n")
+    tokenizer = transformers.BertTokenizerFast(vocab_file=str(vocab))
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=24, max_position_embeddings=64)
+    folder = tmp_path / "encoder"
+    transformers.BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

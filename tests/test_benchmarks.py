@@ -54,7 +54,8 @@ def test_attention_benchmark_writes_interleaved_ratios(tmp_path, capsys):
     threads = torch.get_num_threads()
     try:
         assert _script("attention").main(["--lengths", "16", "--threads", "1", "2", "--rounds", "1",
-                                          "--dense-budget-gib", "1e-9", "--out", str(tmp_path)]) == 0
+                                          "--min-sample-ms", "2", "--dense-budget-gib", "1e-9",
+                                          "--out", str(tmp_path)]) == 0
     finally:
         torch.set_num_threads(threads)
     (json_path,) = tmp_path.glob("attention-interleaved-cpu-*.json")
@@ -67,11 +68,14 @@ def test_attention_benchmark_writes_interleaved_ratios(tmp_path, capsys):
         assert rows[(t, "sdpa")]["cpu_vs_sdpa"] == 1.0
         assert math.isfinite(rows[(t, "sinkhorn3_chunked")]["cpu_vs_sdpa"])
         assert rows[(t, "doubly_dense")]["note"].startswith("skipped")  # over the (tiny) dense budget
+        assert rows[(t, "sdpa")]["calls_per_sample"] > 1  # an L = 16 call takes far less than 2 ms
     out = capsys.readouterr().out
     assert "| 16 | 2 |" in out and "skipped" in out
 
 
-@pytest.mark.parametrize("bad", [["--rounds", "0"], ["--threads", "0"]])
-def test_attention_benchmark_refuses_bad_options(bad, tmp_path):
-    with pytest.raises(SystemExit, match="must be positive"):
+@pytest.mark.parametrize(("bad", "message"), [(["--rounds", "0"], "must be positive"),
+                                              (["--threads", "0"], "must be positive"),
+                                              (["--min-sample-ms", "-1"], "--min-sample-ms -1.0: must be >= 0")])
+def test_attention_benchmark_refuses_bad_options(bad, message, tmp_path):
+    with pytest.raises(SystemExit, match=message):
         _script("attention").main([*bad, "--out", str(tmp_path)])

@@ -74,22 +74,6 @@ def test_variants_act_on_the_models_own_layers():
         finetune_config("nope", 0)
 
 
-def _encoder_folder(tmp_path: Path) -> Path:
-    """A tiny random BERT encoder folder with a word-piece vocabulary of the sample's words."""
-    transformers = pytest.importorskip("transformers")
-    words = sorted({w.strip(".,\"'!?") for w in SAMPLE.read_text().lower().split()} - {""})
-    vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words[:400]]) + "\n")
-    tokenizer = transformers.BertTokenizerFast(vocab_file=str(vocab))
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=2,
-                                     num_attention_heads=2, intermediate_size=24, max_position_embeddings=64)
-    folder = tmp_path / "encoder"
-    transformers.BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def _args(folder, output, *extra):
     return ["experiment", "finetune", "--model", str(folder), "--data", str(SAMPLE), "--text-column", "text",
             "--label-column", "label", "--seeds", "0", "--max-steps", "2", "--max-length", "24",
@@ -98,10 +82,10 @@ def _args(folder, output, *extra):
             *extra]
 
 
-def test_study_end_to_end_on_a_local_encoder_folder_and_resume(tmp_path, capsys):
+def test_study_end_to_end_on_a_local_encoder_folder_and_resume(tmp_path, capsys, bert_folder):
     from probattn.cli import main
 
-    folder = _encoder_folder(tmp_path)
+    folder = bert_folder
     output = tmp_path / "study"
     assert main(_args(folder, output, "--variants", "softmax", "doubly")) == 0
     results = json.loads((output / "results.json").read_text())
@@ -129,10 +113,10 @@ def test_study_end_to_end_on_a_local_encoder_folder_and_resume(tmp_path, capsys)
 
 
 @pytest.mark.slow  # spawns two worker processes (the runner's own tests cover workers in the default run)
-def test_workers_run_the_study_in_separate_processes(tmp_path):
+def test_workers_run_the_study_in_separate_processes(tmp_path, bert_folder):
     from probattn.cli import main
 
-    folder = _encoder_folder(tmp_path)
+    folder = bert_folder
     output = tmp_path / "study"
     assert main(_args(folder, output, "--variants", "softmax", "alignment", "--workers", "2",
                       "--attack-examples", "2")) == 0

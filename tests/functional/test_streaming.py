@@ -6,6 +6,7 @@ Tolerances: float64 within 1e-10 of the reference, float32 within 1e-5 (outputs 
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 
 import pytest
@@ -358,6 +359,22 @@ def test_auto_rule_is_the_measured_crossover_table():
     for threads in (1, 2):
         assert not streaming.prefer_chunked(1, 8, 256, 256, head_dim=64, threads=threads)
         assert streaming.prefer_chunked(1, 8, 1024, 1024, head_dim=64, threads=threads)
+
+
+def test_auto_table_is_the_crossover_derived_from_the_stored_benchmark_run():
+    """The table in the code is what benchmarks/impl_crossover.py derives from the run it cites (not retyped)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "benchmarks"
+    spec = importlib.util.spec_from_file_location("impl_crossover", root / "impl_crossover.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cited = inspect.getsource(streaming).split("--from-json ", 1)[1].split("`", 1)[0]
+    stored = json.loads((root.parent / cited).read_text())
+    assert bench.crossovers(stored["rows"]) == streaming.AUTO_MIN_SCORES
+    assert min(r["rounds"] for r in stored["rows"]) >= 21
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -69,6 +69,18 @@ def test_flipped_bits_are_recomputed_and_reported(fake_minilm):
     assert _encode([]) is not None and fake_minilm == [3, 3]  # the rewritten entry is good again
 
 
+def test_an_entry_of_an_older_probattn_without_a_digest_is_recomputed_and_called_older(fake_minilm):
+    _encode([])
+    meta_file = _entry().with_suffix(".json")
+    meta = json.loads(meta_file.read_text())
+    del meta["sha256"]
+    meta_file.write_text(json.dumps(meta))
+    _encode(messages := [])
+    assert fake_minilm == [3, 3]
+    assert any("were written by an older probattn (no sha256" in m and "recomputing" in m for m in messages), messages
+    assert not any("damaged" in m for m in messages)
+
+
 def test_a_truncated_entry_is_recomputed_not_a_safetensor_error(fake_minilm):
     _encode([])
     entry = _entry()

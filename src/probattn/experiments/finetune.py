@@ -9,8 +9,9 @@ Variants (:data:`VARIANTS`, each a set of :class:`probattn.training.TrainConfig`
 * ``repulsive``: SVGD on the heads with the released ELECTRA layout (``repulsive_preset="electra_small"``):
   the query/key/value projections of **layer 0 only**, kernel weight α = 0.1, stepsize 0.01, grouped by head
   (the released code's head-grouping bug fixed, docs/repulsive.md);
-* ``doubly`` / ``hybrid``: every layer switched with :func:`probattn.hf.convert`, then fine-tuned (no
-  distillation first: see docs/experiments.md for why).
+* ``doubly`` / ``hybrid``: every layer switched with :func:`probattn.hf.convert`, then fine-tuned;
+  ``doubly-adapted`` / ``hybrid-adapted``: distilled toward the original first (``adapt_steps``,
+  :func:`probattn.hf.adapt`); docs/experiments.md gives both ways, measured.
 
 A study of the runner (:mod:`probattn.experiments.runner`), built on :class:`~probattn.experiments.compare.
 CompareStudy` (data, baselines, timing pass, figures). Per run: accuracy, ECE (15 bins and the paper's 10),
@@ -40,6 +41,7 @@ __all__ = ["ATTACK_RECIPES", "BASE", "CLAIMS", "DEFAULT_VARIANTS", "STUDY", "VAR
 
 BASE: dict[str, Any] = {"model": "minilm", "max_length": 64, "batch_size": 16, "lr": 5e-5, "warmup_steps": 30,
                         "max_steps": 250, "dropout": 0.1, "alignment_weight": 0.01}
+ADAPT_STEPS = 250  # about 280 s of CPU for MiniLM: as much as the fine-tuning itself
 SELECTION = {"eval_every": 50, "patience": 3}  # a validation pass of MiniLM costs ~10 training steps on a CPU
 VARIANTS: dict[str, dict[str, Any]] = {
     "softmax": {"normalization": "softmax"},
@@ -48,6 +50,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "repulsive": {"repulsive": "svgd", "repulsive_preset": "electra_small"},
     "doubly": {"normalization": "doubly"},
     "hybrid": {"normalization": "hybrid"},
+    # distilled toward the original (probattn.hf.adapt, ADAPT_STEPS steps on the training texts) before fine-tuning
+    "doubly-adapted": {"normalization": "doubly", "adapt_steps": ADAPT_STEPS},
+    "hybrid-adapted": {"normalization": "hybrid", "adapt_steps": ADAPT_STEPS},
 }
 DEFAULT_VARIANTS = ("softmax", "alignment", "repulsive", "doubly", "hybrid")
 ATTACK_RECIPES = ("pwws", "deepwordbug")

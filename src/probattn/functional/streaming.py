@@ -83,18 +83,20 @@ def slab_shape(batch: int, heads: int, q_len: int, k_len: int) -> tuple[int, int
 
 # impl="auto" on the CPU: the slab path from AUTO_MIN_SCORES[(threads, head_dim)] scores B * H * Lq * Lk on, the
 # dense path below. How it was derived: benchmarks/impl_crossover.py runs both paths interleaved (process CPU time,
-# median of 5 rounds, doubly-normalized forward+backward, float32) at score counts 2**17 .. 2**23 (shapes with the
+# median of 21 rounds, doubly-normalized forward+backward, float32) at score counts 2**17 .. 2**23 (shapes with the
 # same count but different lengths agree within the noise) for head dims 32 / 64 / 128 under 1 and 2 torch threads,
 # and interpolates where chunked / dense crosses 1 (log2 scores vs log ratio, rounded to a power of two; 2**17 means
 # chunked won from the smallest measured size on). Below the crossing the slab path's fixed cost per slab (a few
 # dozen small ops) loses; above it the dense path's passes over (B, H, Lq, Lk) tensors fall out of cache. A wider
-# head moves it up (more of the time is in the GEMMs both paths share). Run on a nearly idle 2-core machine (load
-# 0.2-0.6): results/impl-crossover-cpu-20261205-012104.json; the table is
-# `python benchmarks/impl_crossover.py --from-json benchmarks/results/impl-crossover-cpu-20261205-012104.json`.
-# More threads than measured use the 2-thread row; hybrid and Sinkhorn use doubly's crossing.
+# head moves it up (more of the time is in the GEMMs both paths share). Run on an idle 2-core machine (load 0.2 at
+# the start, nothing else running): results/impl-crossover-cpu-20261205-040545.json; the table is
+# `python benchmarks/impl_crossover.py --from-json benchmarks/results/impl-crossover-cpu-20261205-040545.json`.
+# (The 5-round run before it, results/impl-crossover-cpu-20261205-012104.json, put (1, 128) at 2**21, (2, 32) at
+# 2**19 and (2, 128) at 2**21: 5 rounds of ~10 ms calls were not enough.) More threads than measured use the
+# 2-thread row; hybrid and Sinkhorn use doubly's crossing.
 AUTO_MIN_SCORES: dict[tuple[int, int], int] = {
-    (1, 32): 2**17, (1, 64): 2**20, (1, 128): 2**21,
-    (2, 32): 2**19, (2, 64): 2**21, (2, 128): 2**21,
+    (1, 32): 2**17, (1, 64): 2**20, (1, 128): 2**20,
+    (2, 32): 2**21, (2, 64): 2**21, (2, 128): 2**22,
 }
 
 

@@ -159,7 +159,7 @@ def adapt(
             real_f = real.unsqueeze(-1).float()
             pooled = [(h.float() * real_f).sum(1) / real_f.sum(1) for h in (got[-1], want[-1])]
             loss = loss + pooled_weight * (1 - nn.functional.cosine_similarity(*pooled, dim=-1)).mean()
-        value = float(loss)
+        value = float(loss.detach())
         if not math.isfinite(value):  # before the step: the weights stay as they were
             raise FloatingPointError(f"adapt: the distillation loss became {value} at step {step}; lower lr")
         optimizer.zero_grad(set_to_none=True)

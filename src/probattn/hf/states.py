@@ -137,9 +137,9 @@ def _load(path: Path, meta: dict, say: Callable[[str], None] | None = None) -> d
     if not (meta_file.is_file() and tensors_file.is_file()):
         return None
 
-    def damaged(why: str) -> None:
+    def damaged(why: str, state: str = "are damaged") -> None:
         if say is not None:
-            say(f"cached MiniLM token states {tensors_file} are damaged ({why}); recomputing them")
+            say(f"cached MiniLM token states {tensors_file} {state} ({why}); recomputing them")
 
     try:
         saved = json.loads(meta_file.read_text())
@@ -149,7 +149,7 @@ def _load(path: Path, meta: dict, say: Callable[[str], None] | None = None) -> d
     except (OSError, ValueError, AttributeError) as exc:
         return damaged(f"unreadable: {type(exc).__name__}: {exc}")
     if not isinstance(saved.get("sha256"), str):
-        return damaged(f"no sha256 in {meta_file.name}: written by an older probattn")
+        return damaged(f"no sha256 in {meta_file.name} to check them against", "were written by an older probattn")
     if (found := sha256_bytes(data)) != saved["sha256"]:
         return damaged(f"sha256 {found[:12]}..., not the {saved['sha256'][:12]}... recorded when it was written: "
                        f"flipped bits or a truncated file")

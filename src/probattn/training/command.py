@@ -29,6 +29,9 @@ _OPTIONS: list[tuple[str, type, str]] = [
     ("repulsive_alpha", float, "repulsion weight alpha (default 0.01)"),
     ("repulsive_preset", str, "repulsive hyper-parameters of a released run (alpha, stepsize, layers; "
                               "--repulsive-alpha is then unused), e.g. electra_small: layer 0's Q/K/V only"),
+    ("adapt_steps", int, "minilm / Hugging Face directory with --normalization doubly, hybrid or sinkhorn: first "
+                         "distil the converted encoder toward the original on the training texts for this many "
+                         "steps (probattn.hf.adapt), then fine-tune (default 0: off)"),
     ("embed_dim", int, "tiny / self-attentive: width"),
     ("num_heads", int, "tiny: attention heads; self-attentive: hops"),
     ("num_layers", int, "tiny: encoder layers"),

@@ -50,6 +50,7 @@ class TrainConfig:
     repulsive: str | None = None
     repulsive_alpha: float = 0.01
     repulsive_preset: str | None = None  # a probattn.repulsive.PRESETS name: its alpha, stepsize, layers
+    adapt_steps: int = 0  # minilm / HF folder, converted: distil toward the original this many steps first
     embed_dim: int = 64
     num_heads: int = 4
     num_layers: int = 2
@@ -122,9 +123,15 @@ class TrainConfig:
         need(self.max_length >= 3, "max_length", "must be at least 3 tokens")
         need(self.batch_size % self.grad_accum == 0, "batch_size",
              f"must be divisible by --grad-accum {self.grad_accum} (batch_size is the global batch per step)")
-        for name in ("checkpoint_every", "warmup_steps", "data_seed", "seed", "eval_every", "patience"):
+        for name in ("checkpoint_every", "warmup_steps", "data_seed", "seed", "eval_every", "patience",
+                     "adapt_steps"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 0, name, "must be an integer >= 0")
         need(self.max_train_examples is None or self.max_train_examples >= 1, "max_train_examples", "must be >= 1")
+        if self.adapt_steps:
+            need(self.normalization != "softmax", "adapt_steps",
+                 "distils a converted model toward the original: needs --normalization doubly, hybrid or sinkhorn")
+            need(self.model not in MODELS or self.model == "minilm", "adapt_steps",
+                 "needs a pretrained encoder: --model minilm or a local Hugging Face model directory")
         if self.data != "rotten_tomatoes":
             need(self.text_column is not None and self.label_column is not None, "data",
                  "a data file needs --text-column and --label-column")

@@ -46,6 +46,7 @@ from probattn.training.data import load_ood, load_splits
 from probattn.training.evaluate import Predictions, predict
 from probattn.training.modeling import (
     Encoder,
+    adapt_converted,
     batch_inputs,
     build_model,
     forward_logits,
@@ -216,6 +217,11 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
     np.random.seed(config.seed % 2**32)
     model, encode = build_model(config, splits.train, tokenizer_state=saved["tokenizer"] if saved else None)
     model.to(ctx.device).train()
+    adapted = None  # --adapt-steps: a fresh run distils first; a resumed one has it in its checkpoint
+    if saved is None and config.adapt_steps:
+        adapted = adapt_converted(model, encode, config, splits.train.texts)
+        _say(ctx, f"adapted the converted encoder toward the original: {adapted['steps']} steps, distillation loss "
+                  f"{adapted['first_loss']:.4f} -> {adapted['last_loss']:.4f}, {adapted['cpu_seconds']:.0f} s CPU")
     encoded = encode(splits.train.texts, splits.train.text_pairs)
     if encoded.truncated:
         _say(ctx, f"truncated {encoded.truncated} of {len(splits.train)} training texts to {config.max_length} "
@@ -369,6 +375,7 @@ def _train(config: TrainConfig, ctx: D.Distributed, progress: bool,
             "peak_memory_mb": _peak_memory_mb(ctx.device), "world_size": ctx.world_size,
             "final_loss": history[-1]["loss"] if history else None,
             "steps_trained": last_step, "epochs": last_step / steps_per_epoch,
+            "adapt": adapted,  # --adapt-steps before fine-tuning (None: off, or resumed past it)
             "selection": {**selection.record(), "best_epoch": selection.best_step / steps_per_epoch}
             if selection is not None else None,
         }

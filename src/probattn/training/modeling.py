@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from probattn.data import Encoded, TextClassificationData, WordTokenizer
 from probattn.training.config import TrainConfig
 
-__all__ = ["Encoder", "build_model", "forward_logits", "inference_state_dict", "load_trained"]
+__all__ = ["Encoder", "adapt_converted", "build_model", "forward_logits", "inference_state_dict", "load_trained"]
 
 MINILM_MAX_LENGTH = 512
 
@@ -32,6 +32,7 @@ class Encoder:
     tokenize: Callable[..., Encoded]
     max_length: int
     state: dict[str, Any]
+    hf_tokenizer: Any = None  # the Hugging Face tokenizer behind ``tokenize`` (pretrained models only)
 
     def __call__(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> Encoded:
         return self.tokenize(list(texts), None if pairs is None else list(pairs), max_length=self.max_length)
@@ -89,13 +90,38 @@ def _hf_directory(config: TrainConfig, num_labels: int) -> tuple[nn.Module, Any]
     return model.train(), tokenizer
 
 
+def adapt_converted(model: nn.Module, encode: Encoder, config: TrainConfig,
+                    texts: Sequence[str]) -> dict[str, Any]:
+    """``--adapt-steps``: distil the converted pretrained ``model`` (from :func:`build_model`, on its device)
+    toward the original encoder (loaded again: softmax, no task head) on ``texts``, layer by layer, for
+    ``config.adapt_steps`` steps (:func:`probattn.hf.adapt` with its defaults: batch 16, lr 3e-4), before
+    fine-tuning. Leaves the model in training mode; returns steps, first and last loss and CPU seconds."""
+    from probattn.hf import adapt, load_model, load_pretrained
+
+    if encode.hf_tokenizer is None or config.normalization == "softmax":
+        raise ValueError(f"--adapt-steps {config.adapt_steps}: needs a converted pretrained encoder (--model minilm "
+                         "or a Hugging Face directory, --normalization doubly, hybrid or sinkhorn)")
+    tokenizer = encode.hf_tokenizer
+    if config.model == "minilm":
+        reference, _ = load_pretrained("minilm", task="encoder")
+    else:
+        reference, _ = load_model(config.model, task="encoder", trust_remote_code=config.trust_remote_code)
+    device = next(model.parameters()).device
+    result = adapt(model, reference.to(device), list(texts), tokenizer=tokenizer, steps=config.adapt_steps,
+                   max_length=config.max_length, seed=config.seed)
+    model.train()
+    return {"steps": result.steps, "first_loss": result.losses[0], "last_loss": result.losses[-1],
+            "cpu_seconds": result.cpu_seconds}
+
+
 def build_model(config: TrainConfig, train: TextClassificationData,
                 tokenizer_state: dict[str, Any] | None = None) -> tuple[nn.Module, Encoder]:
     """A fresh model for ``config.model`` with ``train.num_labels`` outputs (alignment regularizers attached
     when ``config.alignment``), and its encoder.
 
     The word vocabulary of ``tiny`` / ``self-attentive`` is built from ``train`` (or restored from
-    ``tokenizer_state``).
+    ``tokenizer_state``). ``config.adapt_steps`` is not applied here (a reload must not distil again): see
+    :func:`adapt_converted`.
     """
     if config.model in ("tiny", "self-attentive"):
         words = (WordTokenizer.from_state_dict(tokenizer_state) if tokenizer_state
@@ -122,9 +148,9 @@ def build_model(config: TrainConfig, train: TextClassificationData,
         return _minilm_states(config, train.num_labels)
     if config.model == "minilm":
         model, tokenizer = _minilm(config, train.num_labels)
-        return model, Encoder(_hf_tokenize(tokenizer), config.max_length, {"kind": "minilm"})
+        return model, Encoder(_hf_tokenize(tokenizer), config.max_length, {"kind": "minilm"}, tokenizer)
     model, tokenizer = _hf_directory(config, train.num_labels)
-    return model, Encoder(_hf_tokenize(tokenizer), config.max_length, {"kind": "hf", "path": config.model})
+    return model, Encoder(_hf_tokenize(tokenizer), config.max_length, {"kind": "hf", "path": config.model}, tokenizer)
 
 
 def _minilm_states(config: TrainConfig, num_labels: int) -> tuple[nn.Module, Encoder]:
