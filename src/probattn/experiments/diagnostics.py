@@ -37,7 +37,7 @@ from probattn.metrics import AttentionStatistics, incoming_mass
 from probattn.nn import MultiheadAttention
 from probattn.report.collect import attached_probes
 
-__all__ = ["attention_layers", "collect_layer_statistics", "hop_statistics", "layer_metrics"]
+__all__ = ["StatisticsProbe", "attention_layers", "collect_layer_statistics", "hop_statistics", "layer_metrics"]
 
 EXPLAINED_AWAY_THRESHOLD = 0.01
 BOUND_TOLERANCE = 1e-6  # float64 recomputed weights: a key counts as below 1/N_q of its fair share past this
@@ -66,7 +66,7 @@ def attention_layers(model: nn.Module) -> list[nn.Module]:
     return layers
 
 
-class _Probe:
+class StatisticsProbe:
     """Accumulates one layer's statistics from the q/k it observes (weights recomputed in float64);
     ``thresholds``: the explained-away thresholds (see :class:`probattn.metrics.AttentionStatistics`)."""
 
@@ -132,7 +132,7 @@ def collect_layer_statistics(model: nn.Module, encoded: Encoded, *, batch_size: 
         if isinstance(model, SelfAttentiveClassifier):
             return hop_statistics(model, encoded, batch_size=batch_size, max_examples=max_examples)
         raise ValueError(f"{type(model).__name__} has no probattn attention layer to diagnose")
-    probes = [_Probe(m) for m in layers]
+    probes = [StatisticsProbe(m) for m in layers]
     with attached_probes(layers, probes):
         for ids, valid in _batches(model, encoded, batch_size, max_examples):
             forward_logits(model, ids, valid)

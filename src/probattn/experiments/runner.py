@@ -1008,7 +1008,7 @@ def add_arguments(parser: argparse.ArgumentParser, study: Study) -> None:
                         help="start over in --output: delete the files probattn wrote there (never other files)")
     parser.add_argument("--workers", type=int, default=None,
                         help="runs in parallel, each in its own process (default: one per GPU, else one per free "
-                             "core: cores minus the load average)")
+                             "core: cores minus what other processes keep busy, measured from /proc/stat over 0.5 s)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads per worker (default: free cores // workers)")
     if study.supports_folds:

@@ -157,7 +157,7 @@ def evaluate(probs: torch.Tensor, split: dict[str, Any], *, threshold: float | N
 def attention_diagnostics(model, split: dict[str, Any], examples: int) -> dict[str, float]:
     """Per layer (``<type>.<layer>``) and averaged: head diversity, explained-away keys (m̃ < 0.1), image cells
     below ``1/N_q``, key/query mean distance and MMD², on the first ``examples`` test questions."""
-    from probattn.experiments.diagnostics import _Probe
+    from probattn.experiments.diagnostics import StatisticsProbe
     from probattn.report.collect import attached_probes
 
     rows = torch.arange(min(examples, len(split["answers"])))
@@ -177,7 +177,7 @@ def attention_diagnostics(model, split: dict[str, Any], examples: int) -> dict[s
             first = {f"{k}.{i}": w.shape[2] for k, ws in out.attentions.items() for i, w in enumerate(ws)}
             # thresholds: 0.1 of the fair share, and just under the doubly bound 1/N_q where N_q is fixed (every
             # layer but the question self-attention, whose N_q is the question's length)
-            probes = [_Probe(m, thresholds=(0.1,) if n.startswith("question_self") else
+            probes = [StatisticsProbe(m, thresholds=(0.1,) if n.startswith("question_self") else
                              (0.1, (1.0 / first[n]) * (1 - 1e-9))) for n, m in zip(names, modules)]
             break
     with attached_probes(modules, probes):
