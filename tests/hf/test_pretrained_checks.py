@@ -174,6 +174,15 @@ def test_huge_or_bad_size_fields_are_refused_before_allocating(tmp_path, changes
         load_model(folder)
 
 
+def test_a_config_whose_sizes_disagree_with_the_weights_names_the_folder(tmp_path):
+    """A size that fits in memory but not the saved tensors (max_position_embeddings edited): one line naming the
+    folder, not transformers' RuntimeError."""
+    folder = _bert_folder(tmp_path / "edited", max_position_embeddings=10**5)
+    with pytest.raises(ValueError, match=r"edited: the tensors in its safetensors weights do not have the shapes its "
+                                         r"config\.json describes"):
+        load_model(folder)
+
+
 def test_damaged_config_json_is_one_clear_line(tmp_path):
     folder = _bert_folder(tmp_path / "deep")
     (folder / "config.json").write_text("[" * 100_000 + "]" * 100_000)

@@ -458,7 +458,14 @@ def _from_pretrained(path: Path, task: str | None, num_labels: int | None, *, qu
                              "task='classification'")
     _check_model_size(model_class, config, path)
     with _offline(quiet):
-        return model_class.from_pretrained(path, **extra)
+        try:
+            return model_class.from_pretrained(path, **extra)
+        except RuntimeError as exc:
+            if "ignore_mismatched_sizes" not in str(exc):
+                raise
+            raise ValueError(f"{path}: the tensors in its safetensors weights do not have the shapes its config.json "
+                             "describes (transformers' load report above names them); config.json was edited or the "
+                             "folder is damaged. Restore the config the weights were saved with") from None
 
 
 def _tokenizer(path: Path, trust_remote_code: bool = False) -> Any:
