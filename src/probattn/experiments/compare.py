@@ -178,7 +178,8 @@ def train_and_measure(config, splits, ood, *, log: Callable[[str], None] | None 
         record.update(more)
     return {"metrics": metrics, **record, "per_layer": per_layer, "config": config.to_dict(),
             "epochs": train_info["epochs"], "steps_trained": train_info["steps_trained"],
-            "selection": train_info["selection"], "final_loss": train_info["final_loss"]}
+            "selection": train_info["selection"], "final_loss": train_info["final_loss"],
+            **({"adapt": train_info["adapt"]} if train_info.get("adapt") else {})}
 
 
 def timing_pass(configs: dict[str, Any], *, rounds: int, steps: int, splits=None,
