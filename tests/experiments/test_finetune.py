@@ -14,7 +14,7 @@ pytest.importorskip("pandas")
 pytest.importorskip("matplotlib")
 
 from probattn.experiments import runner
-from probattn.experiments.finetune import STUDY, VARIANTS, attack_sets, finetune_config
+from probattn.experiments.finetune import ADAPT_STEPS, STUDY, VARIANTS, attack_sets, finetune_config
 
 SAMPLE = Path(str(resources.files("probattn") / "data" / "samples" / "rt_sample.csv"))
 
@@ -86,10 +86,13 @@ def test_study_end_to_end_on_a_local_encoder_folder_and_resume(tmp_path, capsys,
 
     folder = bert_folder
     output = tmp_path / "study"
-    assert main(_args(folder, output, "--variants", "softmax", "doubly")) == 0
+    assert main(_args(folder, output, "--variants", "softmax", "doubly", "doubly-adapted")) == 0
     results = json.loads((output / "results.json").read_text())
     runs = {r["variant"]: r for r in results["runs"]}
-    assert set(runs) == {"softmax", "doubly"}
+    assert set(runs) == {"softmax", "doubly", "doubly-adapted"}
+    adapted = runs.pop("doubly-adapted")["adapt"]  # distilled toward the original before the 2 fine-tuning steps
+    assert adapted["steps"] == ADAPT_STEPS and adapted["last_loss"] < adapted["first_loss"]
+    assert "adapt" not in runs["doubly"]
     for run in runs.values():
         assert {"accuracy", "ece", "ece10", "nll", "brier"} <= set(run["sets"]["test"]["metrics"])
         assert "ece10" in run["sets"]["ood"]["metrics"]
@@ -104,10 +107,11 @@ def test_study_end_to_end_on_a_local_encoder_folder_and_resume(tmp_path, capsys,
     saved = {p.name: p.read_text() for p in (output / "runs").glob("*.json")}
     capsys.readouterr()
     # --resume: nothing is trained again and every run is kept as it was
-    assert main(_args(folder, output, "--variants", "softmax", "doubly", "--resume")) == 0
+    assert main(_args(folder, output, "--variants", "softmax", "doubly", "doubly-adapted", "--resume")) == 0
     assert {p.name: p.read_text() for p in (output / "runs").glob("*.json")} == saved
     # other attack options: refused, one line
-    assert main(_args(folder, output, "--variants", "softmax", "doubly", "--resume", "--attack-examples", "4")) == 2
+    assert main(_args(folder, output, "--variants", "softmax", "doubly", "doubly-adapted", "--resume",
+                      "--attack-examples", "4")) == 2
     assert "other options" in capsys.readouterr().err
 
 

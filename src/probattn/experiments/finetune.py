@@ -36,7 +36,7 @@ import numpy as np
 from probattn.experiments.compare import CLASSIFICATION, DIAGNOSTIC_EXAMPLES, CompareStudy, train_and_measure
 from probattn.experiments.runner import Claim, Metric, RunSpec, Split, Table, main
 
-__all__ = ["ATTACK_RECIPES", "BASE", "CLAIMS", "DEFAULT_VARIANTS", "STUDY", "VARIANTS", "FinetuneStudy",
+__all__ = ["ADAPT_STEPS", "ATTACK_RECIPES", "BASE", "CLAIMS", "DEFAULT_VARIANTS", "STUDY", "VARIANTS", "FinetuneStudy",
            "add_arguments", "attack_sets", "finetune_config", "run"]
 
 BASE: dict[str, Any] = {"model": "minilm", "max_length": 64, "batch_size": 16, "lr": 5e-5, "warmup_steps": 30,
