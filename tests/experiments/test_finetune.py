@@ -73,6 +73,18 @@ def test_variants_act_on_the_models_own_layers():
         finetune_config("nope", 0)
 
 
+def test_default_model_selection_is_what_the_runs_use_and_what_the_report_says():
+    import argparse
+
+    from probattn.experiments.finetune import SELECTION, add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    options = STUDY.options(parser.parse_args([]))
+    config = STUDY.config(options, "softmax", 0)
+    assert config.eval_every == SELECTION["eval_every"] == 50 and not options["auto_eval_every"]
+
+
 def _args(folder, output, *extra):
     return ["experiment", "finetune", "--model", str(folder), "--data", str(SAMPLE), "--text-column", "text",
             "--label-column", "label", "--seeds", "0", "--max-steps", "2", "--max-length", "24",
