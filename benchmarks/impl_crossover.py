@@ -46,8 +46,12 @@ def _load() -> str:
         return "load average unknown"
 
 
-def measure(shape: tuple[int, int, int, int], normalization: str, rounds: int, threads: int) -> dict[str, float]:
-    """Interleaved medians for dense and chunked, forward and forward+backward: CPU and wall seconds."""
+def measure(shape: tuple[int, int, int, int], normalization: str, rounds: int, threads: int,
+            min_sample_ms: float = 0.0) -> dict[str, float]:
+    """Interleaved medians for dense and chunked, forward and forward+backward: CPU and wall seconds per call.
+
+    A sample is ``repeat`` back-to-back calls of one path (``repeat`` from the dense path's warm-up time, so that
+    a sample lasts at least ``min_sample_ms``; 1 when it is 0)."""
     torch.set_num_threads(threads)
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(*shape, generator=gen).requires_grad_() for _ in range(3))
@@ -67,12 +71,17 @@ def measure(shape: tuple[int, int, int, int], normalization: str, rounds: int, t
         wall: dict[str, list[float]] = {"dense": [], "chunked": []}
         for impl in cpu:
             call(impl, train)  # warm-up
+        w0 = time.perf_counter()
+        call("dense", train)
+        repeat = max(1, math.ceil(min_sample_ms / (1e3 * (time.perf_counter() - w0))))
         for _ in range(rounds):
             for impl in cpu:
                 c0, w0 = time.process_time(), time.perf_counter()
-                call(impl, train)
-                cpu[impl].append(time.process_time() - c0)
-                wall[impl].append(time.perf_counter() - w0)
+                for _ in range(repeat):
+                    call(impl, train)
+                cpu[impl].append((time.process_time() - c0) / repeat)
+                wall[impl].append((time.perf_counter() - w0) / repeat)
+        result[f"{mode}_calls_per_sample"] = repeat
         for impl in cpu:
             result[f"{mode}_{impl}_cpu_ms"] = 1e3 * statistics.median(cpu[impl])
             result[f"{mode}_{impl}_wall_ms"] = 1e3 * statistics.median(wall[impl])
@@ -121,6 +130,10 @@ def print_crossovers(table: dict[tuple[int, int], int | None]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per case (median)")
+    parser.add_argument("--min-sample-ms", type=float, default=0.0,
+                        help="a sample repeats one path back to back until it lasts about this long (0: one call; "
+                             "the stored table's run used single calls)")
+    parser.add_argument("--normalizations", nargs="+", choices=NORMALIZATIONS, default=list(NORMALIZATIONS))
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--head-dims", type=int, nargs="+", default=[32, 64, 128])
     parser.add_argument("--all-normalizations-at", type=int, default=64, metavar="D",
@@ -134,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.rounds < 1 or min(args.threads) < 1 or min(args.head_dims) < 1:
         raise SystemExit("--rounds, --threads and --head-dims must be positive")
+    if not args.min_sample_ms >= 0:
+        raise SystemExit(f"--min-sample-ms {args.min_sample_ms}: must be >= 0")
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     load_before = _load()
     print(f"# {machine_description(max(args.threads))}; {load_before}; clock: process CPU time", flush=True)
@@ -143,13 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, object]] = []
     for head_dim in args.head_dims:
         for b, h, length in SHAPES:
-            for normalization in NORMALIZATIONS:
+            for normalization in args.normalizations:
                 if normalization != "doubly" and head_dim != args.all_normalizations_at:
                     continue
                 for threads in args.threads:  # thread counts side by side, so they see the same load
-                    res = measure((b, h, length, head_dim), normalization, args.rounds, threads)
+                    res = measure((b, h, length, head_dim), normalization, args.rounds, threads, args.min_sample_ms)
                     row = dict(threads=threads, head_dim=head_dim, batch=b, heads=h, length=length,
                                scores=b * h * length * length, normalization=normalization, rounds=args.rounds,
+                               min_sample_ms=args.min_sample_ms,
                                **res)
                     rows.append(row)
                     print(f"| {threads} | {head_dim} | {b}, {h}, {length} | 2**{row['scores'].bit_length() - 1} | "
