@@ -48,12 +48,14 @@ def test_verdict_lines_of_the_finetune_claims():
                      **_record(**{"attack-pwws": {"failed_share": 0.30 + 0.02 * seed}})})
         runs.append({"variant": "repulsive", "seed": seed, "fold": None,
                      **_record(run={"head_diversity": 0.10 - 0.01 * seed})})
+        runs.append({"variant": "doubly-adapted", "seed": seed, "fold": None, **_record(run={"below_bound": 0.002})})
         runs.append({"variant": "doubly", "seed": seed, "fold": None, **_record(run={"below_bound": 0.0})})
     result = runner.verdict(STUDY, runs, {})
     by_claim = {(c["variant"], c["metric"], c["records"]): c for c in result["claims"]}
     assert by_claim[("alignment", "failed_share", "attack-pwws")]["verdict"] == "reproduced"
     assert by_claim[("repulsive", "head_diversity", None)]["verdict"] == "not reproduced"
     assert by_claim[("doubly", "below_bound", None)]["verdict"] == "reproduced"
+    assert by_claim[("doubly-adapted", "below_bound", None)]["verdict"] == "not reproduced"  # the default's claims
     assert by_claim[("alignment", "ece10", "ood")]["verdict"] == "not measured"
     lines = runner.format_verdict(STUDY, result)
     assert any("guaranteed bound" in line and "**reproduced**" in line for line in lines)
@@ -69,6 +71,8 @@ def test_variants_act_on_the_models_own_layers():
     assert finetune_config("doubly", 0, {"max_steps": 7}).max_steps == 7
     assert finetune_config("softmax", 0).model == "minilm"
     assert set(VARIANTS) >= {"softmax", "alignment", "alignment-gan", "repulsive", "doubly", "hybrid"}
+    assert finetune_config("doubly-adapted", 0).adapt_steps == ADAPT_STEPS > 0 == finetune_config("doubly", 0).adapt_steps
+    assert set(STUDY.default_variants) == {"softmax", "alignment", "repulsive", "doubly-adapted", "hybrid-adapted"}
     with pytest.raises(ValueError, match="choose from"):
         finetune_config("nope", 0)
 
