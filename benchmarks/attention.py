@@ -1,8 +1,8 @@
 """CPU attention benchmark: doubly (auto / dense / chunked), hybrid and Sinkhorn-3 as ratios to SDPA, interleaved.
 
 ``(1, 8, L, 64)`` float32 on the CPU, forward+backward, L = 256, 1024, 4096. Everything runs in one process and
-**interleaved**: each round runs every thread count (1 and 2 torch threads) and, under each, every method (the order
-rotating by one each round); a method's time is the median over rounds, and its ratio is that median over SDPA's median under the same
+**interleaved**: each round runs every thread count (1 and 2 torch threads) and, under each, every method (in a
+fresh seeded random order each round); a method's time is the median over rounds, and its ratio is that median over SDPA's median under the same
 thread count in the same run, so a load change on a shared machine hits the baseline too. Both process CPU time
 (steady on a shared machine; with 2 threads it sums both threads, spinning included) and wall time are recorded.
 Shorter lengths get more rounds (``--rounds`` x min(7, longest // L)): their calls are short and scatter more.
@@ -27,6 +27,7 @@ import io
 import json
 import math
 import os
+import random
 import statistics
 import sys
 import time
@@ -95,9 +96,11 @@ def run_length(length: int, methods: list[str], threads: list[int], rounds: int,
     for r in range(rounds):
         for t in threads:
             torch.set_num_threads(t)
-            # the order rotates each round: the first call after a thread-count switch pays for the switch, and a
-            # fixed order charged it to SDPA and doubly_auto (auto measured 1.23 vs dense 0.85 at L = 256, idle)
-            for m in methods[r % len(methods):] + methods[:r % len(methods)]:
+            # a fresh random order each round (seeded): the first call after a thread-count switch pays for the
+            # switch, and what ran just before changes a short call's time; a fixed order charged the switch to
+            # SDPA and doubly_auto (auto 1.23 vs dense 0.85 at L = 256, idle), and a rotation always ran
+            # doubly_auto right after SDPA (auto 1.68 vs dense 1.53 under 2 threads: the same code path)
+            for m in random.Random(f"{length}-{r}-{t}").sample(methods, len(methods)):
                 c, w = step(METHODS[m], repeat)
                 cpu[(t, m)].append(c)
                 wall[(t, m)].append(w)
