@@ -329,7 +329,7 @@ class CompareStudy(Study):
                                                            else args.patience)) if v is not None}
         overrides.update(self.extra_overrides(args))
         options = {"preset": preset, "overrides": overrides, "ood_examples": args.ood_examples or None,
-                   "auto_eval_every": args.eval_every is None,
+                   "auto_eval_every": "eval_every" not in overrides,  # neither --eval-every nor the study's own
                    "timing_rounds": args.timing_rounds, "timing_steps": args.timing_steps}
         self.config(options, "softmax", 0)  # bad options fail here, naming the flag
         return options

@@ -193,7 +193,6 @@ class FinetuneStudy(CompareStudy):
         if args.attack_examples is not None and args.attack_examples < 0:
             raise ValueError(f"--attack-examples {args.attack_examples}: must be >= 0")
         options = super().options(args)
-        options["auto_eval_every"] = False  # SELECTION["eval_every"] (extra_overrides), as the runs use
         options["attack_examples"] = args.attack_examples or None
         options["recipes"] = list(args.recipes) if args.attack_examples else []
         return options

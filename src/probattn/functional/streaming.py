@@ -414,11 +414,7 @@ def _sinkhorn_backward_rows(d_out, q, k_scaled, v, allowed, bias, out, cs, rhos,
                          *eyj[1:]], dim=-1)
         ds = torch.matmul(lhs, rhs.transpose(-1, -2)).mul_(a)
         del a
-        dk[:, :, j0:j1] = torch.matmul(ds.transpose(-1, -2), q)
-        dq += torch.matmul(ds, k_scaled[:, :, j0:j1])
-        if d_bias is not None:
-            target = _columns(d_bias, j0, j1)
-            target += ds.sum_to_size(target.shape)
+        _add_block_gradients(ds, q, k_scaled, dq, dk, d_bias, j0, j1)
     return dq, dk, dv
 
 
@@ -508,12 +504,19 @@ def _backward_rows(d_out, q, k_scaled, v, allowed, bias, alpha, out_dbl, out_sof
         if stage_terms is not None:
             ds += stage_terms
         dv[:, :, j0:j1] = dv_block
-        dk[:, :, j0:j1] = torch.matmul(ds.transpose(-1, -2), q)
-        dq += torch.matmul(ds, k_scaled[:, :, j0:j1])
-        if d_bias is not None:
-            target = _columns(d_bias, j0, j1)
-            target += ds.sum_to_size(target.shape)
+        _add_block_gradients(ds, q, k_scaled, dq, dk, d_bias, j0, j1)
     return dq, dk, dv
+
+
+def _add_block_gradients(ds: Tensor, q: Tensor, k_scaled: Tensor, dq: Tensor, dk: Tensor, d_bias: Tensor | None,
+                         j0: int, j1: int) -> None:
+    """From the score gradient ``ds`` (..., Lq, j1 - j0) of key block ``j0:j1``: write its keys' ``dk``, add to
+    ``dq`` and to the bias gradient (summed to the bias's broadcast shape)."""
+    dk[:, :, j0:j1] = torch.matmul(ds.transpose(-1, -2), q)
+    dq += torch.matmul(ds, k_scaled[:, :, j0:j1])
+    if d_bias is not None:
+        target = _columns(d_bias, j0, j1)
+        target += ds.sum_to_size(target.shape)
 
 
 def _run_groups(work: Callable[[tuple[slice, slice]], None], batch: int, heads: int, rows_per_group: int,
